@@ -1,0 +1,191 @@
+//! Sharded blob files: `blobs/<alg>/<hh>/<hex>`, read-only once published.
+//!
+//! This module only moves files. Whether a file is visible is decided by the metadata: a file
+//! without a record is debris, reclaimed by `gc`/`fsck`.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+
+/// The blob tree of one store.
+#[derive(Debug, Clone)]
+pub struct BlobDir {
+    root: PathBuf,
+}
+
+impl BlobDir {
+    /// The blob tree under `root` (`<store>/blobs`). Creates nothing.
+    pub fn new(root: PathBuf) -> Self {
+        BlobDir { root }
+    }
+
+    /// The directory of the tree.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the bytes of `digest` live.
+    pub fn path_for(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// Publishes the (already fsynced) file at `data` as the bytes of `digest`: hard-links it
+    /// into place and fsyncs the shard directory, so that the name survives a power cut.
+    ///
+    /// A file already in place is kept when its length is `size` (same digest, same bytes,
+    /// unless it rotted, which `fsck` finds); otherwise it is replaced atomically.
+    pub fn publish(&self, data: &Path, digest: &Digest, size: u64) -> Result<PathBuf> {
+        let target = self.path_for(digest);
+        let shard = target.parent().expect("a blob path has a shard directory");
+        fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
+        match fs::hard_link(data, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let existing = fs::metadata(&target).map(|m| m.len()).ok();
+                if existing != Some(size) {
+                    // Debris of another length: replace it with our verified bytes.
+                    let tmp = shard.join(format!(".{}.tmp", digest.hex()));
+                    let _ = fs::remove_file(&tmp);
+                    fs::hard_link(data, &tmp).map_err(|e| Error::io("link", &tmp, e))?;
+                    fs::rename(&tmp, &target).map_err(|e| Error::io("rename", &target, e))?;
+                }
+            }
+            Err(e) => return Err(Error::io("link blob into", &target, e)),
+        }
+        set_read_only(&target);
+        sync_dir(shard)?;
+        Ok(target)
+    }
+
+    /// Removes the bytes of `digest`; a file already gone is not an error.
+    pub fn remove(&self, digest: &Digest) -> Result<()> {
+        let path = self.path_for(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove blob", path, e)),
+        }
+    }
+
+    /// Whether a file for `digest` is present.
+    pub fn exists(&self, digest: &Digest) -> bool {
+        self.path_for(digest).is_file()
+    }
+
+    /// Every well-named blob file in the tree with its length, in digest order. Files whose
+    /// names are not digests are returned in `strays`. Only `fsck` and `gc` call this: opening,
+    /// listing and reading never scan the tree.
+    pub fn scan(&self) -> Result<Scan> {
+        let mut scan = Scan::default();
+        for alg in Algorithm::ALL {
+            let alg_dir = self.root.join(alg.name());
+            for shard in read_dir_sorted(&alg_dir)? {
+                if !shard.is_dir() {
+                    scan.strays.push(shard);
+                    continue;
+                }
+                for file in read_dir_sorted(&shard)? {
+                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let parsed = Digest::parse(&format!("{alg}:{name}")).ok();
+                    match parsed {
+                        Some(d) if shard.ends_with(&d.hex()[..2]) && file.is_file() => {
+                            let len = fs::metadata(&file)
+                                .map_err(|e| Error::io("stat", &file, e))?
+                                .len();
+                            scan.blobs.push((d, len));
+                        }
+                        _ => scan.strays.push(file),
+                    }
+                }
+            }
+        }
+        scan.blobs.sort();
+        Ok(scan)
+    }
+}
+
+/// What [`BlobDir::scan`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Blob files with their lengths, in digest order.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Files in the tree whose names are not blobs (temporary links of a crashed publish).
+    pub strays: Vec<PathBuf>,
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        out.push(entry.map_err(|e| Error::io("read directory", dir, e))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// fsyncs a directory so that the names in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Marks a published blob read-only; a failure only costs the protection, so it is ignored.
+fn set_read_only(path: &Path) {
+    if let Ok(meta) = fs::metadata(path) {
+        let mut perms = meta.permissions();
+        if !perms.readonly() {
+            perms.set_readonly(true);
+            let _ = fs::set_permissions(path, perms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_is_sharded_by_first_two_hex_chars() {
+        let d = Algorithm::Sha256.digest(b"hello");
+        let dir = BlobDir::new(PathBuf::from("/s/blobs"));
+        let p = dir.path_for(&d);
+        assert_eq!(
+            p,
+            PathBuf::from(format!("/s/blobs/sha256/{}/{}", &d.hex()[..2], d.hex()))
+        );
+    }
+
+    #[test]
+    fn publish_links_and_scan_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = BlobDir::new(tmp.path().join("blobs"));
+        let data = tmp.path().join("data");
+        fs::write(&data, b"hello").unwrap();
+        let d = Algorithm::Sha256.digest(b"hello");
+        let p = dir.publish(&data, &d, 5).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"hello");
+        // Publishing again over a wrong-length file replaces it.
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, b"he").unwrap();
+        dir.publish(&data, &d, 5).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"hello");
+        let scan = dir.scan().unwrap();
+        assert_eq!(scan.blobs, vec![(d.clone(), 5)]);
+        assert!(scan.strays.is_empty());
+        dir.remove(&d).unwrap();
+        dir.remove(&d).unwrap();
+        assert!(!dir.exists(&d));
+    }
+}

@@ -1,0 +1,213 @@
+//! Conveniences over the content traits, the way containerd's `content` package has them:
+//! copy a reader into a writer, write or read a whole blob, open a writer with retries.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+use crate::content::{ContentStore, Ingester, Labels, Provider, ReaderAt, Writer};
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+
+/// A reader that can also seek.
+pub trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// Where [`copy`] takes its bytes from. A resumed writer skips the bytes it already has:
+/// by seeking when the source can, else by reading and discarding them.
+pub enum Source<'a> {
+    /// A plain stream, read once from its current position.
+    Stream(&'a mut dyn Read),
+    /// A seekable stream (a file); positions are absolute.
+    Seekable(&'a mut dyn ReadSeek),
+    /// Random access (another store's blob).
+    At(&'a dyn ReaderAt),
+}
+
+/// How long [`open_writer`] keeps retrying a reference held by another writer.
+pub const OPEN_WRITER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Opens a writer for `reference`, retrying with bounded exponential backoff (10 ms up to
+/// 500 ms a step, [`OPEN_WRITER_PATIENCE`] in all) while a live writer holds it; then the last
+/// `Unavailable`. Other errors return at once.
+pub fn open_writer(
+    ingester: &dyn Ingester,
+    reference: &str,
+    size: Option<u64>,
+    expected: Option<&Digest>,
+) -> Result<Box<dyn Writer>> {
+    let deadline = Instant::now() + OPEN_WRITER_PATIENCE;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match ingester.writer(reference, size, expected) {
+            Err(e) if e.kind() == ErrorKind::Unavailable && Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Copies `source` into `writer` and commits it with `size`, `expected` and `labels`.
+///
+/// If the writer resumes at an offset, that many bytes of the source are skipped. Content
+/// that turns out to be committed already counts as success. Returns the digest.
+pub fn copy(
+    mut writer: Box<dyn Writer>,
+    source: Source<'_>,
+    size: Option<u64>,
+    expected: Option<&Digest>,
+    labels: Labels,
+) -> Result<Digest> {
+    let offset = writer.status()?.offset;
+    match source {
+        Source::Stream(r) => {
+            io::copy(&mut r.take(offset), &mut io::sink())
+                .map_err(|e| Error::from_io(e, "skip the resumed prefix of", "input"))?;
+            copy_stream(r, &mut *writer)?;
+        }
+        Source::Seekable(r) => {
+            r.seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io("seek", "input", e))?;
+            copy_stream(r, &mut *writer)?;
+        }
+        Source::At(r) => {
+            let mut at = AtReader::new(r);
+            at.pos = offset;
+            copy_stream(&mut at, &mut *writer)?;
+        }
+    }
+    // What names the content if the commit finds it already there.
+    let named = match expected {
+        Some(d) => d.clone(),
+        None => writer.digest(),
+    };
+    match writer.commit(size, expected, labels) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(named),
+        other => other,
+    }
+}
+
+/// Streams `reader` into `writer` with a 1 MiB buffer.
+fn copy_stream(reader: &mut dyn Read, writer: &mut dyn Writer) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = match reader.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::from_io(e, "read", "input")),
+        };
+        writer
+            .write_all(&buf[..k])
+            .map_err(|e| Error::from_io(e, "write", "ingest"))?;
+        n += k as u64;
+    }
+}
+
+/// Writes a whole blob from `reader` under `reference`.
+///
+/// When `expected` is already committed it returns at once without touching the reader.
+/// A resumed ingest skips what it has. Content committed meanwhile counts as success.
+pub fn write_blob(
+    store: &dyn ContentStore,
+    reference: &str,
+    reader: &mut dyn Read,
+    size: Option<u64>,
+    expected: Option<&Digest>,
+    labels: Labels,
+) -> Result<Digest> {
+    if let Some(d) = expected {
+        match store.info(d) {
+            Ok(_) => return Ok(d.clone()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let writer = match open_writer(store, reference, size, expected) {
+        Ok(w) => w,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && expected.is_some() => {
+            return Ok(expected.cloned().expect("checked"));
+        }
+        Err(e) => return Err(e),
+    };
+    copy(writer, Source::Stream(reader), size, expected, labels)
+}
+
+/// Reads a whole blob into memory. `NotFound` when absent.
+pub fn read_blob(provider: &dyn Provider, digest: &Digest) -> Result<Vec<u8>> {
+    let r = provider.reader_at(digest)?;
+    let mut out = Vec::with_capacity(usize::try_from(r.size()).unwrap_or(0).min(1 << 30));
+    AtReader::new(&*r)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::from_io(e, "read", digest.to_string()))?;
+    Ok(out)
+}
+
+/// Streams a whole blob into `out`, returning the bytes written.
+pub fn copy_blob_to(provider: &dyn Provider, digest: &Digest, out: &mut dyn Write) -> Result<u64> {
+    let r = provider.reader_at(digest)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    loop {
+        let n = r.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Ok(pos);
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", "output", e))?;
+        pos += n as u64;
+    }
+}
+
+/// Reads a whole blob and checks it against its digest: `Corrupted` when the bytes on disk
+/// no longer hash to it, never the wrong bytes.
+pub fn read_blob_verified(provider: &dyn Provider, digest: &Digest) -> Result<Vec<u8>> {
+    let bytes = read_blob(provider, digest)?;
+    let actual = digest.algorithm().digest(&bytes);
+    if actual != *digest {
+        return Err(Error::Corrupted(format!(
+            "content {digest} reads back as {actual}: its bytes on disk have changed"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// An `io::Read + io::Seek` view of a [`ReaderAt`].
+pub struct AtReader<'a> {
+    inner: &'a dyn ReaderAt,
+    pos: u64,
+}
+
+impl<'a> AtReader<'a> {
+    /// A reader positioned at the start.
+    pub fn new(inner: &'a dyn ReaderAt) -> Self {
+        AtReader { inner, pos: 0 }
+    }
+}
+
+impl Read for AtReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .inner
+            .read_at(buf, self.pos)
+            .map_err(Error::into_io)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for AtReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let base = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.inner.size().checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}

@@ -1,0 +1,40 @@
+//! ocistore: an embedded, transactional content store for OCI content.
+//!
+//! Metadata (descriptors, labels, ingest status) lives in one redb database; blob bytes live in
+//! sharded read-only files under `blobs/<alg>/<hh>/<hex>`. The store implements containerd's
+//! content interfaces — [`Provider`], [`Manager`], [`Ingester`], [`IngestManager`] — with
+//! containerd's filter language, crash-safe commits, and safe sharing between processes.
+//!
+//! ```
+//! use ocistore::{Store, Manager, helpers};
+//!
+//! # fn main() -> ocistore::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path())?;
+//! let digest = helpers::write_blob(&store, "example", &mut &b"hello"[..], None, None, Default::default())?;
+//! assert_eq!(store.info(&digest)?.size, 5);
+//! assert_eq!(helpers::read_blob(&store, &digest)?, b"hello");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod blobs;
+pub mod content;
+pub mod digest;
+pub mod error;
+pub mod filter;
+pub mod helpers;
+pub mod memory;
+pub mod query;
+pub mod store;
+pub mod testsuite;
+
+pub use content::{
+    ContentStore, Info, IngestManager, Ingester, Labels, Manager, Provider, ReaderAt, Status,
+    Writer,
+};
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{Error, ErrorKind, Result};
+pub use memory::MemoryStore;
+pub use store::{OpenOptions, Store};

@@ -1,0 +1,268 @@
+//! Ingests of the redb store: opening (and resuming) writers, status, listing, abort.
+//!
+//! An ingest is a record in `ingests` (reference → total, expected, started, directory id)
+//! plus `ingest/<id>/data`, whose length is the offset. The record is written when a writer
+//! first opens the reference; bytes are then appended without touching the database.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use redb::ReadableTable;
+
+use crate::content::{IngestManager, Ingester, Status, Writer, validate_reference};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::filter;
+use crate::query::StatusFields;
+use crate::store::Store;
+use crate::store::locks::RefLock;
+use crate::store::records::{self, IngestRecord, Nanos};
+use crate::store::schema::INGESTS;
+use crate::store::writer::StoreWriter;
+
+impl Store {
+    /// The directory of the ingest `reference`: a hash of it, so any string is a safe key.
+    pub(crate) fn ingest_dir(&self, reference: &str) -> PathBuf {
+        let id = blake3::hash(reference.as_bytes()).to_hex();
+        self.ingest_root().join(&id.as_str()[..32])
+    }
+
+    pub(crate) fn ingest_record(&self, reference: &str) -> Result<Option<IngestRecord>> {
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(INGESTS)
+            .map_err(|e| Error::db("open the ingests table", e))?;
+        match table
+            .get(reference)
+            .map_err(|e| Error::db("read an ingest record", e))?
+        {
+            Some(v) => Ok(Some(records::decode(v.value(), reference)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_ingest_record(&self, reference: &str, record: &IngestRecord) -> Result<()> {
+        let txn = self.write_txn("open a writer")?;
+        {
+            let mut table = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            table
+                .insert(reference, records::encode(record).as_slice())
+                .map_err(|e| Error::db("write an ingest record", e))?;
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit an ingest record", e))
+    }
+
+    /// Removes the ingest's record (when `drop_record`) and then its directory, under its lock.
+    pub(crate) fn remove_ingest(&self, reference: &str, lock: &RefLock) -> Result<()> {
+        let txn = self.write_txn("remove an ingest")?;
+        {
+            let mut table = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            table
+                .remove(reference)
+                .map_err(|e| Error::db("remove an ingest record", e))?;
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit an ingest removal", e))?;
+        self.remove_ingest_dir(reference, lock);
+        Ok(())
+    }
+
+    /// Removes the bytes of an ingest whose record is gone. Best effort: a leftover
+    /// directory without a record is debris that `gc` reclaims.
+    pub(crate) fn remove_ingest_dir(&self, reference: &str, lock: &RefLock) {
+        let dir = self.ingest_dir(reference);
+        let _ = fs::remove_file(dir.join("data"));
+        lock.remove_file();
+        let _ = fs::remove_dir(&dir);
+    }
+
+    fn status_of(&self, reference: &str, record: &IngestRecord) -> Result<Status> {
+        let data = self.ingest_dir(reference).join("data");
+        let (offset, updated) = match fs::metadata(&data) {
+            Ok(m) => (
+                m.len(),
+                m.modified().map(Nanos::from).unwrap_or(record.started),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, record.started),
+            Err(e) => return Err(Error::io("stat ingest data", data, e)),
+        };
+        Ok(Status {
+            reference: reference.to_owned(),
+            offset,
+            total: record.total,
+            expected: parse_expected(record, reference)?,
+            started_at: record.started.into(),
+            updated_at: updated.max(record.started).into(),
+        })
+    }
+}
+
+pub(crate) fn parse_expected(record: &IngestRecord, reference: &str) -> Result<Option<Digest>> {
+    record
+        .expected
+        .as_deref()
+        .map(|s| {
+            Digest::parse(s).map_err(|_| {
+                Error::Corrupted(format!("ingest {reference:?} records a malformed digest"))
+            })
+        })
+        .transpose()
+}
+
+impl Ingester for Store {
+    fn writer(
+        &self,
+        reference: &str,
+        expected_size: Option<u64>,
+        expected: Option<&Digest>,
+    ) -> Result<Box<dyn Writer>> {
+        validate_reference(reference)?;
+        self.writable("open a writer")?;
+        if let Some(d) = expected
+            && self.blob_record(d)?.is_some()
+        {
+            return Err(Error::AlreadyExists(format!("content {d}")));
+        }
+        let dir = self.ingest_dir(reference);
+        let lock = RefLock::try_acquire(&dir, reference)?;
+        let data_path = dir.join("data");
+        let existing = self.ingest_record(reference)?;
+        let fresh = existing.is_none();
+        let record = match existing {
+            Some(mut rec) => {
+                let want_expected = expected.map(ToString::to_string);
+                let changed = (expected_size.is_some() && expected_size != rec.total)
+                    || (want_expected.is_some() && want_expected != rec.expected);
+                if changed {
+                    rec.total = expected_size.or(rec.total);
+                    rec.expected = want_expected.or(rec.expected);
+                    self.put_ingest_record(reference, &rec)?;
+                }
+                rec
+            }
+            None => {
+                let rec = IngestRecord {
+                    total: expected_size,
+                    expected: expected.map(ToString::to_string),
+                    started: Nanos::now(),
+                    id: dir
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                self.put_ingest_record(reference, &rec)?;
+                rec
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)
+            .map_err(|e| Error::io("open ingest data", &data_path, e))?;
+        if fresh {
+            // Bytes left by a writer whose record never landed (a crash) are not an ingest.
+            file.set_len(0)
+                .map_err(|e| Error::io("truncate ingest data", &data_path, e))?;
+        }
+        let expected = parse_expected(&record, reference)?;
+        let algorithm = expected
+            .as_ref()
+            .map(Digest::algorithm)
+            .unwrap_or_default();
+        let (hasher, offset) = hash_prefix(&mut file, &data_path, algorithm, u64::MAX)?;
+        Ok(Box::new(StoreWriter::new(
+            self.clone(),
+            reference.to_owned(),
+            lock,
+            file,
+            data_path,
+            hasher,
+            offset,
+            record,
+            expected,
+        )))
+    }
+}
+
+/// Hashes the first `limit` bytes of `file` (all of it when shorter) from its start;
+/// returns the hasher and how many bytes were hashed.
+pub(crate) fn hash_prefix(
+    file: &mut File,
+    path: &Path,
+    algorithm: Algorithm,
+    limit: u64,
+) -> Result<(Hasher, u64)> {
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(0))
+        .map_err(|e| Error::io("seek ingest data", path, e))?;
+    let mut hasher = algorithm.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    let mut src = (&*file).take(limit);
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                hasher.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read ingest data", path, e)),
+        }
+    }
+    Ok((hasher, n))
+}
+
+impl IngestManager for Store {
+    fn status(&self, reference: &str) -> Result<Status> {
+        match self.ingest_record(reference)? {
+            Some(rec) => self.status_of(reference, &rec),
+            None => Err(Error::NotFound(format!("ingest {reference:?}"))),
+        }
+    }
+
+    fn list_statuses(&self, filters: &[&str]) -> Result<Vec<Status>> {
+        let filter = filter::parse_all(filters)?;
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(INGESTS)
+            .map_err(|e| Error::db("open the ingests table", e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .iter()
+            .map_err(|e| Error::db("list ingests", e))?
+        {
+            let (k, v) = entry.map_err(|e| Error::db("list ingests", e))?;
+            let reference = k.value();
+            let rec: IngestRecord = records::decode(v.value(), reference)?;
+            let status = self.status_of(reference, &rec)?;
+            if filter.matches(&StatusFields(&status)) {
+                out.push(status);
+            }
+        }
+        Ok(out)
+    }
+
+    fn abort(&self, reference: &str) -> Result<()> {
+        self.writable("abort an ingest")?;
+        if self.ingest_record(reference)?.is_none() {
+            return Err(Error::NotFound(format!("ingest {reference:?}")));
+        }
+        let lock = RefLock::try_acquire(&self.ingest_dir(reference), reference)?;
+        if self.ingest_record(reference)?.is_none() {
+            // Committed or aborted while we took the lock.
+            self.remove_ingest_dir(reference, &lock);
+            return Err(Error::NotFound(format!("ingest {reference:?}")));
+        }
+        self.remove_ingest(reference, &lock)
+    }
+}

@@ -1,0 +1,344 @@
+//! Committed content of the redb store: Manager (info, update, walk, delete), Provider
+//! (reader_at), and the transaction that turns an ingest into a blob.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use redb::{ReadableTable, Table};
+
+use crate::content::{Info, Labels, Manager, Provider, ReaderAt, apply_label_update};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::filter::{self, Filter};
+use crate::query::InfoFields;
+use crate::store::Store;
+use crate::store::locks::RefLock;
+use crate::store::records::{self, BlobRecord, Nanos};
+use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS};
+
+type LabelIndex<'txn> = Table<'txn, (&'static str, &'static str, &'static str), ()>;
+
+fn info_of(digest: Digest, rec: BlobRecord) -> Info {
+    Info {
+        digest,
+        size: rec.size,
+        created_at: rec.created.into(),
+        updated_at: rec.updated.into(),
+        labels: rec.labels,
+    }
+}
+
+fn index_labels(index: &mut LabelIndex<'_>, digest: &str, labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        index
+            .insert((k.as_str(), v.as_str(), digest), ())
+            .map_err(|e| Error::db("index a label", e))?;
+    }
+    Ok(())
+}
+
+fn unindex_labels(index: &mut LabelIndex<'_>, digest: &str, labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        index
+            .remove((k.as_str(), v.as_str(), digest))
+            .map_err(|e| Error::db("unindex a label", e))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Turns the fsynced, verified ingest `reference` into the blob `digest`: publish the file,
+    /// then one transaction inserts the record with its labels and drops the ingest record.
+    /// `AlreadyExists` (and the ingest removed) when the blob is already committed.
+    pub(crate) fn commit_ingest(
+        &self,
+        reference: &str,
+        lock: &RefLock,
+        data: &Path,
+        digest: &Digest,
+        size: u64,
+        labels: Labels,
+    ) -> Result<()> {
+        if self.blob_record(digest)?.is_some() {
+            self.remove_ingest(reference, lock)?;
+            return Err(Error::AlreadyExists(format!("content {digest}")));
+        }
+        self.blob_dir().publish(data, digest, size)?;
+        let key = digest.to_string();
+        let txn = self.write_txn("commit a blob")?;
+        let existed = {
+            let mut blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let existed = blobs
+                .get(key.as_str())
+                .map_err(|e| Error::db("read a blob record", e))?
+                .is_some();
+            if !existed {
+                // A delete or gc in another process may have removed the file between our
+                // publish and this transaction; while we hold the transaction it cannot.
+                if !self.blob_dir().exists(digest) {
+                    self.blob_dir().publish(data, digest, size)?;
+                }
+                let now = Nanos::now();
+                let rec = BlobRecord {
+                    size,
+                    created: now,
+                    updated: now,
+                    labels,
+                };
+                blobs
+                    .insert(key.as_str(), records::encode(&rec).as_slice())
+                    .map_err(|e| Error::db("write a blob record", e))?;
+                let mut index = txn
+                    .open_table(BLOB_LABELS)
+                    .map_err(|e| Error::db("open the label index", e))?;
+                index_labels(&mut index, &key, &rec.labels)?;
+            }
+            let mut ingests = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            ingests
+                .remove(reference)
+                .map_err(|e| Error::db("remove an ingest record", e))?;
+            existed
+        };
+        txn.commit().map_err(|e| Error::db("commit a blob", e))?;
+        self.remove_ingest_dir(reference, lock);
+        if existed {
+            return Err(Error::AlreadyExists(format!("content {digest}")));
+        }
+        Ok(())
+    }
+
+    /// Removes the file of `digest` if, inside a write transaction, it has no record. Deletes
+    /// and gc use this so that a file is never removed under a concurrent commit.
+    pub(crate) fn remove_unrecorded_files(&self, digests: &[Digest]) -> Result<()> {
+        let txn = self.write_txn("remove blob files")?;
+        {
+            let blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            for d in digests {
+                let recorded = blobs
+                    .get(d.to_string().as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_some();
+                if !recorded {
+                    self.blob_dir().remove(d)?;
+                }
+            }
+        }
+        // Nothing was written: abort instead of paying a commit.
+        txn.abort()
+            .map_err(|e| Error::db("end the file-removal transaction", e))
+    }
+
+    fn walk_filtered(
+        &self,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Info) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.read_txn()?;
+        let blobs = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?;
+        let mut emit = |key: &str, value: &[u8]| -> Result<()> {
+            let digest = Digest::parse(key)
+                .map_err(|_| Error::Corrupted(format!("blob record under malformed key {key:?}")))?;
+            let info = info_of(digest, records::decode(value, key)?);
+            if filter.matches(&InfoFields(&info)) {
+                f(&info)?;
+            }
+            Ok(())
+        };
+        // Answer from an index when every branch pins a label or the digest: the candidates
+        // are few, so gather them (sorted, deduplicated) and look each one up.
+        let candidates: Option<BTreeSet<String>> =
+            if let Some(digests) = filter.equality_hints("digest") {
+                Some(digests.into_iter().collect())
+            } else if let Some(pairs) = filter.index_hints("labels") {
+                let index = txn
+                    .open_table(BLOB_LABELS)
+                    .map_err(|e| Error::db("open the label index", e))?;
+                let mut set = BTreeSet::new();
+                for (k, v) in &pairs {
+                    let range = index
+                        .range((k.as_str(), v.as_str(), "")..)
+                        .map_err(|e| Error::db("read the label index", e))?;
+                    for entry in range {
+                        let (key, _) = entry.map_err(|e| Error::db("read the label index", e))?;
+                        let (ik, iv, d) = key.value();
+                        if ik != k || iv != v {
+                            break;
+                        }
+                        set.insert(d.to_owned());
+                    }
+                }
+                Some(set)
+            } else {
+                None
+            };
+        match candidates {
+            Some(set) => {
+                for key in set {
+                    if let Some(v) = blobs
+                        .get(key.as_str())
+                        .map_err(|e| Error::db("read a blob record", e))?
+                    {
+                        emit(&key, v.value())?;
+                    }
+                }
+            }
+            None => {
+                for entry in blobs.iter().map_err(|e| Error::db("walk blobs", e))? {
+                    let (k, v) = entry.map_err(|e| Error::db("walk blobs", e))?;
+                    emit(k.value(), v.value())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Manager for Store {
+    fn info(&self, digest: &Digest) -> Result<Info> {
+        match self.blob_record(digest)? {
+            Some(rec) => Ok(info_of(digest.clone(), rec)),
+            None => Err(Error::NotFound(format!("content {digest}"))),
+        }
+    }
+
+    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        let key = info.digest.to_string();
+        let txn = self.write_txn("update labels")?;
+        let rec = {
+            let mut blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let mut rec: BlobRecord = match blobs
+                .get(key.as_str())
+                .map_err(|e| Error::db("read a blob record", e))?
+            {
+                Some(v) => records::decode(v.value(), &key)?,
+                None => return Err(Error::NotFound(format!("content {}", info.digest))),
+            };
+            let labels = apply_label_update(&rec.labels, info, fieldpaths)?;
+            let mut index = txn
+                .open_table(BLOB_LABELS)
+                .map_err(|e| Error::db("open the label index", e))?;
+            unindex_labels(&mut index, &key, &rec.labels)?;
+            index_labels(&mut index, &key, &labels)?;
+            rec.labels = labels;
+            rec.updated = Nanos::now().max(rec.updated);
+            blobs
+                .insert(key.as_str(), records::encode(&rec).as_slice())
+                .map_err(|e| Error::db("write a blob record", e))?;
+            rec
+        };
+        txn.commit()
+            .map_err(|e| Error::db("commit a label update", e))?;
+        Ok(info_of(info.digest.clone(), rec))
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>, filters: &[&str]) -> Result<()> {
+        let filter = filter::parse_all(filters)?;
+        self.walk_filtered(&filter, f)
+    }
+
+    fn delete(&self, digest: &Digest) -> Result<()> {
+        let key = digest.to_string();
+        let txn = self.write_txn("delete a blob")?;
+        {
+            let mut blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let rec: BlobRecord = match blobs
+                .remove(key.as_str())
+                .map_err(|e| Error::db("remove a blob record", e))?
+            {
+                Some(v) => records::decode(v.value(), &key)?,
+                None => return Err(Error::NotFound(format!("content {digest}"))),
+            };
+            let mut index = txn
+                .open_table(BLOB_LABELS)
+                .map_err(|e| Error::db("open the label index", e))?;
+            unindex_labels(&mut index, &key, &rec.labels)?;
+        }
+        txn.commit().map_err(|e| Error::db("commit a delete", e))?;
+        // The record is gone and durable; the bytes follow. If this fails the file is debris
+        // that gc reclaims, never a visible blob.
+        if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {
+            tracing::warn!(%digest, error = %e, "blob record deleted but its file remains");
+        }
+        Ok(())
+    }
+}
+
+/// Positional reads of one blob file, bounded by the recorded size.
+struct FileReader {
+    file: File,
+    size: u64,
+    path: std::path::PathBuf,
+}
+
+impl ReaderAt for FileReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let room = usize::try_from(self.size - offset).unwrap_or(usize::MAX);
+        let want = buf.len().min(room);
+        let mut done = 0;
+        // Fill as much as asked: a short read happens only at the end of the blob.
+        while done < want {
+            match self.file.read_at(&mut buf[done..want], offset + done as u64) {
+                Ok(0) => {
+                    return Err(Error::Corrupted(format!(
+                        "blob file '{}' is shorter than its recorded size {}",
+                        self.path.display(),
+                        self.size
+                    )));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read blob", &self.path, e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Provider for Store {
+    fn reader_at(&self, digest: &Digest) -> Result<Box<dyn ReaderAt>> {
+        let rec = self
+            .blob_record(digest)?
+            .ok_or_else(|| Error::NotFound(format!("content {digest}")))?;
+        let path = self.blob_dir().path_for(digest);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // Deleted between our lookup and the open? Then the record is gone too.
+                match self.blob_record(digest) {
+                    Ok(None) => Error::NotFound(format!("content {digest}")),
+                    _ => Error::Corrupted(format!(
+                        "content {digest} is recorded but its file '{}' is missing",
+                        path.display()
+                    )),
+                }
+            } else {
+                Error::io("open blob", &path, e)
+            }
+        })?;
+        Ok(Box::new(FileReader {
+            file,
+            size: rec.size,
+            path,
+        }))
+    }
+}

@@ -1,0 +1,331 @@
+//! The redb-backed store: metadata in `meta.redb`, bytes in `blobs/`, ingests in `ingest/`.
+//!
+//! # Concurrency
+//!
+//! One [`Store`] per process per root: [`Store::open`] hands out clones of the same store to
+//! every caller in a process. Between processes, the database is opened in redb's
+//! `ConcurrencyMode::MultiWriter`: any number of processes keep it open, read from their own
+//! MVCC snapshots without blocking, and take turns for write transactions (redb serialises
+//! them with a byte-range lock on the file and uses two-phase commit). Blob bytes are always
+//! written outside any transaction. Ingest references are locked with an OS file lock on
+//! `ingest/<id>/lock`, which the kernel releases when its holder dies.
+//!
+//! # Invariant: a record implies its file
+//!
+//! A blob file is published (hard-linked and its directory fsynced) before the transaction
+//! that inserts its record, and that transaction checks the file is still there. A file is
+//! only ever removed inside a write transaction that has seen no record for it. As write
+//! transactions are serialised across processes, a concurrent delete can never remove the
+//! file of a blob that another process is committing.
+
+mod ingest;
+mod locks;
+mod manager;
+pub(crate) mod migrate;
+pub(crate) mod records;
+pub(crate) mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
+
+use crate::blobs::BlobDir;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use records::BlobRecord;
+use schema::BLOBS;
+
+/// How to open a store. `OpenOptions::default()` opens read-write, creating the root when it
+/// is missing, and falls back to read-only when the root cannot be written.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    read_only: Option<bool>,
+    wait: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: None,
+            wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Options with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `true`: open read-only (nothing is created or modified; mutations fail with
+    /// `ReadOnly`). `false`: open read-write or fail. Unset: read-write when the root is
+    /// writable, else read-only.
+    pub fn read_only(&mut self, read_only: bool) -> &mut Self {
+        self.read_only = Some(read_only);
+        self
+    }
+
+    /// How long to keep retrying while another program holds the database exclusively
+    /// (default 10 s); after that, `StoreInUse`.
+    pub fn wait(&mut self, wait: Duration) -> &mut Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Opens the store at `root`. See [`Store::open`].
+    pub fn open(&self, root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root.as_ref(), self)
+    }
+}
+
+/// A content store on local disk. `Send + Sync`; clones share one open database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    root: PathBuf,
+    db: Db,
+    blobs: BlobDir,
+    ingest_root: PathBuf,
+}
+
+enum Db {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+/// Stores open in this process, by canonical root, so that a second `open` shares the first
+/// (redb's file locks are per process: two handles in one process must not coexist).
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
+    OPEN.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .field("read_only", &self.is_read_only())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `root` with default [`OpenOptions`], creating it when missing.
+    ///
+    /// Creates `meta.redb`, `blobs/` and `ingest/` as needed and brings the schema up to date;
+    /// never scans the blob tree. A store written by a newer ocistore is
+    /// `IncompatibleSchema`; a database held exclusively by another program for longer than
+    /// the wait is `StoreInUse`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        OpenOptions::default().open(root)
+    }
+
+    fn open_with(root: &Path, opts: &OpenOptions) -> Result<Store> {
+        let want_ro = opts.read_only == Some(true);
+        if !want_ro && !root.exists() {
+            fs::create_dir_all(root).map_err(|e| Error::io("create store directory", root, e))?;
+        }
+        let canonical = root
+            .canonicalize()
+            .map_err(|e| Error::io("open store directory", root, e))?;
+        let mut open = registry().lock();
+        open.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(inner) = open.get(&canonical).and_then(Weak::upgrade) {
+            let store = Store { inner };
+            if opts.read_only == Some(false) && store.is_read_only() {
+                return Err(Error::StoreInUse(format!(
+                    "'{}' is already open read-only in this process",
+                    canonical.display()
+                )));
+            }
+            return Ok(store);
+        }
+        let read_only = match opts.read_only {
+            Some(ro) => ro,
+            None => looks_read_only(&canonical),
+        };
+        let inner = match Inner::open(canonical.clone(), read_only, opts.wait) {
+            // Not ours to write (another user's cache): read it.
+            Err(Error::Database { source, .. })
+                if opts.read_only.is_none() && !read_only && is_permission_denied(&*source) =>
+            {
+                Inner::open(canonical.clone(), true, opts.wait)?
+            }
+            other => other?,
+        };
+        let inner = Arc::new(inner);
+        open.insert(canonical, Arc::downgrade(&inner));
+        Ok(Store { inner })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Whether the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.inner.db, Db::ReadOnly(_))
+    }
+
+    /// The blob tree.
+    pub fn blob_dir(&self) -> &BlobDir {
+        &self.inner.blobs
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> Result<u32> {
+        migrate::recorded_version(self.inner.readable())
+    }
+
+    pub(crate) fn read_txn(&self) -> Result<ReadTransaction> {
+        self.inner
+            .readable()
+            .begin_read()
+            .map_err(|e| Error::db("begin a read transaction", e))
+    }
+
+    /// The database for writing, or `ReadOnly` naming `action`.
+    pub(crate) fn writable(&self, action: &str) -> Result<&Database> {
+        match &self.inner.db {
+            Db::ReadWrite(db) => Ok(db),
+            Db::ReadOnly(_) => Err(Error::ReadOnly {
+                root: self.inner.root.clone(),
+                action: action.to_owned(),
+            }),
+        }
+    }
+
+    pub(crate) fn write_txn(&self, action: &str) -> Result<redb::WriteTransaction> {
+        self.writable(action)?
+            .begin_write()
+            .map_err(|e| Error::db("begin a write transaction", e))
+    }
+
+    /// The record of `digest`, if committed.
+    pub(crate) fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let txn = self.read_txn()?;
+        let table = match txn.open_table(BLOBS) {
+            Ok(t) => t,
+            Err(e) => return Err(Error::db("open the blobs table", e)),
+        };
+        let key = digest.to_string();
+        match table
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+        {
+            Some(v) => Ok(Some(records::decode(v.value(), &key)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn ingest_root(&self) -> &Path {
+        &self.inner.ingest_root
+    }
+}
+
+impl Inner {
+    fn open(root: PathBuf, read_only: bool, wait: Duration) -> Result<Inner> {
+        let meta = root.join("meta.redb");
+        let blobs = root.join("blobs");
+        let ingest_root = root.join("ingest");
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        let deadline = Instant::now() + wait;
+        let db = loop {
+            let attempt = if read_only {
+                if !meta.exists() {
+                    return Err(Error::NotFound(format!(
+                        "store '{}' (no meta.redb; a read-only open creates nothing)",
+                        root.display()
+                    )));
+                }
+                builder.open_read_only(&meta).map(Db::ReadOnly)
+            } else {
+                builder.create(&meta).map(Db::ReadWrite)
+            };
+            match attempt {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(Error::StoreInUse(format!(
+                        "'{}' is held exclusively by another program (waited {:?}); \
+                         see `fuser {}` for the holder",
+                        meta.display(),
+                        wait,
+                        meta.display()
+                    )));
+                }
+                Err(e) => return Err(Error::db("open meta.redb", e)),
+            }
+        };
+        match &db {
+            Db::ReadWrite(db) => {
+                for dir in [&blobs, &ingest_root] {
+                    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+                }
+                migrate::migrate(db)?;
+            }
+            Db::ReadOnly(db) => {
+                let found = migrate::recorded_version(db)?;
+                migrate::check_supported(found)?;
+                if found < schema::SCHEMA_VERSION {
+                    return Err(Error::FailedPrecondition(format!(
+                        "store '{}' has schema version {found} and needs migrating to {}, \
+                         which a read-only open cannot do",
+                        root.display(),
+                        schema::SCHEMA_VERSION
+                    )));
+                }
+            }
+        }
+        Ok(Inner {
+            blobs: BlobDir::new(blobs),
+            ingest_root,
+            root,
+            db,
+        })
+    }
+
+    fn readable(&self) -> &dyn ReadableDatabase {
+        match &self.db {
+            Db::ReadWrite(db) => db,
+            Db::ReadOnly(db) => db,
+        }
+    }
+}
+
+/// Whether the root is marked read-only: no write permission bit on the directory or on
+/// `meta.redb`. The bits are honoured even for root, who could write anyway: `chmod -R a-w`
+/// is how a user says "do not touch this cache".
+fn is_permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::PermissionDenied;
+        }
+        if e.to_string().contains("Permission denied") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn looks_read_only(dir: &Path) -> bool {
+    let ro = |p: &Path| fs::metadata(p).is_ok_and(|m| m.permissions().readonly());
+    ro(dir) || ro(&dir.join("meta.redb"))
+}

@@ -1,0 +1,36 @@
+//! Every redb table of the store, and the schema version. Change this file in the same commit
+//! as any schema change, together with a new step in `migrations/`.
+//!
+//! ```text
+//! meta.redb
+//! ├── meta          &str → &[u8]            "schema_version" → u32 LE, "store_id" → 16 bytes,
+//! │                                          "created" → u64 LE nanoseconds
+//! ├── blobs         &str → BlobRecord       digest string → {size, created, updated, labels}
+//! ├── blob_labels   (&str, &str, &str) → () (label key, label value, digest): the label index
+//! └── ingests       &str → IngestRecord     reference → {total, expected, started, dir id}
+//! ```
+//!
+//! Records are encoded by `records.rs` (a format byte, then bincode). Names, references and
+//! leases come with the image layer, as later schema versions.
+
+use redb::TableDefinition;
+
+/// The schema version this code writes and understands.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// Key of the schema version in [`META`].
+pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
+/// Key of the store's random id in [`META`].
+pub(crate) const META_STORE_ID: &str = "store_id";
+/// Key of the store's creation time in [`META`].
+pub(crate) const META_CREATED: &str = "created";
+
+/// Store-wide facts.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Committed blobs by digest string.
+pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// The label index: (key, value, digest) → ().
+pub(crate) const BLOB_LABELS: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("blob_labels");
+/// In-progress ingests by reference.
+pub(crate) const INGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ingests");
