@@ -48,17 +48,28 @@ pub fn open_writer(
     }
 }
 
+/// What [`copy`] committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The content's digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `false` when the content was already committed (by someone else, or before).
+    pub created: bool,
+}
+
 /// Copies `source` into `writer` and commits it with `size`, `expected` and `labels`.
 ///
 /// If the writer resumes at an offset, that many bytes of the source are skipped. Content
-/// that turns out to be committed already counts as success. Returns the digest.
+/// that turns out to be committed already counts as success (`created: false`).
 pub fn copy(
     mut writer: Box<dyn Writer>,
     source: Source<'_>,
     size: Option<u64>,
     expected: Option<&Digest>,
     labels: Labels,
-) -> Result<Digest> {
+) -> Result<Committed> {
     let offset = writer.status()?.offset;
     match source {
         Source::Stream(r) => {
@@ -82,9 +93,19 @@ pub fn copy(
         Some(d) => d.clone(),
         None => writer.digest(),
     };
+    let written = writer.status()?.offset;
     match writer.commit(size, expected, labels) {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(named),
-        other => other,
+        Ok(digest) => Ok(Committed {
+            digest,
+            size: written,
+            created: true,
+        }),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Committed {
+            digest: named,
+            size: written,
+            created: false,
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -132,7 +153,7 @@ pub fn write_blob(
         }
         Err(e) => return Err(e),
     };
-    copy(writer, Source::Stream(reader), size, expected, labels)
+    copy(writer, Source::Stream(reader), size, expected, labels).map(|c| c.digest)
 }
 
 /// Reads a whole blob into memory. `NotFound` when absent.

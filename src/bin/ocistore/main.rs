@@ -1,1 +1,106 @@
-fn main() {}
+//! `ocistore`: the command line of the ocistore content store.
+//!
+//! Errors print one line, `ocistore: <message>`, on stderr. Exit codes: 0 success, 2 usage
+//! errors and invalid arguments (bad digest, filter, label, reference), 1 anything else.
+
+mod content;
+mod ingest;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ocistore::{Error, ErrorKind, Store};
+
+/// An embedded, transactional content store for OCI content.
+#[derive(Parser)]
+#[command(name = "ocistore", version, about, max_term_width = 100)]
+struct Cli {
+    /// Store directory [default: $OCISTORE_ROOT, else $XDG_DATA_HOME/ocistore, else
+    /// ~/.local/share/ocistore]
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Committed blobs: put, inspect, list, read, label, remove
+    #[command(subcommand)]
+    Content(content::ContentCmd),
+    /// In-progress ingests: list, abort
+    #[command(subcommand)]
+    Ingest(ingest::IngestCmd),
+}
+
+/// What a command needs from the command line at large.
+pub struct Ctx {
+    root: PathBuf,
+    /// Print JSON.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Opens the store (read-write when possible).
+    pub fn open(&self) -> ocistore::Result<Store> {
+        Store::open(&self.root)
+    }
+}
+
+fn default_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("OCISTORE_ROOT").filter(|v| !v.is_empty()) {
+        return PathBuf::from(r);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("ocistore");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/ocistore")
+}
+
+/// A failure of a command: the library error, or a partial failure already reported.
+pub enum Failure {
+    /// An error to print.
+    Error(Error),
+    /// Some items failed and were reported one by one; exit 1.
+    Reported,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// Prints an error in the CLI's one-line form.
+pub fn report(e: &Error) {
+    eprintln!("ocistore: {e}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        root: cli.root.unwrap_or_else(default_root),
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Content(c) => content::run(&ctx, c),
+        Command::Ingest(c) => ingest::run(&ctx, c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Error(e)) => {
+            report(&e);
+            match e.kind() {
+                ErrorKind::InvalidArgument => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! `ocistore content ...`: committed blobs.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use ocistore::helpers::{self, Source};
+use ocistore::{Digest, Error, ErrorKind, Info, Labels, Manager};
+use serde_json::json;
+
+use crate::output::{self, age, human_size, info_json, labels_cell, print_json, table};
+use crate::{Ctx, Failure, report};
+
+#[derive(Subcommand)]
+pub enum ContentCmd {
+    /// Store a blob from a file or stdin and print its digest
+    Put {
+        /// File to read, or - for stdin
+        #[arg(default_value = "-")]
+        path: String,
+        /// Ingest reference: naming an existing ingest resumes it (the bytes it has are skipped)
+        #[arg(long = "ref", value_name = "REF")]
+        reference: Option<String>,
+        /// Digest the content must have
+        #[arg(long, value_name = "DIGEST")]
+        expected: Option<String>,
+        /// Size in bytes the content must have
+        #[arg(long, value_name = "N")]
+        size: Option<u64>,
+        /// A label to set on the blob (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Show one blob's record
+    Info {
+        /// The blob's digest
+        digest: String,
+    },
+    /// List blobs matching any of the filters (containerd's filter syntax)
+    Ls {
+        /// Filters such as 'labels."com.example/k"==v' or 'size==4096'; several are OR-ed
+        filters: Vec<String>,
+        /// Print digests only
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a blob's bytes to stdout
+    Cat {
+        /// The blob's digest
+        digest: String,
+    },
+    /// Set labels (KEY=VALUE) or remove them (KEY=) and print the updated record
+    Label {
+        /// The blob's digest
+        digest: String,
+        /// KEY=VALUE to set, KEY= to remove
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Remove blobs
+    Rm {
+        /// Digests to remove
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
+}
+
+pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
+    match cmd {
+        ContentCmd::Put {
+            path,
+            reference,
+            expected,
+            size,
+            labels,
+        } => put(ctx, &path, reference, expected, size, &labels),
+        ContentCmd::Info { digest } => {
+            let d = Digest::parse(&digest)?;
+            let info = ctx.open()?.info(&d)?;
+            show_info(ctx, &info);
+            Ok(())
+        }
+        ContentCmd::Ls { filters, quiet } => ls(ctx, &filters, quiet),
+        ContentCmd::Cat { digest } => {
+            let d = Digest::parse(&digest)?;
+            let store = ctx.open()?;
+            let mut out = io::stdout().lock();
+            helpers::copy_blob_to(&store, &d, &mut out)?;
+            out.flush().map_err(|e| Error::Io {
+                action: "write",
+                path: "stdout".into(),
+                source: e,
+            })?;
+            Ok(())
+        }
+        ContentCmd::Label { digest, labels } => label(ctx, &digest, &labels),
+        ContentCmd::Rm { digests } => rm(ctx, &digests),
+    }
+}
+
+/// Parses `KEY=VALUE` arguments; `allow_empty` admits `KEY=` (a removal).
+pub fn parse_labels(args: &[String], allow_empty: bool) -> Result<Labels, Error> {
+    let mut labels = Labels::new();
+    for a in args {
+        let Some((k, v)) = a.split_once('=') else {
+            return Err(Error::InvalidArgument(format!(
+                "label {a:?} is not KEY=VALUE"
+            )));
+        };
+        if v.is_empty() && !allow_empty {
+            return Err(Error::InvalidArgument(format!("label {a:?} has no value")));
+        }
+        ocistore::content::validate_label(k, v)?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(labels)
+}
+
+fn put(
+    ctx: &Ctx,
+    path: &str,
+    reference: Option<String>,
+    expected: Option<String>,
+    size: Option<u64>,
+    labels: &[String],
+) -> Result<(), Failure> {
+    let expected = expected.as_deref().map(Digest::parse).transpose()?;
+    let labels = parse_labels(labels, false)?;
+    let reference = reference.unwrap_or_else(|| {
+        format!(
+            "put-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )
+    });
+    let store = ctx.open()?;
+    let done = |digest: &Digest, size: u64, created: bool| {
+        if ctx.json {
+            print_json(&json!({"digest": digest.to_string(), "size": size, "created": created}));
+        } else {
+            println!("{digest}");
+        }
+    };
+    if let Some(d) = &expected {
+        match store.info(d) {
+            Ok(info) => {
+                done(d, info.size, false);
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let writer = match helpers::open_writer(&store, &reference, size, expected.as_ref()) {
+        Ok(w) => w,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let d = expected.expect("AlreadyExists at open needs an expected digest");
+            let info = store.info(&d)?;
+            done(&d, info.size, false);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let committed = if path == "-" {
+        let mut stdin = io::stdin().lock();
+        helpers::copy(writer, Source::Stream(&mut stdin), size, expected.as_ref(), labels)?
+    } else {
+        let p = PathBuf::from(path);
+        let mut f = File::open(&p).map_err(|e| Error::Io {
+            action: "open",
+            path: p.clone(),
+            source: e,
+        })?;
+        helpers::copy(writer, Source::Seekable(&mut f), size, expected.as_ref(), labels)?
+    };
+    done(&committed.digest, committed.size, committed.created);
+    Ok(())
+}
+
+fn show_info(ctx: &Ctx, info: &Info) {
+    if ctx.json {
+        print_json(&info_json(info));
+        return;
+    }
+    println!("digest:     {}", info.digest);
+    println!("size:       {} ({})", info.size, human_size(info.size));
+    println!("created_at: {}", ocistore::query::rfc3339(info.created_at));
+    println!("updated_at: {}", ocistore::query::rfc3339(info.updated_at));
+    if info.labels.is_empty() {
+        println!("labels:     -");
+    } else {
+        println!("labels:");
+        for (k, v) in &info.labels {
+            println!("  {k}={v}");
+        }
+    }
+}
+
+fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    if quiet && !ctx.json {
+        // Streams: one line per blob as the walk finds it.
+        let mut out = io::stdout().lock();
+        store.walk(
+            &mut |i| {
+                writeln!(out, "{}", i.digest).map_err(|e| Error::Io {
+                    action: "write",
+                    path: "stdout".into(),
+                    source: e,
+                })
+            },
+            &filters,
+        )?;
+        return Ok(());
+    }
+    let mut infos = Vec::new();
+    store.walk(
+        &mut |i| {
+            infos.push(i.clone());
+            Ok(())
+        },
+        &filters,
+    )?;
+    if ctx.json {
+        print_json(&serde_json::Value::Array(infos.iter().map(info_json).collect()));
+    } else {
+        let rows: Vec<Vec<String>> = infos
+            .iter()
+            .map(|i| {
+                vec![
+                    i.digest.to_string(),
+                    human_size(i.size),
+                    age(i.created_at),
+                    labels_cell(&i.labels),
+                ]
+            })
+            .collect();
+        table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows);
+    }
+    Ok(())
+}
+
+fn label(ctx: &Ctx, digest: &str, args: &[String]) -> Result<(), Failure> {
+    let d = Digest::parse(digest)?;
+    let labels = parse_labels(args, true)?;
+    let store = ctx.open()?;
+    let mut info = store.info(&d)?;
+    let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    info.labels = labels;
+    let updated = store.update(&info, &paths)?;
+    show_info(ctx, &updated);
+    Ok(())
+}
+
+fn rm(ctx: &Ctx, digests: &[String]) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let mut failed = false;
+    let mut removed = Vec::new();
+    let mut invalid = false;
+    for arg in digests {
+        let result = Digest::parse(arg).and_then(|d| store.delete(&d).map(|()| d));
+        match result {
+            Ok(d) => {
+                if !ctx.json {
+                    println!("{d}");
+                }
+                removed.push(d.to_string());
+            }
+            Err(e) => {
+                invalid |= e.kind() == ErrorKind::InvalidArgument;
+                failed = true;
+                report(&e);
+            }
+        }
+    }
+    if ctx.json {
+        output::print_json(&json!({ "removed": removed }));
+    }
+    match (failed, invalid) {
+        (false, _) => Ok(()),
+        (true, true) => Err(Failure::Error(Error::InvalidArgument(
+            "some digests were malformed (reported above)".into(),
+        ))),
+        (true, false) => Err(Failure::Reported),
+    }
+}

@@ -1,0 +1,246 @@
+//! The `ocistore` command line on a fresh root: content and ingest commands, exit codes,
+//! JSON fields, an interrupted pipe resumed, and memory held flat on a 1 GiB put.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ocistore"))
+}
+
+fn run(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ocistore");
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let out = run(root, args, None);
+    assert!(
+        out.status.success(),
+        "ocistore {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(root: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(root, &all)).unwrap()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn ls_digests(root: &Path, filters: &[&str]) -> Vec<String> {
+    let mut args = vec!["content", "ls", "-q"];
+    args.extend_from_slice(filters);
+    ok(root, &args).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn put_info_ls_label_rm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let file = tmp.path().join("a.txt");
+    std::fs::write(&file, b"alpha").unwrap();
+
+    let put = json(&root, &["content", "put", file.to_str().unwrap(), "--label", "team=build", "--label", "com.example/k=v"]);
+    assert_eq!(put["created"], true);
+    assert_eq!(put["size"], 5);
+    let a = put["digest"].as_str().unwrap().to_owned();
+    let again = json(&root, &["content", "put", file.to_str().unwrap()]);
+    assert_eq!((again["digest"].as_str().unwrap(), &again["created"]), (a.as_str(), &Value::Bool(false)));
+
+    let out = run(&root, &["--json", "content", "put", "-", "--label", "team=test"], Some(b"bravo!"));
+    assert!(out.status.success());
+    let b = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"].as_str().unwrap().to_owned();
+
+    let info = json(&root, &["content", "info", &a]);
+    for field in ["digest", "size", "created_at", "updated_at", "labels"] {
+        assert!(info.get(field).is_some(), "info lacks {field}");
+    }
+    assert_eq!(info["labels"]["team"], "build");
+    assert!(info["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(ls_digests(&root, &[]), both);
+    assert_eq!(ls_digests(&root, &["labels.team==build"]), [a.clone()]);
+    assert_eq!(ls_digests(&root, &["labels.team!=build"]), [b.clone()]);
+    assert_eq!(ls_digests(&root, &["labels.team~=^te"]), [b.clone()]);
+    assert_eq!(ls_digests(&root, &[r#"labels."com.example/k""#]), [a.clone()]);
+    assert_eq!(ls_digests(&root, &["size==6"]), [b.clone()]);
+    assert_eq!(ls_digests(&root, &["labels.team==build", "size==6"]), both);
+    let table = ok(&root, &["content", "ls"]);
+    assert!(table.starts_with("DIGEST"), "{table}");
+    assert!(table.contains("team=build"));
+    let listed = json(&root, &["content", "ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let bad = run(&root, &["content", "ls", "labels.team=="], None);
+    assert_eq!(code(&bad), 2, "a bad filter is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("ocistore: "));
+    assert_eq!(code(&run(&root, &["content", "info", "sha256:XYZ"], None)), 2);
+    let missing = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(code(&run(&root, &["content", "info", &missing], None)), 1);
+    assert_eq!(code(&run(&root, &["content", "label", &a, "novalue"], None)), 2);
+    assert_eq!(code(&run(&root, &["content", "frobnicate"], None)), 2);
+
+    let labelled = json(&root, &["content", "label", &a, "team=", "tier=1"]);
+    assert_eq!(labelled["labels"], serde_json::json!({"com.example/k": "v", "tier": "1"}));
+    assert_eq!(ls_digests(&root, &["labels.tier==1"]), [a.clone()]);
+
+    assert_eq!(ok(&root, &["content", "cat", &b]).as_bytes(), b"bravo!");
+
+    // rm: the missing one is reported and makes the exit 1; the others still go.
+    let out = run(&root, &["content", "rm", &missing, &a], None);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    assert_eq!(ls_digests(&root, &[]), [b.clone()]);
+
+    // --expected mismatch: failed precondition, exit 1, the ingest remains.
+    let out = run(&root, &["content", "put", "-", "--ref", "r1", "--expected", &a], Some(b"not alpha"));
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let ingests = json(&root, &["ingest", "ls"]);
+    assert_eq!(ingests[0]["ref"], "r1");
+    for field in ["ref", "offset", "total", "expected", "started_at", "updated_at"] {
+        assert!(ingests[0].get(field).is_some(), "ingest ls lacks {field}");
+    }
+    assert!(ok(&root, &["ingest", "ls"]).starts_with("REF"));
+    ok(&root, &["ingest", "abort", "r1"]);
+    assert_eq!(json(&root, &["ingest", "ls"]), serde_json::json!([]));
+    assert_eq!(code(&run(&root, &["ingest", "abort", "r1"], None)), 1);
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_put(root: &Path, reference: &str) -> Child {
+    Command::new(bin())
+        .arg("--root")
+        .arg(root)
+        .args(["content", "put", "--ref", reference, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn killed_put_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut child = spawn_put(&root, "R");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..5 << 20]).unwrap();
+    stdin.flush().unwrap();
+    wait_for("the ingest to reach the disk", || {
+        let out = run(&root, &["--json", "ingest", "ls", "ref==R"], None);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v[0]["offset"].as_u64().unwrap_or(0) >= 4 << 20
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(stdin);
+    let listed = json(&root, &["ingest", "ls"]);
+    assert_eq!(listed[0]["ref"], "R");
+    let offset = listed[0]["offset"].as_u64().unwrap();
+    assert!(offset >= 4 << 20 && offset <= 5 << 20, "offset {offset}");
+    // The whole input again: the bytes already there are skipped, the digest is right, and
+    // no stale lock blocks it.
+    let out = run(&root, &["--json", "content", "put", "--ref", "R", "-"], Some(&data));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = ocistore::Algorithm::Sha256.digest(&data).to_string();
+    assert_eq!(v["digest"], want.as_str());
+    assert_eq!(v["size"], data.len());
+    assert_eq!(json(&root, &["ingest", "ls"]), serde_json::json!([]));
+    let cat = run(&root, &["content", "cat", &want], None);
+    assert!(cat.status.success());
+    assert!(cat.stdout == data, "cat gives back the bytes");
+}
+
+#[test]
+fn locked_ref_is_unavailable_across_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let mut holder = spawn_put(&root, "shared");
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(&[1u8; 2 << 20]).unwrap();
+    wait_for("the holder to write", || {
+        let v = json(&root, &["ingest", "ls"]);
+        v[0]["offset"].as_u64().unwrap_or(0) > 0
+    });
+    let store = ocistore::Store::open(&root).unwrap();
+    let err = ocistore::Ingester::writer(&store, "shared", None, None).err().expect("locked");
+    assert_eq!(err.kind(), ocistore::ErrorKind::Unavailable);
+    assert!(err.to_string().contains("pid"), "names the holder: {err}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let w = ocistore::Ingester::writer(&store, "shared", None, None).expect("released by death");
+    assert!(w.status().unwrap().offset >= 1 << 20);
+}
+
+/// Peak resident memory of a child, from wait4's rusage, in KiB.
+fn wait_max_rss(child: &mut Child) -> (i32, i64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn one_gib_put_holds_memory_flat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["content", "put", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut hasher = ocistore::Algorithm::Sha256.hasher();
+    for i in 0..1024u32 {
+        chunk[..4].copy_from_slice(&i.to_le_bytes());
+        hasher.update(&chunk);
+        stdin.write_all(&chunk).unwrap();
+    }
+    drop(stdin);
+    let (status, max_rss_kib) = wait_max_rss(&mut child);
+    assert_eq!(status, 0);
+    assert!(max_rss_kib < 64 * 1024, "peak RSS {max_rss_kib} KiB for a 1 GiB put");
+    let d = hasher.finalize();
+    let info = json(&root, &["content", "info", &d.to_string()]);
+    assert_eq!(info["size"], 1u64 << 30);
+}

@@ -1,0 +1,101 @@
+//! Schema versions: the committed fixture of every shipped version opens, and a store written
+//! by a newer version is refused with both versions named.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ocistore::{Algorithm, ErrorKind, IngestManager, Ingester, Labels, Manager, Store, helpers};
+
+fn fixture(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}/store"))
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let mut p = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            p.set_readonly(false);
+            std::fs::set_permissions(&target, p).unwrap();
+        }
+    }
+}
+
+/// What the v1 fixture holds: three blobs (one per algorithm) with labels, one ingest.
+fn fixture_blobs() -> Vec<(Algorithm, &'static [u8], Labels)> {
+    let l = |k: &str, v: &str| Labels::from([(k.to_owned(), v.to_owned())]);
+    vec![
+        (Algorithm::Sha256, b"fixture sha256".as_slice(), l("kind", "plain")),
+        (Algorithm::Sha512, b"fixture sha512".as_slice(), l("containerd.io/gc.root", "2024")),
+        (Algorithm::Blake3, b"fixture blake3".as_slice(), Labels::new()),
+    ]
+}
+
+#[test]
+#[ignore = "run by hand to regenerate tests/fixtures/v1 (only while v1 is the current schema)"]
+fn regenerate_v1_fixture() {
+    let root = fixture(1);
+    let _ = std::fs::remove_dir_all(&root);
+    let store = Store::open(&root).unwrap();
+    for (alg, bytes, labels) in fixture_blobs() {
+        let d = alg.digest(bytes);
+        helpers::write_blob(&store, &format!("fx-{alg}"), &mut &bytes[..], None, Some(&d), labels).unwrap();
+    }
+    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
+    w.write_all(b"12345").unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn v1_fixture_opens_and_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(1), tmp.path());
+    let store = Store::open(tmp.path()).unwrap();
+    assert!(store.schema_version().unwrap() >= 1);
+    for (alg, bytes, labels) in fixture_blobs() {
+        let d = alg.digest(bytes);
+        let info = store.info(&d).unwrap();
+        assert_eq!((info.size, &info.labels), (bytes.len() as u64, &labels));
+        assert_eq!(helpers::read_blob_verified(&store, &d).unwrap(), bytes);
+    }
+    let st = store.status("fixture-ingest").unwrap();
+    assert_eq!((st.offset, st.total), (5, Some(10)));
+    let mut w = store.writer("fixture-ingest", None, None).unwrap();
+    w.write_all(b"67890").unwrap();
+    w.commit(None, None, Labels::new()).unwrap();
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(Store::open(&root).unwrap());
+    {
+        let mut b = redb::Builder::new();
+        b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+        let db = b.open(root.join("meta.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", &999u32.to_le_bytes()[..]).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&root).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::IncompatibleSchema);
+    let msg = err.to_string();
+    assert!(msg.contains("999") && msg.contains(&format!("version {}", store_version())), "{msg}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocistore"))
+        .arg("--root").arg(&root).args(["content", "ls"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("999"));
+}
+
+fn store_version() -> u32 {
+    let tmp = tempfile::tempdir().unwrap();
+    Store::open(tmp.path()).unwrap().schema_version().unwrap()
+}
