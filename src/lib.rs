@@ -26,6 +26,7 @@ pub mod error;
 pub mod filter;
 pub mod helpers;
 pub mod memory;
+pub mod oci;
 pub mod query;
 pub mod store;
 pub mod testsuite;

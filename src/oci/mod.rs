@@ -1,0 +1,1 @@
+//! OCI interchange: image layouts and archives in and out of the store.
