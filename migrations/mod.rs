@@ -5,11 +5,14 @@
 //! it to [`STEPS`], bumps `SCHEMA_VERSION` in `src/store/schema.rs`, and commits a fixture
 //! store of the old version under `tests/fixtures/`.
 
+use std::path::Path;
+
 use redb::WriteTransaction;
 
 use crate::error::Result;
 
 mod v001_initial;
+mod v002_images;
 
 /// One schema step: brings a store at version `to - 1` to version `to`.
 pub(crate) struct Step {
@@ -17,13 +20,20 @@ pub(crate) struct Step {
     pub to: u32,
     /// What the step does, for logs.
     pub what: &'static str,
-    /// Applies the step inside the open-time write transaction.
-    pub apply: fn(&WriteTransaction) -> Result<()>,
+    /// Applies the step inside the open-time write transaction; the path is the blob tree.
+    pub apply: fn(&WriteTransaction, &Path) -> Result<()>,
 }
 
 /// Every step, in order.
-pub(crate) const STEPS: &[Step] = &[Step {
-    to: 1,
-    what: "blobs, blob_labels, ingests",
-    apply: v001_initial::apply,
-}];
+pub(crate) const STEPS: &[Step] = &[
+    Step {
+        to: 1,
+        what: "blobs, blob_labels, ingests",
+        apply: v001_initial::apply,
+    },
+    Step {
+        to: 2,
+        what: "names, refs, refs_rev, leases, lease_resources; refs of existing manifests",
+        apply: v002_images::apply,
+    },
+];

@@ -166,6 +166,17 @@ pub fn read_blob(provider: &dyn Provider, digest: &Digest) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Reads at most `limit` bytes from the start of a blob (manifests, configs, indexes).
+pub fn read_blob_prefix(provider: &dyn Provider, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+    let r = provider.reader_at(digest)?;
+    let mut out = Vec::new();
+    AtReader::new(&*r)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::from_io(e, "read", digest.to_string()))?;
+    Ok(out)
+}
+
 /// Streams a whole blob into `out`, returning the bytes written.
 pub fn copy_blob_to(provider: &dyn Provider, digest: &Digest, out: &mut dyn Write) -> Result<u64> {
     let r = provider.reader_at(digest)?;

@@ -26,8 +26,10 @@ pub mod error;
 pub mod filter;
 pub mod helpers;
 pub mod memory;
+pub mod names;
 pub mod oci;
 pub mod query;
+pub mod refs;
 pub mod store;
 pub mod testsuite;
 

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use crate::content::{Info, Status};
+use crate::names::Image;
 use crate::filter::{Adaptor, Value};
 
 /// RFC 3339 UTC with second precision, the form every time takes in output and filters.
@@ -48,6 +49,27 @@ impl Adaptor for StatusFields<'_> {
                 .map(|d| Value::Str(Cow::Owned(d.to_string()))),
             [f] if f == "offset" => Some(Value::Num(st.offset)),
             [f] if f == "total" => st.total.map(Value::Num),
+            _ => None,
+        }
+    }
+}
+
+/// Filter view of an [`Image`]: `name`, `target.digest`, `target.mediatype`, `labels.<key>`,
+/// `created_at`, `updated_at`.
+pub struct ImageFields<'a>(pub &'a Image);
+
+impl Adaptor for ImageFields<'_> {
+    fn field(&self, path: &[String]) -> Option<Value<'_>> {
+        let img = self.0;
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        match p.as_slice() {
+            ["name"] => Some(Value::Str(Cow::Borrowed(img.name.as_str()))),
+            ["target", "digest"] => Some(Value::Str(Cow::Owned(img.target.digest().to_string()))),
+            ["target", "mediatype"] => Some(Value::Str(Cow::Owned(img.target.media_type().to_string()))),
+            ["target", "size"] => Some(Value::Num(img.target.size())),
+            ["created_at"] => Some(Value::Str(Cow::Owned(rfc3339(img.created_at)))),
+            ["updated_at"] => Some(Value::Str(Cow::Owned(rfc3339(img.updated_at)))),
+            ["labels", key] => img.labels.get(*key).map(|v| Value::Str(Cow::Borrowed(v.as_str()))),
             _ => None,
         }
     }

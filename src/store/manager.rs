@@ -13,7 +13,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filter::{self, Filter};
 use crate::query::InfoFields;
-use crate::store::Store;
+use crate::store::{Store, graph};
 use crate::store::locks::RefLock;
 use crate::store::records::{self, BlobRecord, Nanos};
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS};
@@ -66,6 +66,7 @@ impl Store {
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }
         self.blob_dir().publish(data, digest, size)?;
+        let children = crate::refs::children_of_path(data)?.unwrap_or_default();
         let key = digest.to_string();
         let txn = self.write_txn("commit a blob")?;
         let existed = {
@@ -96,6 +97,7 @@ impl Store {
                     .open_table(BLOB_LABELS)
                     .map_err(|e| Error::db("open the label index", e))?;
                 index_labels(&mut index, &key, &rec.labels)?;
+                graph::record(&txn, &key, &children)?;
             }
             let mut ingests = txn
                 .open_table(INGESTS)
@@ -134,6 +136,26 @@ impl Store {
         // Nothing was written: abort instead of paying a commit.
         txn.abort()
             .map_err(|e| Error::db("end the file-removal transaction", e))
+    }
+
+    /// Removes the record of `key` and its label index entries inside `txn`; whether it
+    /// existed. The file is left for [`Store::remove_unrecorded_files`].
+    pub(crate) fn remove_blob_in(&self, txn: &redb::WriteTransaction, key: &str) -> Result<bool> {
+        let mut blobs = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?;
+        let rec: BlobRecord = match blobs
+            .remove(key)
+            .map_err(|e| Error::db("remove a blob record", e))?
+        {
+            Some(v) => records::decode(v.value(), key)?,
+            None => return Ok(false),
+        };
+        let mut index = txn
+            .open_table(BLOB_LABELS)
+            .map_err(|e| Error::db("open the label index", e))?;
+        unindex_labels(&mut index, key, &rec.labels)?;
+        Ok(true)
     }
 
     fn walk_filtered(
@@ -251,22 +273,10 @@ impl Manager for Store {
     fn delete(&self, digest: &Digest) -> Result<()> {
         let key = digest.to_string();
         let txn = self.write_txn("delete a blob")?;
-        {
-            let mut blobs = txn
-                .open_table(BLOBS)
-                .map_err(|e| Error::db("open the blobs table", e))?;
-            let rec: BlobRecord = match blobs
-                .remove(key.as_str())
-                .map_err(|e| Error::db("remove a blob record", e))?
-            {
-                Some(v) => records::decode(v.value(), &key)?,
-                None => return Err(Error::NotFound(format!("content {digest}"))),
-            };
-            let mut index = txn
-                .open_table(BLOB_LABELS)
-                .map_err(|e| Error::db("open the label index", e))?;
-            unindex_labels(&mut index, &key, &rec.labels)?;
+        if !self.remove_blob_in(&txn, &key)? {
+            return Err(Error::NotFound(format!("content {digest}")));
         }
+        graph::forget(&txn, &key)?;
         txn.commit().map_err(|e| Error::db("commit a delete", e))?;
         // The record is gone and durable; the bytes follow. If this fails the file is debris
         // that gc reclaims, never a visible blob.

@@ -48,7 +48,7 @@ pub(crate) fn check_supported(found: u32) -> Result<()> {
 
 /// Applies every missing step in one write transaction. Several processes may race here:
 /// the version is read again inside the transaction, so each step runs once.
-pub(crate) fn migrate(db: &Database) -> Result<()> {
+pub(crate) fn migrate(db: &Database, blobs_root: &std::path::Path) -> Result<()> {
     let found = recorded_version(db)?;
     check_supported(found)?;
     if found == SCHEMA_VERSION {
@@ -78,7 +78,7 @@ pub(crate) fn migrate(db: &Database) -> Result<()> {
     }
     for step in steps::STEPS.iter().filter(|s| s.to > found) {
         tracing::info!(to = step.to, what = step.what, "migrating store schema");
-        (step.apply)(&txn)?;
+        (step.apply)(&txn, blobs_root)?;
     }
     txn.open_table(META)
         .map_err(|e| Error::db("open the meta table", e))?

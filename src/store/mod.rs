@@ -18,6 +18,8 @@
 //! transactions are serialised across processes, a concurrent delete can never remove the
 //! file of a blob that another process is committing.
 
+mod graph;
+pub mod images;
 mod ingest;
 mod locks;
 mod manager;
@@ -277,7 +279,7 @@ impl Inner {
                 for dir in [&blobs, &ingest_root] {
                     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
                 }
-                migrate::migrate(db)?;
+                migrate::migrate(db, &blobs)?;
             }
             Db::ReadOnly(db) => {
                 let found = migrate::recorded_version(db)?;

@@ -86,6 +86,24 @@ pub(crate) struct IngestRecord {
     pub id: String,
 }
 
+/// `names` table value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NameRecord {
+    /// The target descriptor as OCI JSON (the oci-spec type is not bincode-friendly).
+    pub target: String,
+    pub created: Nanos,
+    pub updated: Nanos,
+    pub labels: Labels,
+}
+
+/// `leases` table value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseRecord {
+    pub created: Nanos,
+    pub expires: Option<Nanos>,
+    pub labels: Labels,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,16 +7,23 @@
 //! │                                          "created" → u64 LE nanoseconds
 //! ├── blobs         &str → BlobRecord       digest string → {size, created, updated, labels}
 //! ├── blob_labels   (&str, &str, &str) → () (label key, label value, digest): the label index
-//! └── ingests       &str → IngestRecord     reference → {total, expected, started, dir id}
+//! ├── ingests       &str → IngestRecord     reference → {total, expected, started, dir id}
+//! │                                                                     (v2 and later:)
+//! ├── names         &str → NameRecord       normalised reference → {descriptor JSON, created,
+//! │                                          updated, labels}
+//! ├── refs          (&str, &str) → ()       (parent digest, child digest): manifest/index edges
+//! ├── refs_rev      (&str, &str) → ()       (child digest, parent digest): the same, reversed
+//! ├── leases        &str → LeaseRecord      lease id → {created, expires, labels}
+//! └── lease_resources (&str, &str, &str) → () (lease id, kind, value); kind is "content",
+//!                                           "ingest" or "name"
 //! ```
 //!
-//! Records are encoded by `records.rs` (a format byte, then bincode). Names, references and
-//! leases come with the image layer, as later schema versions.
+//! Records are encoded by `records.rs` (a format byte, then bincode).
 
 use redb::TableDefinition;
 
 /// The schema version this code writes and understands.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// Key of the schema version in [`META`].
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
@@ -34,3 +41,14 @@ pub(crate) const BLOB_LABELS: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("blob_labels");
 /// In-progress ingests by reference.
 pub(crate) const INGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ingests");
+/// Image names by normalised reference.
+pub(crate) const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
+/// Edges from a manifest or index to its children: (parent, child) → ().
+pub(crate) const REFS: TableDefinition<(&str, &str), ()> = TableDefinition::new("refs");
+/// The same edges reversed: (child, parent) → ().
+pub(crate) const REFS_REV: TableDefinition<(&str, &str), ()> = TableDefinition::new("refs_rev");
+/// Leases by id.
+pub(crate) const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// What each lease holds: (lease id, kind, value) → ().
+pub(crate) const LEASE_RESOURCES: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("lease_resources");

@@ -1,0 +1,376 @@
+//! The name index: normalised reference → descriptor, with tags, index merging and the
+//! completeness check.
+
+use oci_spec::image::{Descriptor, Platform};
+use redb::{ReadableTable, WriteTransaction};
+use serde_json::{Value, json};
+
+use crate::content::{Labels, Manager, validate_labels};
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter;
+use crate::names::{self, Image, Name, descriptor_digest, platform_matches};
+use crate::query::ImageFields;
+use crate::store::records::{self, NameRecord, Nanos};
+use crate::store::schema::NAMES;
+use crate::store::{Store, graph};
+
+/// Media types of indexes (OCI and docker's manifest list).
+pub const INDEX_MEDIA_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// What [`Store::check_image`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completeness {
+    /// Whether every piece is present with its stated size.
+    pub complete: bool,
+    /// The manifest chosen for the platform, when one was found.
+    pub manifest: Option<Digest>,
+    /// What is missing or wrong: (digest or name, why).
+    pub missing: Vec<(String, String)>,
+}
+
+fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
+    let target: Descriptor = serde_json::from_str(&rec.target)
+        .map_err(|e| Error::Corrupted(format!("name {name:?} holds a malformed descriptor: {e}")))?;
+    Ok(Image {
+        name: name.to_owned(),
+        target,
+        created_at: rec.created.into(),
+        updated_at: rec.updated.into(),
+        labels: rec.labels,
+    })
+}
+
+/// Writes names inside `txn`, keeping `created` and labels of names that exist.
+pub(crate) fn put_names(
+    txn: &WriteTransaction,
+    names: &[(String, Descriptor, Option<Labels>)],
+) -> Result<()> {
+    let mut table = txn
+        .open_table(NAMES)
+        .map_err(|e| Error::db("open the names table", e))?;
+    let now = Nanos::now();
+    for (name, target, labels) in names {
+        let old: Option<NameRecord> = table
+            .get(name.as_str())
+            .map_err(|e| Error::db("read a name", e))?
+            .map(|v| records::decode(v.value(), name))
+            .transpose()?;
+        let target = serde_json::to_string(target)
+            .map_err(|e| Error::InvalidArgument(format!("descriptor for {name}: {e}")))?;
+        let rec = NameRecord {
+            target,
+            created: old.as_ref().map_or(now, |o| o.created),
+            updated: now,
+            labels: labels
+                .clone()
+                .or_else(|| old.map(|o| o.labels))
+                .unwrap_or_default(),
+        };
+        table
+            .insert(name.as_str(), records::encode(&rec).as_slice())
+            .map_err(|e| Error::db("write a name", e))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Points `name` (normalised with docker's rules) at `target`, replacing what it pointed
+    /// at. `labels`, when given, replace the name's labels. Durable on return.
+    pub fn put_image(&self, name: &str, target: Descriptor, labels: Option<Labels>) -> Result<Image> {
+        let key = Name::parse(name)?.to_string();
+        if let Some(l) = &labels {
+            validate_labels(l)?;
+        }
+        descriptor_digest(&target)?;
+        let txn = self.write_txn("write a name")?;
+        put_names(&txn, &[(key.clone(), target, labels)])?;
+        txn.commit().map_err(|e| Error::db("commit a name", e))?;
+        self.image(&key)
+    }
+
+    /// The image stored under `name`; `NotFound` when there is none.
+    pub fn image(&self, name: &str) -> Result<Image> {
+        let key = Name::parse(name)?.to_string();
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(NAMES)
+            .map_err(|e| Error::db("open the names table", e))?;
+        match table
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a name", e))?
+        {
+            Some(v) => image_of(&key, records::decode(v.value(), &key)?),
+            None => Err(Error::NotFound(format!("image {key}"))),
+        }
+    }
+
+    /// Every image matching any of `filters` (fields `name`, `target.digest`,
+    /// `target.mediatype`, `labels.<key>`), sorted by name.
+    pub fn images(&self, filters: &[&str]) -> Result<Vec<Image>> {
+        let filter = filter::parse_all(filters)?;
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(NAMES)
+            .map_err(|e| Error::db("open the names table", e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| Error::db("list names", e))? {
+            let (k, v) = entry.map_err(|e| Error::db("list names", e))?;
+            let image = image_of(k.value(), records::decode(v.value(), k.value())?)?;
+            if filter.matches(&ImageFields(&image)) {
+                out.push(image);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the descriptor for a name or a digest. A digest (bare, or in `name@digest`) wins
+    /// over a tag: it is looked up among the names' targets, else among the blobs, with the
+    /// media type read from the blob itself.
+    pub fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        let digest = match Digest::parse(reference) {
+            Ok(d) => d,
+            Err(_) => {
+                let name = Name::parse(reference)?;
+                match name.digest {
+                    Some(d) => d,
+                    None => return Ok(self.image(reference)?.target),
+                }
+            }
+        };
+        let digest_str = digest.to_string();
+        for image in self.images(&[&format!("target.digest=={digest_str}")])? {
+            return Ok(image.target);
+        }
+        let info = self.info(&digest)?;
+        let media_type = sniff_media_type(&crate::helpers::read_blob_prefix(self, &digest, crate::refs::MAX_PARSED)?);
+        names::descriptor(&media_type, &digest, info.size)
+    }
+
+    /// The tags of `repository` (normalised), in order; `last` starts after that tag and
+    /// `limit` caps the count (registry-style paging).
+    pub fn tags(&self, repository: &str, limit: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
+        let repo = Name::parse(repository)?.repository;
+        let prefix = format!("{repo}:");
+        let start = match last {
+            Some(t) => format!("{prefix}{t}\u{0}"),
+            None => prefix.clone(),
+        };
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(NAMES)
+            .map_err(|e| Error::db("open the names table", e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_str()..)
+            .map_err(|e| Error::db("list tags", e))?
+        {
+            let (k, _) = entry.map_err(|e| Error::db("list tags", e))?;
+            let Some(tag) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            out.push(tag.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Removes the name (a tag or a digest reference); the content stays until gc.
+    /// `NotFound` when there is no such name.
+    pub fn delete_image(&self, name: &str) -> Result<()> {
+        let key = Name::parse(name)?.to_string();
+        let txn = self.write_txn("delete a name")?;
+        let existed = txn
+            .open_table(NAMES)
+            .map_err(|e| Error::db("open the names table", e))?
+            .remove(key.as_str())
+            .map_err(|e| Error::db("remove a name", e))?
+            .is_some();
+        if !existed {
+            return Err(Error::NotFound(format!("image {key}")));
+        }
+        txn.commit().map_err(|e| Error::db("commit a name removal", e))
+    }
+
+    /// Deletes the manifest (or index) `digest` and every name that points at it, in one
+    /// transaction; returns the names removed. `NotFound` when neither exists.
+    pub fn delete_manifest(&self, digest: &Digest) -> Result<Vec<String>> {
+        let key = digest.to_string();
+        let doomed: Vec<String> = self
+            .images(&[&format!("target.digest=={key}")])?
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let had_blob = self.blob_record(digest)?.is_some();
+        if doomed.is_empty() && !had_blob {
+            return Err(Error::NotFound(format!("manifest {digest}")));
+        }
+        let txn = self.write_txn("delete a manifest")?;
+        {
+            let mut names = txn
+                .open_table(NAMES)
+                .map_err(|e| Error::db("open the names table", e))?;
+            for n in &doomed {
+                names
+                    .remove(n.as_str())
+                    .map_err(|e| Error::db("remove a name", e))?;
+            }
+        }
+        self.remove_blob_in(&txn, &key)?;
+        graph::forget(&txn, &key)?;
+        txn.commit().map_err(|e| Error::db("commit a manifest removal", e))?;
+        if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {
+            tracing::warn!(%digest, error = %e, "manifest record deleted but its file remains");
+        }
+        Ok(doomed)
+    }
+
+    /// Writes or merges the image index of `name` from `entries`: an existing index keeps its
+    /// other platforms; an entry with the same os/architecture/variant/os.version replaces the
+    /// old one; platform-less entries (attestations) are kept unless their content is gone.
+    /// The new index is committed as a blob and the name points at it.
+    pub fn write_index(&self, name: &str, entries: &[Descriptor]) -> Result<Image> {
+        let mut manifests: Vec<Value> = match self.image(name) {
+            Ok(img) if INDEX_MEDIA_TYPES.contains(&img.target.media_type().to_string().as_str()) => {
+                let bytes = crate::helpers::read_blob(self, &img.digest()?)?;
+                let doc: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Corrupted(format!("index of {name} is not JSON: {e}")))?;
+                doc.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default()
+            }
+            Ok(_) => Vec::new(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let platform_key = |v: &Value| -> Option<(String, String, String, String)> {
+            let p = v.get("platform")?;
+            let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            Some((s("os"), s("architecture"), s("variant"), s("os.version")))
+        };
+        // Platform-less entries stay only while what they point at is here.
+        manifests.retain(|m| {
+            platform_key(m).is_some()
+                || m.get("digest")
+                    .and_then(Value::as_str)
+                    .and_then(|d| Digest::parse(d).ok())
+                    .is_some_and(|d| self.blob_record(&d).ok().flatten().is_some())
+        });
+        for entry in entries {
+            let v = serde_json::to_value(entry)
+                .map_err(|e| Error::InvalidArgument(format!("descriptor: {e}")))?;
+            descriptor_digest(entry)?;
+            match platform_key(&v) {
+                Some(k) => {
+                    if let Some(slot) = manifests.iter_mut().find(|m| platform_key(m).as_ref() == Some(&k)) {
+                        *slot = v;
+                    } else {
+                        manifests.push(v);
+                    }
+                }
+                None => {
+                    if !manifests.contains(&v) {
+                        manifests.push(v);
+                    }
+                }
+            }
+        }
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_MEDIA_TYPES[0],
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&index).expect("a JSON value serialises");
+        let digest = crate::digest::Algorithm::Sha256.digest(&bytes);
+        crate::helpers::write_blob(
+            self,
+            &format!("index-{digest}"),
+            &mut &bytes[..],
+            Some(bytes.len() as u64),
+            Some(&digest),
+            Labels::new(),
+        )?;
+        let desc = names::descriptor(INDEX_MEDIA_TYPES[0], &digest, bytes.len() as u64)?;
+        self.put_image(name, desc, None)
+    }
+
+    /// Whether the image `name` is complete for `platform`: name → index → the platform's
+    /// manifest → its config and every layer present with the size the descriptor states.
+    pub fn check_image(&self, name: &str, platform: &Platform) -> Result<Completeness> {
+        let image = self.image(name)?;
+        let mut missing = Vec::new();
+        let mut desc = image.target.clone();
+        let mut manifest = None;
+        for _depth in 0..8 {
+            let d = descriptor_digest(&desc)?;
+            if !self.present_with_size(&d, desc.size(), &mut missing)? {
+                break;
+            }
+            let bytes = crate::helpers::read_blob_prefix(self, &d, crate::refs::MAX_PARSED)?;
+            let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if let Some(list) = doc.get("manifests").and_then(Value::as_array) {
+                let chosen = list.iter().find(|m| {
+                    m.get("platform")
+                        .and_then(|p| serde_json::from_value::<Platform>(p.clone()).ok())
+                        .is_some_and(|p| platform_matches(platform, &p))
+                });
+                match chosen.and_then(|m| serde_json::from_value::<Descriptor>(m.clone()).ok()) {
+                    Some(next) => {
+                        desc = next;
+                        continue;
+                    }
+                    None => {
+                        missing.push((
+                            d.to_string(),
+                            format!("index has no manifest for {}", names::platform_string(platform)),
+                        ));
+                        break;
+                    }
+                }
+            }
+            manifest = Some(d.clone());
+            let parts = doc.get("config").into_iter().chain(
+                doc.get("layers").and_then(Value::as_array).into_iter().flatten(),
+            );
+            for part in parts {
+                let Ok(pd) = serde_json::from_value::<Descriptor>(part.clone()) else {
+                    missing.push((d.to_string(), "malformed descriptor in manifest".into()));
+                    continue;
+                };
+                let digest = descriptor_digest(&pd)?;
+                self.present_with_size(&digest, pd.size(), &mut missing)?;
+            }
+            break;
+        }
+        Ok(Completeness {
+            complete: missing.is_empty(),
+            manifest,
+            missing,
+        })
+    }
+
+    fn present_with_size(&self, d: &Digest, size: u64, missing: &mut Vec<(String, String)>) -> Result<bool> {
+        match self.blob_record(d)? {
+            None => {
+                missing.push((d.to_string(), "missing".into()));
+                Ok(false)
+            }
+            Some(rec) if rec.size != size => {
+                missing.push((d.to_string(), format!("size {} but the descriptor says {size}", rec.size)));
+                Ok(false)
+            }
+            Some(_) => Ok(true),
+        }
+    }
+}
+
+/// The `mediaType` a JSON document declares, else `application/octet-stream`.
+pub fn sniff_media_type(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "application/octet-stream".to_owned())
+}
