@@ -42,6 +42,14 @@ impl BlobDir {
     /// A file already in place is kept when its length is `size` (same digest, same bytes,
     /// unless it rotted, which `fsck` finds); otherwise it is replaced atomically.
     pub fn publish(&self, data: &Path, digest: &Digest, size: u64) -> Result<PathBuf> {
+        let target = self.link(data, digest, size)?;
+        sync_dir(target.parent().expect("a blob path has a shard directory"))?;
+        Ok(target)
+    }
+
+    /// [`BlobDir::publish`] without the directory fsync: for batches, which fsync each shard
+    /// directory once after linking all their files.
+    pub fn link(&self, data: &Path, digest: &Digest, size: u64) -> Result<PathBuf> {
         let target = self.path_for(digest);
         let shard = target.parent().expect("a blob path has a shard directory");
         fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
@@ -60,7 +68,6 @@ impl BlobDir {
             Err(e) => return Err(Error::io("link blob into", &target, e)),
         }
         set_read_only(&target);
-        sync_dir(shard)?;
         Ok(target)
     }
 

@@ -24,6 +24,7 @@ pub mod content;
 pub mod digest;
 pub mod error;
 pub mod filter;
+pub mod gc;
 pub mod helpers;
 pub mod memory;
 pub mod names;
@@ -40,4 +41,7 @@ pub use content::{
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::MemoryStore;
+pub use names::{Image, Name};
+pub use store::images::Completeness;
+pub use store::lease::{Lease, Resource};
 pub use store::{OpenOptions, Store};

@@ -18,10 +18,12 @@
 //! transactions are serialised across processes, a concurrent delete can never remove the
 //! file of a blob that another process is committing.
 
-mod graph;
+pub mod batch;
+pub(crate) mod graph;
 pub mod images;
 mod ingest;
-mod locks;
+pub mod lease;
+pub(crate) mod locks;
 mod manager;
 pub(crate) mod migrate;
 pub(crate) mod records;

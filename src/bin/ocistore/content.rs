@@ -58,6 +58,14 @@ pub enum ContentCmd {
         #[arg(required = true)]
         labels: Vec<String>,
     },
+    /// List the blobs a manifest or index names (or, with --reverse, those naming DIGEST)
+    Refs {
+        /// The blob's digest
+        digest: String,
+        /// Parents instead of children
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Remove blobs
     Rm {
         /// Digests to remove
@@ -96,6 +104,20 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
         }
         ContentCmd::Label { digest, labels } => label(ctx, &digest, &labels),
         ContentCmd::Rm { digests } => rm(ctx, &digests),
+        ContentCmd::Refs { digest, reverse } => {
+            let d = Digest::parse(&digest)?;
+            let store = ctx.open()?;
+            let list = if reverse { store.parents(&d)? } else { store.children(&d)? };
+            if ctx.json {
+                let v: Vec<String> = list.iter().map(ToString::to_string).collect();
+                print_json(&json!({ "digest": d.to_string(), "reverse": reverse, "refs": v }));
+            } else {
+                for r in list {
+                    println!("{r}");
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! errors and invalid arguments (bad digest, filter, label, reference), 1 anything else.
 
 mod content;
+mod image;
 mod ingest;
+mod lease;
 mod output;
 
 use std::path::PathBuf;
@@ -36,6 +38,14 @@ enum Command {
     /// In-progress ingests: list, abort
     #[command(subcommand)]
     Ingest(ingest::IngestCmd),
+    /// Images: names pointing at manifests and indexes
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Leases: holds that protect content from gc
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
+    /// Remove what no name, gc.root label, lease or live ingest needs
+    Gc(lease::GcArgs),
 }
 
 /// What a command needs from the command line at large.
@@ -91,6 +101,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Content(c) => content::run(&ctx, c),
         Command::Ingest(c) => ingest::run(&ctx, c),
+        Command::Image(c) => image::run(&ctx, c),
+        Command::Lease(c) => lease::run(&ctx, c),
+        Command::Gc(a) => lease::gc(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

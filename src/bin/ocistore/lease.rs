@@ -1,0 +1,176 @@
+//! `ocistore lease ...` and `ocistore gc`.
+
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Subcommand};
+use ocistore::gc;
+use ocistore::query::rfc3339;
+use ocistore::{Error, Lease, Resource};
+use serde_json::{Value, json};
+
+use crate::content::parse_labels;
+use crate::output::{human_size, labels_cell, print_json, table};
+use crate::{Ctx, Failure};
+
+#[derive(Subcommand)]
+pub enum LeaseCmd {
+    /// Create a lease, optionally holding resources from the start
+    Create {
+        /// The lease id
+        id: String,
+        /// Expire after this long (e.g. 30m, 24h); never when absent
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// A label (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// A resource to hold: content:<digest>, ingest:<ref> or name:<reference> (repeatable)
+        #[arg(long = "resource", value_name = "KIND:VALUE")]
+        resources: Vec<String>,
+    },
+    /// List leases with what they hold
+    Ls,
+    /// Delete leases (what they held becomes collectable)
+    Rm {
+        /// Lease ids
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Add resources to a lease
+    Add {
+        /// The lease id
+        id: String,
+        /// content:<digest>, ingest:<ref> or name:<reference>
+        #[arg(required = true)]
+        resources: Vec<String>,
+    },
+    /// Remove resources from a lease
+    Release {
+        /// The lease id
+        id: String,
+        /// content:<digest>, ingest:<ref> or name:<reference>
+        #[arg(required = true)]
+        resources: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// List what would be removed, remove nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Ingests idle for longer than this (held by no writer, no lease) are removed
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    ingest_expiry: String,
+}
+
+fn duration(s: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(s)
+        .map_err(|e| Error::InvalidArgument(format!("duration {s:?}: {e}")))
+}
+
+fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
+    json!({
+        "id": l.id,
+        "created_at": rfc3339(l.created_at),
+        "expires_at": l.expires_at.map(rfc3339),
+        "labels": l.labels,
+        "resources": resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    match cmd {
+        LeaseCmd::Create { id, expires_in, labels, resources } => {
+            let expires = expires_in.as_deref().map(duration).transpose()?.map(|d| SystemTime::now() + d);
+            let labels = parse_labels(&labels, false)?;
+            let resources: Vec<Resource> = resources.iter().map(|r| Resource::parse(r)).collect::<Result<_, _>>()?;
+            let lease = store.create_lease(&id, expires, labels)?;
+            for r in &resources {
+                store.add_lease_resource(&id, r)?;
+            }
+            if ctx.json {
+                print_json(&lease_json(&lease, &resources));
+            } else {
+                println!("{id}");
+            }
+        }
+        LeaseCmd::Ls => {
+            let mut rows = Vec::new();
+            let mut out = Vec::new();
+            for l in store.leases()? {
+                let res = store.lease_resources(&l.id)?;
+                rows.push(vec![
+                    l.id.clone(),
+                    rfc3339(l.created_at),
+                    l.expires_at.map_or_else(|| "never".into(), rfc3339),
+                    res.len().to_string(),
+                    labels_cell(&l.labels),
+                ]);
+                out.push(lease_json(&l, &res));
+            }
+            if ctx.json {
+                print_json(&Value::Array(out));
+            } else {
+                table(&["ID", "CREATED", "EXPIRES", "RESOURCES", "LABELS"], &rows);
+            }
+        }
+        LeaseCmd::Rm { ids } => {
+            let mut failed = false;
+            for id in &ids {
+                match store.delete_lease(id) {
+                    Ok(()) => println!("{id}"),
+                    Err(e) => {
+                        failed = true;
+                        crate::report(&e);
+                    }
+                }
+            }
+            if failed {
+                return Err(Failure::Reported);
+            }
+        }
+        LeaseCmd::Add { id, resources } => {
+            for r in &resources {
+                store.add_lease_resource(&id, &Resource::parse(r)?)?;
+            }
+        }
+        LeaseCmd::Release { id, resources } => {
+            for r in &resources {
+                store.remove_lease_resource(&id, &Resource::parse(r)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn gc(ctx: &Ctx, args: GcArgs) -> Result<(), Failure> {
+    let store = ctx.open()?;
+    let opts = gc::Options {
+        dry_run: args.dry_run,
+        ingest_expiry: duration(&args.ingest_expiry)?,
+    };
+    let outcome = store.gc(&opts)?;
+    if ctx.json {
+        print_json(&json!({
+            "dry_run": args.dry_run,
+            "removed": outcome.removed,
+            "bytes_freed": outcome.bytes_freed,
+        }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = outcome
+        .removed
+        .iter()
+        .map(|r| vec![r.kind.to_owned(), r.id.clone(), human_size(r.bytes)])
+        .collect();
+    table(&["KIND", "ID", "SIZE"], &rows);
+    println!(
+        "{} {} item(s), {}",
+        if args.dry_run { "would remove" } else { "removed" },
+        outcome.removed.len(),
+        human_size(outcome.bytes_freed)
+    );
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Garbage collection: mark from the roots along references, sweep the rest.
+//!
+//! Roots: every name's target, blobs labelled `containerd.io/gc.root`, what unexpired leases
+//! hold (content, names, ingests). Edges: the children a manifest or index names (the `refs`
+//! table) and `containerd.io/gc.ref.content.*` labels. Marking and the removal of records
+//! happen in one write transaction, so a name or lease committed concurrently is either seen
+//! as a root or commits after the sweep; files go afterwards, each only if it still has no
+//! record (see `Store::remove_unrecorded_files`). Also reclaimed: blob files without a record
+//! (crash debris) and ingests that no live writer holds, no lease protects, and nobody has
+//! written for `ingest_expiry`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+use crate::refs::{GC_ROOT, label_refs};
+use crate::store::Store;
+use crate::store::records::{self, BlobRecord, IngestRecord, LeaseRecord, NameRecord};
+use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES, NAMES, REFS};
+
+/// How to collect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Report what would go, remove nothing.
+    pub dry_run: bool,
+    /// An ingest untouched for this long, held by no writer and no lease, is abandoned.
+    pub ingest_expiry: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            ingest_expiry: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One thing removed (or, in a dry run, that would be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    /// `content`, `ingest` or `debris` (a blob file with no record).
+    pub kind: &'static str,
+    /// The digest, ingest reference or file path.
+    pub id: String,
+    /// Bytes it took on disk (apparent size).
+    pub bytes: u64,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Everything removed, content first, in digest order.
+    pub removed: Vec<Removed>,
+    /// Bytes freed (or that would be).
+    pub bytes_freed: u64,
+}
+
+fn db<E: std::error::Error + Send + Sync + 'static>(action: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::db(action, e)
+}
+
+impl Store {
+    /// Collects garbage; see the module docs. Blocks other writers only while marking and
+    /// removing records; durable on return.
+    pub fn gc(&self, opts: &Options) -> Result<Outcome> {
+        let now = SystemTime::now();
+        let txn = self.write_txn("collect garbage")?;
+        let mut roots: BTreeSet<String> = BTreeSet::new();
+        let mut leased_ingests: BTreeSet<String> = BTreeSet::new();
+        {
+            let names = txn.open_table(NAMES).map_err(db("open the names table"))?;
+            let mut targets: BTreeMap<String, String> = BTreeMap::new();
+            for entry in names.iter().map_err(db("read names"))? {
+                let (k, v) = entry.map_err(db("read names"))?;
+                let rec: NameRecord = records::decode(v.value(), k.value())?;
+                let target: oci_spec::image::Descriptor = serde_json::from_str(&rec.target)
+                    .map_err(|e| Error::Corrupted(format!("name {}: {e}", k.value())))?;
+                targets.insert(k.value().to_owned(), target.digest().to_string());
+            }
+            roots.extend(targets.values().cloned());
+            let index = txn.open_table(BLOB_LABELS).map_err(db("open the label index"))?;
+            for entry in index.range((GC_ROOT, "", "")..).map_err(db("read the label index"))? {
+                let (k, _) = entry.map_err(db("read the label index"))?;
+                let (key, _, digest) = k.value();
+                if key != GC_ROOT {
+                    break;
+                }
+                roots.insert(digest.to_owned());
+            }
+            let leases = txn.open_table(LEASES).map_err(db("open the leases table"))?;
+            let resources = txn.open_table(LEASE_RESOURCES).map_err(db("open the lease resources"))?;
+            for entry in leases.iter().map_err(db("read leases"))? {
+                let (k, v) = entry.map_err(db("read leases"))?;
+                let rec: LeaseRecord = records::decode(v.value(), k.value())?;
+                if rec.expires.is_some_and(|e| SystemTime::from(e) <= now) {
+                    continue;
+                }
+                for (kind, value) in crate::store::lease::resources_in(&resources, k.value())? {
+                    match kind.as_str() {
+                        "content" => {
+                            roots.insert(value);
+                        }
+                        "name" => {
+                            if let Some(t) = targets.get(&value) {
+                                roots.insert(t.clone());
+                            }
+                        }
+                        _ => {
+                            leased_ingests.insert(value);
+                        }
+                    }
+                }
+            }
+        }
+        // Mark.
+        let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
+        let refs = txn.open_table(REFS).map_err(db("open the refs table"))?;
+        let mut marked: BTreeSet<String> = BTreeSet::new();
+        let mut queue: VecDeque<String> = roots.into_iter().collect();
+        while let Some(d) = queue.pop_front() {
+            if !marked.insert(d.clone()) {
+                continue;
+            }
+            for child in crate::store::graph::range_second(&refs, &d)? {
+                queue.push_back(child);
+            }
+            if let Some(v) = blobs.get(d.as_str()).map_err(db("read a blob record"))? {
+                let rec: BlobRecord = records::decode(v.value(), &d)?;
+                queue.extend(label_refs(&rec.labels).map(|c| c.to_string()));
+            }
+        }
+        // Sweep records.
+        let mut doomed: Vec<(String, u64)> = Vec::new();
+        for entry in blobs.iter().map_err(db("walk blobs"))? {
+            let (k, v) = entry.map_err(db("walk blobs"))?;
+            if !marked.contains(k.value()) {
+                let rec: BlobRecord = records::decode(v.value(), k.value())?;
+                doomed.push((k.value().to_owned(), rec.size));
+            }
+        }
+        drop(blobs);
+        drop(refs);
+        let mut out = Outcome::default();
+        let mut doomed_digests = Vec::new();
+        for (key, size) in doomed {
+            if !opts.dry_run {
+                self.remove_blob_in(&txn, &key)?;
+                crate::store::graph::forget(&txn, &key)?;
+            }
+            doomed_digests.push(Digest::parse(&key).map_err(|_| {
+                Error::Corrupted(format!("blob record under malformed key {key:?}"))
+            })?);
+            out.bytes_freed += size;
+            out.removed.push(Removed { kind: "content", id: key, bytes: size });
+        }
+        // Abandoned ingests: their locks are taken (and held) while we decide.
+        let mut held_locks = Vec::new();
+        let mut dropped_ingests = Vec::new();
+        {
+            let mut ingests = txn.open_table(INGESTS).map_err(db("open the ingests table"))?;
+            let mut candidates = Vec::new();
+            for entry in ingests.iter().map_err(db("read ingests"))? {
+                let (k, v) = entry.map_err(db("read ingests"))?;
+                let rec: IngestRecord = records::decode(v.value(), k.value())?;
+                if !leased_ingests.contains(k.value()) {
+                    candidates.push((k.value().to_owned(), rec));
+                }
+            }
+            for (reference, _rec) in candidates {
+                let status = match crate::content::IngestManager::status(self, &reference) {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                };
+                let idle = now.duration_since(status.updated_at).unwrap_or_default();
+                if idle < opts.ingest_expiry {
+                    continue;
+                }
+                let dir = self.ingest_dir(&reference);
+                match crate::store::locks::RefLock::try_acquire(&dir, &reference) {
+                    Ok(lock) => held_locks.push((reference.clone(), lock)),
+                    Err(e) if e.kind() == ErrorKind::Unavailable => continue,
+                    Err(e) => return Err(e),
+                }
+                if !opts.dry_run {
+                    ingests.remove(reference.as_str()).map_err(db("remove an ingest"))?;
+                }
+                out.bytes_freed += status.offset;
+                out.removed.push(Removed { kind: "ingest", id: reference.clone(), bytes: status.offset });
+                dropped_ingests.push(reference);
+            }
+        }
+        if opts.dry_run {
+            txn.abort().map_err(db("end the dry run"))?;
+        } else {
+            txn.commit().map_err(db("commit the collection"))?;
+            for (reference, lock) in &held_locks {
+                self.remove_ingest_dir(reference, lock);
+            }
+            self.remove_unrecorded_files(&doomed_digests)?;
+        }
+        drop(held_locks);
+        // Debris: files nobody recorded (a crash between publish and commit).
+        let swept: BTreeSet<&Digest> = doomed_digests.iter().collect();
+        let scan = self.blob_dir().scan()?;
+        let mut debris = Vec::new();
+        for (d, len) in scan.blobs {
+            if swept.contains(&d) || self.blob_record(&d)?.is_some() {
+                continue;
+            }
+            out.bytes_freed += len;
+            out.removed.push(Removed { kind: "debris", id: self.blob_dir().path_for(&d).display().to_string(), bytes: len });
+            debris.push(d);
+        }
+        if !opts.dry_run && !debris.is_empty() {
+            self.remove_unrecorded_files(&debris)?;
+        }
+        Ok(out)
+    }
+}

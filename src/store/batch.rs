@@ -1,0 +1,303 @@
+//! Batches: many blobs and names made durable together, in one transaction.
+//!
+//! Imports and bulk writers stage blobs into a private directory under `ingest/` (hashing as
+//! the bytes stream in, nothing visible), then [`Batch::commit`] fsyncs the staged files,
+//! links them into the blob tree with one fsync per shard directory, and inserts every record,
+//! reference and name in one redb transaction. Dropping a batch without committing leaves the
+//! store exactly as it was.
+//!
+//! Blobs the batch finds already committed are protected from a concurrent gc by a lease the
+//! batch holds (and drops in its commit transaction), so an import never loses a blob it
+//! counted as present.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use oci_spec::image::Descriptor;
+use redb::ReadableTable;
+
+use crate::blobs::sync_dir;
+use crate::content::{Labels, validate_labels};
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::names::Name;
+use crate::store::locks::RefLock;
+use crate::store::records::{self, BlobRecord, Nanos};
+use crate::store::schema::{BLOB_LABELS, BLOBS, LEASE_RESOURCES, LEASES};
+use crate::store::{Store, graph, images};
+
+/// A blob a batch holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// `false` when it was already committed or staged (verified, not written again).
+    pub written: bool,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Blobs newly committed.
+    pub blobs_written: u64,
+    /// Blobs that were already there.
+    pub blobs_present: u64,
+    /// Bytes newly committed.
+    pub bytes_written: u64,
+    /// Names written.
+    pub names: Vec<String>,
+}
+
+/// A set of blobs and names to commit together. See the module docs.
+pub struct Batch {
+    store: Store,
+    dir: PathBuf,
+    lock: Option<RefLock>,
+    lease: String,
+    staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
+    present: BTreeSet<Digest>,
+    names: Vec<(String, Descriptor, Option<Labels>)>,
+    files: u64,
+    done: bool,
+}
+
+/// Hashes what it reads.
+struct Hashing<'a> {
+    inner: &'a mut dyn Read,
+    hasher: crate::digest::Hasher,
+    n: u64,
+}
+
+impl Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hasher.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+impl Store {
+    /// Starts a batch. It holds a staging directory and a lease until it is committed or
+    /// dropped.
+    pub fn batch(&self) -> Result<Batch> {
+        self.writable("start a batch")?;
+        let stamp = Nanos::now().0;
+        let id = format!("batch-{}-{stamp}", std::process::id());
+        let dir = self.ingest_root().join(&id);
+        let lock = RefLock::try_acquire(&dir, &id)?;
+        let lease = format!("ocistore.batch/{id}");
+        self.create_lease(&lease, Some(SystemTime::now() + Duration::from_secs(24 * 3600)), Labels::new())?;
+        Ok(Batch {
+            store: self.clone(),
+            dir,
+            lock: Some(lock),
+            lease,
+            staged: BTreeMap::new(),
+            present: BTreeSet::new(),
+            names: Vec::new(),
+            files: 0,
+            done: false,
+        })
+    }
+}
+
+impl Batch {
+    /// Whether `digest` is committed in the store; if so the batch's lease now protects it.
+    pub fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
+        if self.present.contains(digest) {
+            return Ok(true);
+        }
+        let key = digest.to_string();
+        let txn = self.store.write_txn("lease present content")?;
+        let found = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+            .is_some();
+        if found {
+            txn.open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?
+                .insert((self.lease.as_str(), "content", key.as_str()), ())
+                .map_err(|e| Error::db("lease present content", e))?;
+            txn.commit().map_err(|e| Error::db("commit a lease resource", e))?;
+            self.present.insert(digest.clone());
+        }
+        Ok(found)
+    }
+
+    /// Whether `digest` is staged in this batch.
+    pub fn is_staged(&self, digest: &Digest) -> bool {
+        self.staged.contains_key(digest)
+    }
+
+    /// Streams `reader` into the batch while hashing it with `expected`'s algorithm (sha256
+    /// when `None`). A size or digest that does not match is `FailedPrecondition` naming both.
+    /// Content already committed or staged is verified but not written again.
+    pub fn stage(&mut self, reader: &mut dyn Read, expected: Option<&Digest>, size: Option<u64>, labels: Labels) -> Result<Staged> {
+        validate_labels(&labels)?;
+        let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
+        let known = match expected {
+            Some(d) => self.is_staged(d) || self.is_committed(d)?,
+            None => false,
+        };
+        let mut src = Hashing { inner: reader, hasher: algorithm.hasher(), n: 0 };
+        let path = if known {
+            io::copy(&mut src, &mut io::sink()).map_err(|e| Error::from_io(e, "read", "input"))?;
+            None
+        } else {
+            self.files += 1;
+            let path = self.dir.join(format!("{:06}", self.files));
+            let mut f = File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
+            io::copy(&mut src, &mut w).map_err(|e| Error::from_io(e, "stage", &path))?;
+            w.flush().map_err(|e| Error::io("write staging file", &path, e))?;
+            Some(path)
+        };
+        let (digest, n) = (src.hasher.finalize(), src.n);
+        let fail = |msg: String, path: &Option<PathBuf>| {
+            if let Some(p) = path {
+                let _ = fs::remove_file(p);
+            }
+            Err(Error::FailedPrecondition(msg))
+        };
+        if let Some(want) = size
+            && want != n
+        {
+            return fail(format!("unexpected size {n}, expected {want} (content {})", expected.map_or_else(|| digest.to_string(), ToString::to_string)), &path);
+        }
+        if let Some(want) = expected
+            && *want != digest
+        {
+            return fail(format!("unexpected digest {digest}, expected {want}"), &path);
+        }
+        let Some(path) = path else {
+            return Ok(Staged { digest, size: n, written: false });
+        };
+        if self.is_staged(&digest) || self.is_committed(&digest)? {
+            let _ = fs::remove_file(&path);
+            return Ok(Staged { digest, size: n, written: false });
+        }
+        self.staged.insert(digest.clone(), (path, n, labels));
+        Ok(Staged { digest, size: n, written: true })
+    }
+
+    /// Reads a staged or committed blob whole, at most `limit` bytes (else
+    /// `FailedPrecondition`).
+    pub fn read(&mut self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let bytes = match self.staged.get(digest) {
+            Some((path, _, _)) => {
+                let mut out = Vec::new();
+                File::open(path)
+                    .and_then(|f| f.take(limit + 1).read_to_end(&mut out))
+                    .map_err(|e| Error::io("read staged blob", path, e))?;
+                out
+            }
+            None => crate::helpers::read_blob_prefix(&self.store, digest, limit + 1)?,
+        };
+        if bytes.len() as u64 > limit {
+            return Err(Error::FailedPrecondition(format!("content {digest} is larger than {limit} bytes")));
+        }
+        Ok(bytes)
+    }
+
+    /// Points `name` at `target` when the batch commits. `InvalidArgument` for a bad name.
+    pub fn put_name(&mut self, name: &str, target: Descriptor, labels: Option<Labels>) -> Result<String> {
+        let key = Name::parse(name)?.to_string();
+        crate::names::descriptor_digest(&target)?;
+        self.names.push((key.clone(), target, labels));
+        Ok(key)
+    }
+
+    /// Makes every staged blob and name durable and visible at once; see the module docs.
+    pub fn commit(mut self) -> Result<BatchOutcome> {
+        let blobs = self.store.blob_dir().clone();
+        let mut shards = BTreeSet::new();
+        let mut children = BTreeMap::new();
+        for (digest, (path, size, _)) in &self.staged {
+            File::open(path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| Error::io("fsync staged blob", path, e))?;
+            let target = blobs.link(path, digest, *size)?;
+            shards.insert(target.parent().expect("blob paths have a shard").to_path_buf());
+            if let Some(c) = crate::refs::children_of_path(path)? {
+                children.insert(digest.to_string(), c);
+            }
+        }
+        for shard in &shards {
+            sync_dir(shard)?;
+        }
+        let mut outcome = BatchOutcome {
+            blobs_present: self.present.len() as u64,
+            names: self.names.iter().map(|(n, _, _)| n.clone()).collect(),
+            ..BatchOutcome::default()
+        };
+        let txn = self.store.write_txn("commit a batch")?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(|e| Error::db("open the blobs table", e))?;
+            let mut index = txn.open_table(BLOB_LABELS).map_err(|e| Error::db("open the label index", e))?;
+            let now = Nanos::now();
+            for (digest, (path, size, labels)) in &self.staged {
+                let key = digest.to_string();
+                if table.get(key.as_str()).map_err(|e| Error::db("read a blob record", e))?.is_some() {
+                    outcome.blobs_present += 1;
+                    continue;
+                }
+                // A concurrent gc may have taken the file for debris; it cannot while we hold
+                // the transaction.
+                if !blobs.exists(digest) {
+                    blobs.publish(path, digest, *size)?;
+                }
+                let rec = BlobRecord { size: *size, created: now, updated: now, labels: labels.clone() };
+                table.insert(key.as_str(), records::encode(&rec).as_slice()).map_err(|e| Error::db("write a blob record", e))?;
+                for (k, v) in labels {
+                    index.insert((k.as_str(), v.as_str(), key.as_str()), ()).map_err(|e| Error::db("index a label", e))?;
+                }
+                outcome.blobs_written += 1;
+                outcome.bytes_written += size;
+            }
+            // Content counted as present is leased; check it is still here all the same.
+            for digest in &self.present {
+                if table.get(digest.to_string().as_str()).map_err(|e| Error::db("read a blob record", e))?.is_none() {
+                    return Err(Error::FailedPrecondition(format!("content {digest} was removed while the batch ran")));
+                }
+            }
+        }
+        for (parent, c) in &children {
+            graph::record(&txn, parent, c)?;
+        }
+        images::put_names(&txn, &self.names)?;
+        {
+            txn.open_table(LEASES).map_err(|e| Error::db("open the leases table", e))?
+                .remove(self.lease.as_str()).map_err(|e| Error::db("drop the batch lease", e))?;
+            let mut r = txn.open_table(LEASE_RESOURCES).map_err(|e| Error::db("open the lease resources", e))?;
+            for d in &self.present {
+                r.remove((self.lease.as_str(), "content", d.to_string().as_str())).map_err(|e| Error::db("drop the batch lease", e))?;
+            }
+        }
+        txn.commit().map_err(|e| Error::db("commit a batch", e))?;
+        self.done = true;
+        Ok(outcome)
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            let _ = fs::remove_dir_all(&self.dir);
+            lock.remove_file();
+            drop(lock);
+        }
+        if !self.done
+            && let Err(e) = self.store.delete_lease(&self.lease)
+        {
+            tracing::warn!(lease = %self.lease, error = %e, "could not drop an abandoned batch's lease; it expires in 24h");
+        }
+    }
+}

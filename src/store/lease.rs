@@ -1,0 +1,230 @@
+//! Leases: named holds on content, ingests and names that protect them from gc until the
+//! lease is deleted or expires.
+
+use std::time::SystemTime;
+
+use redb::ReadableTable;
+
+use crate::content::{Labels, validate_labels};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::records::{self, LeaseRecord, Nanos};
+use crate::store::schema::{LEASE_RESOURCES, LEASES};
+
+/// A lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The caller-chosen id.
+    pub id: String,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it stops protecting anything; `None` never.
+    pub expires_at: Option<SystemTime>,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+impl Lease {
+    /// Whether the lease still protects what it holds at `now`.
+    pub fn is_live(&self, now: SystemTime) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// Something a lease holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    /// A committed blob.
+    Content(Digest),
+    /// An ingest, by reference.
+    Ingest(String),
+    /// An image name (normalised), and through it its content.
+    Name(String),
+}
+
+impl Resource {
+    fn parts(&self) -> (&'static str, String) {
+        match self {
+            Resource::Content(d) => ("content", d.to_string()),
+            Resource::Ingest(r) => ("ingest", r.clone()),
+            Resource::Name(n) => ("name", n.clone()),
+        }
+    }
+
+    fn from_parts(kind: &str, value: &str) -> Result<Resource> {
+        match kind {
+            "content" => Digest::parse(value)
+                .map(Resource::Content)
+                .map_err(|_| Error::Corrupted(format!("lease holds malformed digest {value:?}"))),
+            "ingest" => Ok(Resource::Ingest(value.to_owned())),
+            "name" => Ok(Resource::Name(value.to_owned())),
+            other => Err(Error::Corrupted(format!("lease holds unknown resource kind {other:?}"))),
+        }
+    }
+
+    /// Parses `content:<digest>`, `ingest:<ref>` or `name:<reference>`.
+    pub fn parse(s: &str) -> Result<Resource> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "lease resource {s:?} is not content:<digest>, ingest:<ref> or name:<reference>"
+            ))
+        };
+        let (kind, value) = s.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "content" => Ok(Resource::Content(Digest::parse(value)?)),
+            "ingest" if !value.is_empty() => Ok(Resource::Ingest(value.to_owned())),
+            "name" => Ok(Resource::Name(crate::names::Name::parse(value)?.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (k, v) = self.parts();
+        write!(f, "{k}:{v}")
+    }
+}
+
+fn lease_of(id: &str, rec: LeaseRecord) -> Lease {
+    Lease {
+        id: id.to_owned(),
+        created_at: rec.created.into(),
+        expires_at: rec.expires.map(Into::into),
+        labels: rec.labels,
+    }
+}
+
+impl Store {
+    /// Creates a lease; `AlreadyExists` when the id is taken, `InvalidArgument` for an empty
+    /// id or bad labels. Durable on return.
+    pub fn create_lease(&self, id: &str, expires_at: Option<SystemTime>, labels: Labels) -> Result<Lease> {
+        if id.is_empty() || id.len() > crate::content::MAX_REFERENCE_LEN {
+            return Err(Error::InvalidArgument(format!("lease id {id:?} must be 1 to 4096 bytes")));
+        }
+        validate_labels(&labels)?;
+        let rec = LeaseRecord {
+            created: Nanos::now(),
+            expires: expires_at.map(Nanos::from),
+            labels,
+        };
+        let txn = self.write_txn("create a lease")?;
+        {
+            let mut t = txn
+                .open_table(LEASES)
+                .map_err(|e| Error::db("open the leases table", e))?;
+            if t.get(id).map_err(|e| Error::db("read a lease", e))?.is_some() {
+                return Err(Error::AlreadyExists(format!("lease {id:?}")));
+            }
+            t.insert(id, records::encode(&rec).as_slice())
+                .map_err(|e| Error::db("write a lease", e))?;
+        }
+        txn.commit().map_err(|e| Error::db("commit a lease", e))?;
+        Ok(lease_of(id, rec))
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        let txn = self.read_txn()?;
+        let t = txn
+            .open_table(LEASES)
+            .map_err(|e| Error::db("open the leases table", e))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(|e| Error::db("list leases", e))? {
+            let (k, v) = entry.map_err(|e| Error::db("list leases", e))?;
+            out.push(lease_of(k.value(), records::decode(v.value(), k.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a lease and releases what it held; `NotFound` when there is none.
+    pub fn delete_lease(&self, id: &str) -> Result<()> {
+        let txn = self.write_txn("delete a lease")?;
+        {
+            let mut t = txn
+                .open_table(LEASES)
+                .map_err(|e| Error::db("open the leases table", e))?;
+            if t.remove(id).map_err(|e| Error::db("remove a lease", e))?.is_none() {
+                return Err(Error::NotFound(format!("lease {id:?}")));
+            }
+            let mut r = txn
+                .open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?;
+            let held: Vec<(String, String)> = resources_in(&r, id)?;
+            for (k, v) in held {
+                r.remove((id, k.as_str(), v.as_str()))
+                    .map_err(|e| Error::db("release a lease resource", e))?;
+            }
+        }
+        txn.commit().map_err(|e| Error::db("commit a lease removal", e))
+    }
+
+    /// Adds `resource` to lease `id` (`NotFound` when the lease does not exist). The resource
+    /// need not exist yet: a lease taken before a pull protects what the pull writes.
+    pub fn add_lease_resource(&self, id: &str, resource: &Resource) -> Result<()> {
+        let (kind, value) = resource.parts();
+        let txn = self.write_txn("add a lease resource")?;
+        {
+            let leases = txn
+                .open_table(LEASES)
+                .map_err(|e| Error::db("open the leases table", e))?;
+            if leases.get(id).map_err(|e| Error::db("read a lease", e))?.is_none() {
+                return Err(Error::NotFound(format!("lease {id:?}")));
+            }
+            txn.open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?
+                .insert((id, kind, value.as_str()), ())
+                .map_err(|e| Error::db("add a lease resource", e))?;
+        }
+        txn.commit().map_err(|e| Error::db("commit a lease resource", e))
+    }
+
+    /// Removes `resource` from lease `id`; `NotFound` when the lease does not hold it.
+    pub fn remove_lease_resource(&self, id: &str, resource: &Resource) -> Result<()> {
+        let (kind, value) = resource.parts();
+        let txn = self.write_txn("remove a lease resource")?;
+        let removed = txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?
+            .remove((id, kind, value.as_str()))
+            .map_err(|e| Error::db("remove a lease resource", e))?
+            .is_some();
+        if !removed {
+            return Err(Error::NotFound(format!("resource {resource} in lease {id:?}")));
+        }
+        txn.commit().map_err(|e| Error::db("commit a lease resource removal", e))
+    }
+
+    /// What lease `id` holds, sorted.
+    pub fn lease_resources(&self, id: &str) -> Result<Vec<Resource>> {
+        let txn = self.read_txn()?;
+        let r = txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?;
+        resources_in(&r, id)?
+            .into_iter()
+            .map(|(k, v)| Resource::from_parts(&k, &v))
+            .collect()
+    }
+}
+
+/// The (kind, value) pairs held by lease `id`.
+pub(crate) fn resources_in(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
+    id: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for entry in table
+        .range((id, "", "")..)
+        .map_err(|e| Error::db("read lease resources", e))?
+    {
+        let (k, _) = entry.map_err(|e| Error::db("read lease resources", e))?;
+        let (lid, kind, value) = k.value();
+        if lid != id {
+            break;
+        }
+        out.push((kind.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
