@@ -21,7 +21,8 @@ pub(crate) fn apply(txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
     let mut backfill = Vec::new();
     for entry in blobs.iter().map_err(read)? {
         let (k, v) = entry.map_err(read)?;
-        let rec: crate::store::records::BlobRecord = crate::store::records::decode(v.value(), k.value())?;
+        let rec: crate::store::records::BlobRecord =
+            crate::store::records::decode(v.value(), k.value())?;
         if rec.size <= crate::refs::MAX_PARSED {
             backfill.push(k.value().to_owned());
         }

@@ -135,7 +135,11 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     };
     let mut out = Vec::new();
     for entry in rd {
-        out.push(entry.map_err(|e| Error::io("read directory", dir, e))?.path());
+        out.push(
+            entry
+                .map_err(|e| Error::io("read directory", dir, e))?
+                .path(),
+        );
     }
     out.sort();
     Ok(out)

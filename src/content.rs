@@ -144,8 +144,12 @@ pub trait Writer: io::Write + Send {
     /// otherwise `FailedPrecondition` naming both values, and the ingest is kept to be resumed.
     /// Content that is already committed gives `AlreadyExists` and removes the ingest. A label
     /// over [`MAX_LABEL_SIZE`] is `InvalidArgument`. The reference is released in every case.
-    fn commit(self: Box<Self>, size: Option<u64>, expected: Option<&Digest>, labels: Labels)
-    -> Result<Digest>;
+    fn commit(
+        self: Box<Self>,
+        size: Option<u64>,
+        expected: Option<&Digest>,
+        labels: Labels,
+    ) -> Result<Digest>;
 
     /// Releases the reference without committing; the ingest stays, to be resumed.
     fn close(self: Box<Self>) -> Result<()>;

@@ -60,7 +60,9 @@ pub struct Outcome {
     pub bytes_freed: u64,
 }
 
-fn db<E: std::error::Error + Send + Sync + 'static>(action: &'static str) -> impl FnOnce(E) -> Error {
+fn db<E: std::error::Error + Send + Sync + 'static>(
+    action: &'static str,
+) -> impl FnOnce(E) -> Error {
     move |e| Error::db(action, e)
 }
 
@@ -83,8 +85,13 @@ impl Store {
                 targets.insert(k.value().to_owned(), target.digest().to_string());
             }
             roots.extend(targets.values().cloned());
-            let index = txn.open_table(BLOB_LABELS).map_err(db("open the label index"))?;
-            for entry in index.range((GC_ROOT, "", "")..).map_err(db("read the label index"))? {
+            let index = txn
+                .open_table(BLOB_LABELS)
+                .map_err(db("open the label index"))?;
+            for entry in index
+                .range((GC_ROOT, "", "")..)
+                .map_err(db("read the label index"))?
+            {
                 let (k, _) = entry.map_err(db("read the label index"))?;
                 let (key, _, digest) = k.value();
                 if key != GC_ROOT {
@@ -92,8 +99,12 @@ impl Store {
                 }
                 roots.insert(digest.to_owned());
             }
-            let leases = txn.open_table(LEASES).map_err(db("open the leases table"))?;
-            let resources = txn.open_table(LEASE_RESOURCES).map_err(db("open the lease resources"))?;
+            let leases = txn
+                .open_table(LEASES)
+                .map_err(db("open the leases table"))?;
+            let resources = txn
+                .open_table(LEASE_RESOURCES)
+                .map_err(db("open the lease resources"))?;
             for entry in leases.iter().map_err(db("read leases"))? {
                 let (k, v) = entry.map_err(db("read leases"))?;
                 let rec: LeaseRecord = records::decode(v.value(), k.value())?;
@@ -156,13 +167,19 @@ impl Store {
                 Error::Corrupted(format!("blob record under malformed key {key:?}"))
             })?);
             out.bytes_freed += size;
-            out.removed.push(Removed { kind: "content", id: key, bytes: size });
+            out.removed.push(Removed {
+                kind: "content",
+                id: key,
+                bytes: size,
+            });
         }
         // Abandoned ingests: their locks are taken (and held) while we decide.
         let mut held_locks = Vec::new();
         let mut dropped_ingests = Vec::new();
         {
-            let mut ingests = txn.open_table(INGESTS).map_err(db("open the ingests table"))?;
+            let mut ingests = txn
+                .open_table(INGESTS)
+                .map_err(db("open the ingests table"))?;
             let mut candidates = Vec::new();
             for entry in ingests.iter().map_err(db("read ingests"))? {
                 let (k, v) = entry.map_err(db("read ingests"))?;
@@ -187,10 +204,16 @@ impl Store {
                     Err(e) => return Err(e),
                 }
                 if !opts.dry_run {
-                    ingests.remove(reference.as_str()).map_err(db("remove an ingest"))?;
+                    ingests
+                        .remove(reference.as_str())
+                        .map_err(db("remove an ingest"))?;
                 }
                 out.bytes_freed += status.offset;
-                out.removed.push(Removed { kind: "ingest", id: reference.clone(), bytes: status.offset });
+                out.removed.push(Removed {
+                    kind: "ingest",
+                    id: reference.clone(),
+                    bytes: status.offset,
+                });
                 dropped_ingests.push(reference);
             }
         }
@@ -213,7 +236,11 @@ impl Store {
                 continue;
             }
             out.bytes_freed += len;
-            out.removed.push(Removed { kind: "debris", id: self.blob_dir().path_for(&d).display().to_string(), bytes: len });
+            out.removed.push(Removed {
+                kind: "debris",
+                id: self.blob_dir().path_for(&d).display().to_string(),
+                bytes: len,
+            });
             debris.push(d);
         }
         if !opts.dry_run && !debris.is_empty() {

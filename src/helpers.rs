@@ -221,10 +221,7 @@ impl<'a> AtReader<'a> {
 
 impl Read for AtReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self
-            .inner
-            .read_at(buf, self.pos)
-            .map_err(Error::into_io)?;
+        let n = self.inner.read_at(buf, self.pos).map_err(Error::into_io)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -237,9 +234,8 @@ impl Seek for AtReader<'_> {
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
             SeekFrom::End(d) => self.inner.size().checked_add_signed(d),
         };
-        self.pos = base.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
+        self.pos = base
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
     }
 }

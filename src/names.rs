@@ -41,9 +41,13 @@ impl Name {
         }
         // oci-spec refuses blake3 digests; split the digest off and check it ourselves.
         let (base, digest) = match s.rsplit_once('@') {
-            Some((b, d)) => (b, Some(Digest::parse(d).map_err(|e| {
-                Error::InvalidArgument(format!("reference {s:?}: {e}"))
-            })?)),
+            Some((b, d)) => (
+                b,
+                Some(
+                    Digest::parse(d)
+                        .map_err(|e| Error::InvalidArgument(format!("reference {s:?}: {e}")))?,
+                ),
+            ),
             None => (s, None),
         };
         let r = Reference::try_from(base)
@@ -55,7 +59,11 @@ impl Name {
         }
         let repository = format!("{}/{}", r.registry(), r.repository());
         Ok(Name {
-            tag: if digest.is_some() { None } else { r.tag().map(str::to_owned) },
+            tag: if digest.is_some() {
+                None
+            } else {
+                r.tag().map(str::to_owned)
+            },
             repository,
             digest,
         })
@@ -109,7 +117,11 @@ pub fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
 pub fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Result<Descriptor> {
     let oci_digest = oci_spec::image::Digest::from_str(&digest.to_string())
         .map_err(|e| Error::InvalidArgument(format!("digest {digest}: {e}")))?;
-    Ok(Descriptor::new(MediaType::from(media_type), size, oci_digest))
+    Ok(Descriptor::new(
+        MediaType::from(media_type),
+        size,
+        oci_digest,
+    ))
 }
 
 /// Parses `os/arch[/variant]` (e.g. `linux/arm64/v8`); `InvalidArgument` otherwise.
@@ -140,7 +152,10 @@ pub fn platform_string(p: &Platform) -> String {
 /// `wanted` names one (arm64 without a variant means v8).
 pub fn platform_matches(wanted: &Platform, candidate: &Platform) -> bool {
     let norm = |p: &Platform| -> Option<String> {
-        match (p.architecture().to_string().as_str(), p.variant().as_deref()) {
+        match (
+            p.architecture().to_string().as_str(),
+            p.variant().as_deref(),
+        ) {
             ("arm64", None) => Some("v8".into()),
             (_, v) => v.map(str::to_owned),
         }
@@ -174,21 +189,46 @@ mod tests {
     fn docker_normalisation() {
         assert_eq!(n("alpine"), "docker.io/library/alpine:latest");
         assert_eq!(n("alpine:3.19"), "docker.io/library/alpine:3.19");
-        assert_eq!(n("index.docker.io/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            n("index.docker.io/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(n("user/app:v1"), "docker.io/user/app:v1");
         assert_eq!(n("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(n("ghcr.io/o/r:t"), "ghcr.io/o/r:t");
         let d = crate::digest::Algorithm::Sha256.digest(b"m");
-        assert_eq!(n(&format!("alpine:3@{d}")), format!("docker.io/library/alpine@{d}"));
+        assert_eq!(
+            n(&format!("alpine:3@{d}")),
+            format!("docker.io/library/alpine@{d}")
+        );
         let b3 = crate::digest::Algorithm::Blake3.digest(b"m");
         assert_eq!(n(&format!("x@{b3}")), format!("docker.io/library/x@{b3}"));
-        assert_eq!(Name::parse("alpine").unwrap().with_tag("edge").unwrap().to_string(), "docker.io/library/alpine:edge");
+        assert_eq!(
+            Name::parse("alpine")
+                .unwrap()
+                .with_tag("edge")
+                .unwrap()
+                .to_string(),
+            "docker.io/library/alpine:edge"
+        );
     }
 
     #[test]
     fn invalid_references() {
-        for bad in ["", "UPPER/case", ":tag", "a b", "x@sha256:abc", "x@sha256:../../x", &"a".repeat(2000)] {
-            assert_eq!(Name::parse(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad}");
+        for bad in [
+            "",
+            "UPPER/case",
+            ":tag",
+            "a b",
+            "x@sha256:abc",
+            "x@sha256:../../x",
+            &"a".repeat(2000),
+        ] {
+            assert_eq!(
+                Name::parse(bad).unwrap_err().kind(),
+                ErrorKind::InvalidArgument,
+                "{bad}"
+            );
         }
     }
 }

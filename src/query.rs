@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use crate::content::{Info, Status};
-use crate::names::Image;
 use crate::filter::{Adaptor, Value};
+use crate::names::Image;
 
 /// RFC 3339 UTC with second precision, the form every time takes in output and filters.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -65,11 +65,16 @@ impl Adaptor for ImageFields<'_> {
         match p.as_slice() {
             ["name"] => Some(Value::Str(Cow::Borrowed(img.name.as_str()))),
             ["target", "digest"] => Some(Value::Str(Cow::Owned(img.target.digest().to_string()))),
-            ["target", "mediatype"] => Some(Value::Str(Cow::Owned(img.target.media_type().to_string()))),
+            ["target", "mediatype"] => {
+                Some(Value::Str(Cow::Owned(img.target.media_type().to_string())))
+            }
             ["target", "size"] => Some(Value::Num(img.target.size())),
             ["created_at"] => Some(Value::Str(Cow::Owned(rfc3339(img.created_at)))),
             ["updated_at"] => Some(Value::Str(Cow::Owned(rfc3339(img.updated_at)))),
-            ["labels", key] => img.labels.get(*key).map(|v| Value::Str(Cow::Borrowed(v.as_str()))),
+            ["labels", key] => img
+                .labels
+                .get(*key)
+                .map(|v| Value::Str(Cow::Borrowed(v.as_str()))),
             _ => None,
         }
     }

@@ -29,8 +29,11 @@ pub fn children(bytes: &[u8]) -> Option<Vec<Digest>> {
     }
     let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let obj = doc.as_object()?;
-    let is_index = obj.get("manifests").is_some_and(serde_json::Value::is_array);
-    let is_manifest = obj.contains_key("config") || obj.contains_key("layers") || obj.contains_key("blobs");
+    let is_index = obj
+        .get("manifests")
+        .is_some_and(serde_json::Value::is_array);
+    let is_manifest =
+        obj.contains_key("config") || obj.contains_key("layers") || obj.contains_key("blobs");
     if !is_index && !is_manifest {
         return None;
     }
@@ -107,7 +110,10 @@ mod tests {
         let d = Algorithm::Sha256.digest(b"x");
         let labels: Labels = [
             ("containerd.io/gc.ref.content.l.0".to_owned(), d.to_string()),
-            ("containerd.io/gc.ref.content.m".to_owned(), "not a digest".to_owned()),
+            (
+                "containerd.io/gc.ref.content.m".to_owned(),
+                "not a digest".to_owned(),
+            ),
             ("other".to_owned(), d.to_string()),
         ]
         .into_iter()

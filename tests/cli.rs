@@ -17,7 +17,11 @@ fn run(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .arg("--root")
         .arg(root)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -61,16 +65,37 @@ fn put_info_ls_label_rm() {
     let file = tmp.path().join("a.txt");
     std::fs::write(&file, b"alpha").unwrap();
 
-    let put = json(&root, &["content", "put", file.to_str().unwrap(), "--label", "team=build", "--label", "com.example/k=v"]);
+    let put = json(
+        &root,
+        &[
+            "content",
+            "put",
+            file.to_str().unwrap(),
+            "--label",
+            "team=build",
+            "--label",
+            "com.example/k=v",
+        ],
+    );
     assert_eq!(put["created"], true);
     assert_eq!(put["size"], 5);
     let a = put["digest"].as_str().unwrap().to_owned();
     let again = json(&root, &["content", "put", file.to_str().unwrap()]);
-    assert_eq!((again["digest"].as_str().unwrap(), &again["created"]), (a.as_str(), &Value::Bool(false)));
+    assert_eq!(
+        (again["digest"].as_str().unwrap(), &again["created"]),
+        (a.as_str(), &Value::Bool(false))
+    );
 
-    let out = run(&root, &["--json", "content", "put", "-", "--label", "team=test"], Some(b"bravo!"));
+    let out = run(
+        &root,
+        &["--json", "content", "put", "-", "--label", "team=test"],
+        Some(b"bravo!"),
+    );
     assert!(out.status.success());
-    let b = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"].as_str().unwrap().to_owned();
+    let b = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let info = json(&root, &["content", "info", &a]);
     for field in ["digest", "size", "created_at", "updated_at", "labels"] {
@@ -85,7 +110,10 @@ fn put_info_ls_label_rm() {
     assert_eq!(ls_digests(&root, &["labels.team==build"]), [a.clone()]);
     assert_eq!(ls_digests(&root, &["labels.team!=build"]), [b.clone()]);
     assert_eq!(ls_digests(&root, &["labels.team~=^te"]), [b.clone()]);
-    assert_eq!(ls_digests(&root, &[r#"labels."com.example/k""#]), [a.clone()]);
+    assert_eq!(
+        ls_digests(&root, &[r#"labels."com.example/k""#]),
+        [a.clone()]
+    );
     assert_eq!(ls_digests(&root, &["size==6"]), [b.clone()]);
     assert_eq!(ls_digests(&root, &["labels.team==build", "size==6"]), both);
     let table = ok(&root, &["content", "ls"]);
@@ -97,14 +125,23 @@ fn put_info_ls_label_rm() {
     let bad = run(&root, &["content", "ls", "labels.team=="], None);
     assert_eq!(code(&bad), 2, "a bad filter is a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("ocistore: "));
-    assert_eq!(code(&run(&root, &["content", "info", "sha256:XYZ"], None)), 2);
+    assert_eq!(
+        code(&run(&root, &["content", "info", "sha256:XYZ"], None)),
+        2
+    );
     let missing = format!("sha256:{}", "0".repeat(64));
     assert_eq!(code(&run(&root, &["content", "info", &missing], None)), 1);
-    assert_eq!(code(&run(&root, &["content", "label", &a, "novalue"], None)), 2);
+    assert_eq!(
+        code(&run(&root, &["content", "label", &a, "novalue"], None)),
+        2
+    );
     assert_eq!(code(&run(&root, &["content", "frobnicate"], None)), 2);
 
     let labelled = json(&root, &["content", "label", &a, "team=", "tier=1"]);
-    assert_eq!(labelled["labels"], serde_json::json!({"com.example/k": "v", "tier": "1"}));
+    assert_eq!(
+        labelled["labels"],
+        serde_json::json!({"com.example/k": "v", "tier": "1"})
+    );
     assert_eq!(ls_digests(&root, &["labels.tier==1"]), [a.clone()]);
 
     assert_eq!(ok(&root, &["content", "cat", &b]).as_bytes(), b"bravo!");
@@ -116,11 +153,22 @@ fn put_info_ls_label_rm() {
     assert_eq!(ls_digests(&root, &[]), [b.clone()]);
 
     // --expected mismatch: failed precondition, exit 1, the ingest remains.
-    let out = run(&root, &["content", "put", "-", "--ref", "r1", "--expected", &a], Some(b"not alpha"));
+    let out = run(
+        &root,
+        &["content", "put", "-", "--ref", "r1", "--expected", &a],
+        Some(b"not alpha"),
+    );
     assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
     let ingests = json(&root, &["ingest", "ls"]);
     assert_eq!(ingests[0]["ref"], "r1");
-    for field in ["ref", "offset", "total", "expected", "started_at", "updated_at"] {
+    for field in [
+        "ref",
+        "offset",
+        "total",
+        "expected",
+        "started_at",
+        "updated_at",
+    ] {
         assert!(ingests[0].get(field).is_some(), "ingest ls lacks {field}");
     }
     assert!(ok(&root, &["ingest", "ls"]).starts_with("REF"));
@@ -153,7 +201,9 @@ fn spawn_put(root: &Path, reference: &str) -> Child {
 fn killed_put_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut child = spawn_put(&root, "R");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&data[..5 << 20]).unwrap();
@@ -172,8 +222,16 @@ fn killed_put_resumes() {
     assert!(offset >= 4 << 20 && offset <= 5 << 20, "offset {offset}");
     // The whole input again: the bytes already there are skipped, the digest is right, and
     // no stale lock blocks it.
-    let out = run(&root, &["--json", "content", "put", "--ref", "R", "-"], Some(&data));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &root,
+        &["--json", "content", "put", "--ref", "R", "-"],
+        Some(&data),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let want = ocistore::Algorithm::Sha256.digest(&data).to_string();
     assert_eq!(v["digest"], want.as_str());
@@ -196,7 +254,9 @@ fn locked_ref_is_unavailable_across_processes() {
         v[0]["offset"].as_u64().unwrap_or(0) > 0
     });
     let store = ocistore::Store::open(&root).unwrap();
-    let err = ocistore::Ingester::writer(&store, "shared", None, None).err().expect("locked");
+    let err = ocistore::Ingester::writer(&store, "shared", None, None)
+        .err()
+        .expect("locked");
     assert_eq!(err.kind(), ocistore::ErrorKind::Unavailable);
     assert!(err.to_string().contains("pid"), "names the holder: {err}");
     holder.kill().unwrap();
@@ -239,7 +299,10 @@ fn one_gib_put_holds_memory_flat() {
     drop(stdin);
     let (status, max_rss_kib) = wait_max_rss(&mut child);
     assert_eq!(status, 0);
-    assert!(max_rss_kib < 64 * 1024, "peak RSS {max_rss_kib} KiB for a 1 GiB put");
+    assert!(
+        max_rss_kib < 64 * 1024,
+        "peak RSS {max_rss_kib} KiB for a 1 GiB put"
+    );
     let d = hasher.finalize();
     let info = json(&root, &["content", "info", &d.to_string()]);
     assert_eq!(info["size"], 1u64 << 30);

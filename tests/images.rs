@@ -13,7 +13,15 @@ const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 fn put(store: &Store, bytes: &[u8]) -> Digest {
-    helpers::write_blob(store, &format!("t-{}", Algorithm::Sha256.digest(bytes)), &mut &bytes[..], None, None, Labels::new()).unwrap()
+    helpers::write_blob(
+        store,
+        &format!("t-{}", Algorithm::Sha256.digest(bytes)),
+        &mut &bytes[..],
+        None,
+        None,
+        Labels::new(),
+    )
+    .unwrap()
 }
 
 /// A manifest with a config and `layers` layers; returns (manifest digest, size, config, layers).
@@ -40,7 +48,15 @@ fn image(store: &Store, tag: &str, layers: usize) -> (Digest, u64, Digest, Vec<D
 
 fn all_blobs(store: &Store) -> BTreeSet<Digest> {
     let mut out = BTreeSet::new();
-    store.walk(&mut |i| { out.insert(i.digest.clone()); Ok(()) }, &[]).unwrap();
+    store
+        .walk(
+            &mut |i| {
+                out.insert(i.digest.clone());
+                Ok(())
+            },
+            &[],
+        )
+        .unwrap();
     out
 }
 
@@ -57,21 +73,67 @@ fn names_normalise_resolve_and_page_tags() {
     let desc = descriptor(MANIFEST, &md, size).unwrap();
     let img = store.put_image("alpine", desc.clone(), None).unwrap();
     assert_eq!(img.name, "docker.io/library/alpine:latest");
-    assert_eq!(store.image("docker.io/library/alpine").unwrap().target, desc);
-    assert_eq!(store.image("index.docker.io/library/alpine:latest").unwrap().digest().unwrap(), md);
+    assert_eq!(
+        store.image("docker.io/library/alpine").unwrap().target,
+        desc
+    );
+    assert_eq!(
+        store
+            .image("index.docker.io/library/alpine:latest")
+            .unwrap()
+            .digest()
+            .unwrap(),
+        md
+    );
     for t in ["b", "c", "a1", "z"] {
-        store.put_image(&format!("alpine:{t}"), desc.clone(), None).unwrap();
+        store
+            .put_image(&format!("alpine:{t}"), desc.clone(), None)
+            .unwrap();
     }
-    store.put_image("localhost:5000/alpine:x", desc.clone(), None).unwrap();
-    assert_eq!(store.tags("alpine", None, None).unwrap(), ["a1", "b", "c", "latest", "z"]);
+    store
+        .put_image("localhost:5000/alpine:x", desc.clone(), None)
+        .unwrap();
+    assert_eq!(
+        store.tags("alpine", None, None).unwrap(),
+        ["a1", "b", "c", "latest", "z"]
+    );
     assert_eq!(store.tags("alpine", Some(2), None).unwrap(), ["a1", "b"]);
-    assert_eq!(store.tags("alpine", Some(2), Some("b")).unwrap(), ["c", "latest"]);
-    assert_eq!(store.tags("localhost:5000/alpine", None, None).unwrap(), ["x"]);
+    assert_eq!(
+        store.tags("alpine", Some(2), Some("b")).unwrap(),
+        ["c", "latest"]
+    );
+    assert_eq!(
+        store.tags("localhost:5000/alpine", None, None).unwrap(),
+        ["x"]
+    );
     // Digest wins over a tag, and a bare digest resolves too.
-    assert_eq!(store.resolve(&format!("alpine:nonexistent@{md}")).unwrap().digest().to_string(), md.to_string());
-    assert_eq!(store.resolve(&md.to_string()).unwrap().media_type().to_string(), MANIFEST);
-    assert_eq!(store.image("alpine:nope").unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(store.put_image("Bad Name", desc.clone(), None).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store
+            .resolve(&format!("alpine:nonexistent@{md}"))
+            .unwrap()
+            .digest()
+            .to_string(),
+        md.to_string()
+    );
+    assert_eq!(
+        store
+            .resolve(&md.to_string())
+            .unwrap()
+            .media_type()
+            .to_string(),
+        MANIFEST
+    );
+    assert_eq!(
+        store.image("alpine:nope").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store
+            .put_image("Bad Name", desc.clone(), None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
     // Filters over names.
     let n = |f: &str| store.images(&[f]).unwrap().len();
     assert_eq!(n("name~=^docker.io/library/alpine:"), 5);
@@ -79,7 +141,10 @@ fn names_normalise_resolve_and_page_tags() {
     assert_eq!(n(&format!("target.mediatype=={MANIFEST}")), 6);
     // Delete a tag, then the manifest with every name.
     store.delete_image("alpine:z").unwrap();
-    assert_eq!(store.delete_image("alpine:z").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.delete_image("alpine:z").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let removed = store.delete_manifest(&md).unwrap();
     assert_eq!(removed.len(), 5);
     assert!(store.images(&[]).unwrap().is_empty());
@@ -97,7 +162,10 @@ fn hundred_layers_record_hundred_references() {
         assert_eq!(store.parents(l).unwrap(), vec![md.clone()]);
     }
     store.delete(&md).unwrap();
-    assert!(store.parents(&layers[0]).unwrap().is_empty(), "edges go with their parent");
+    assert!(
+        store.parents(&layers[0]).unwrap().is_empty(),
+        "edges go with their parent"
+    );
 }
 
 #[test]
@@ -132,20 +200,43 @@ fn index_merge_keeps_other_platforms() {
         x.set_platform(p.map(|p| parse_platform(p).unwrap()));
         x
     };
-    store.write_index("multi", &[with(&a, asz, Some("linux/amd64")), with(&att, attsz, None)]).unwrap();
-    store.write_index("multi", &[with(&b, bsz, Some("linux/arm64/v8"))]).unwrap();
+    store
+        .write_index(
+            "multi",
+            &[with(&a, asz, Some("linux/amd64")), with(&att, attsz, None)],
+        )
+        .unwrap();
+    store
+        .write_index("multi", &[with(&b, bsz, Some("linux/arm64/v8"))])
+        .unwrap();
     let entries = |store: &Store| -> Vec<String> {
         let d = store.image("multi").unwrap().digest().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&helpers::read_blob(store, &d).unwrap()).unwrap();
-        v["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect()
+        let v: serde_json::Value =
+            serde_json::from_slice(&helpers::read_blob(store, &d).unwrap()).unwrap();
+        v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap().to_owned())
+            .collect()
     };
-    assert_eq!(entries(&store), [a.to_string(), att.to_string(), b.to_string()]);
+    assert_eq!(
+        entries(&store),
+        [a.to_string(), att.to_string(), b.to_string()]
+    );
     // Same platform replaces.
-    store.write_index("multi", &[with(&c, csz, Some("linux/amd64"))]).unwrap();
-    assert_eq!(entries(&store), [c.to_string(), att.to_string(), b.to_string()]);
+    store
+        .write_index("multi", &[with(&c, csz, Some("linux/amd64"))])
+        .unwrap();
+    assert_eq!(
+        entries(&store),
+        [c.to_string(), att.to_string(), b.to_string()]
+    );
     // A platform-less entry goes when its content is gone.
     store.delete(&att).unwrap();
-    store.write_index("multi", &[with(&c, csz, Some("linux/amd64"))]).unwrap();
+    store
+        .write_index("multi", &[with(&c, csz, Some("linux/amd64"))])
+        .unwrap();
     assert_eq!(entries(&store), [c.to_string(), b.to_string()]);
 }
 
@@ -159,48 +250,110 @@ fn gc_frees_exactly_what_nothing_needs() {
     let loose = put(&store, b"loose blob");
     let rooted = put(&store, b"rooted blob");
     let mut info = store.info(&rooted).unwrap();
-    info.labels.insert("containerd.io/gc.root".into(), "1".into());
+    info.labels
+        .insert("containerd.io/gc.root".into(), "1".into());
     store.update(&info, &[]).unwrap();
     // gc.ref.content label edge: rooted keeps m4 (and through it c4, l4).
-    info.labels.insert("containerd.io/gc.ref.content.m".into(), m4.to_string());
+    info.labels
+        .insert("containerd.io/gc.ref.content.m".into(), m4.to_string());
     store.update(&info, &[]).unwrap();
-    store.put_image("one:1", descriptor(MANIFEST, &m1, s1).unwrap(), None).unwrap();
-    store.put_image("two:1", descriptor(MANIFEST, &m2, s2).unwrap(), None).unwrap();
-    store.create_lease("keep-three", None, Labels::new()).unwrap();
-    store.add_lease_resource("keep-three", &Resource::Content(m3.clone())).unwrap();
+    store
+        .put_image("one:1", descriptor(MANIFEST, &m1, s1).unwrap(), None)
+        .unwrap();
+    store
+        .put_image("two:1", descriptor(MANIFEST, &m2, s2).unwrap(), None)
+        .unwrap();
+    store
+        .create_lease("keep-three", None, Labels::new())
+        .unwrap();
+    store
+        .add_lease_resource("keep-three", &Resource::Content(m3.clone()))
+        .unwrap();
     // An expired lease protects nothing.
-    store.create_lease("old", Some(std::time::SystemTime::now() - std::time::Duration::from_secs(1)), Labels::new()).unwrap();
-    store.add_lease_resource("old", &Resource::Content(loose.clone())).unwrap();
+    store
+        .create_lease(
+            "old",
+            Some(std::time::SystemTime::now() - std::time::Duration::from_secs(1)),
+            Labels::new(),
+        )
+        .unwrap();
+    store
+        .add_lease_resource("old", &Resource::Content(loose.clone()))
+        .unwrap();
     // A live ingest is never touched, however old.
     let mut w = ocistore::Ingester::writer(&store, "live", None, None).unwrap();
     std::io::Write::write_all(&mut w, b"partial").unwrap();
     std::io::Write::flush(&mut w).unwrap();
 
-    let dry = store.gc(&Options { dry_run: true, ingest_expiry: std::time::Duration::ZERO }).unwrap();
-    let dry_ids: BTreeSet<String> = dry.removed.iter().filter(|r| r.kind == "content").map(|r| r.id.clone()).collect();
+    let dry = store
+        .gc(&Options {
+            dry_run: true,
+            ingest_expiry: std::time::Duration::ZERO,
+        })
+        .unwrap();
+    let dry_ids: BTreeSet<String> = dry
+        .removed
+        .iter()
+        .filter(|r| r.kind == "content")
+        .map(|r| r.id.clone())
+        .collect();
     assert_eq!(dry_ids, BTreeSet::from([loose.to_string()]));
-    assert!(all_blobs(&store).contains(&loose), "a dry run removes nothing");
+    assert!(
+        all_blobs(&store).contains(&loose),
+        "a dry run removes nothing"
+    );
 
     store.delete_image("two:1").unwrap();
     let before = all_blobs(&store);
-    let out = store.gc(&Options { dry_run: false, ingest_expiry: std::time::Duration::ZERO }).unwrap();
-    let freed: BTreeSet<Digest> = out.removed.iter().filter(|r| r.kind == "content").map(|r| Digest::parse(&r.id).unwrap()).collect();
+    let out = store
+        .gc(&Options {
+            dry_run: false,
+            ingest_expiry: std::time::Duration::ZERO,
+        })
+        .unwrap();
+    let freed: BTreeSet<Digest> = out
+        .removed
+        .iter()
+        .filter(|r| r.kind == "content")
+        .map(|r| Digest::parse(&r.id).unwrap())
+        .collect();
     let mut expect: BTreeSet<Digest> = BTreeSet::from([loose.clone(), m2.clone()]);
     expect.extend(l2.iter().cloned());
     expect.insert(_c2.clone());
     assert_eq!(freed, expect);
-    assert_eq!(all_blobs(&store), before.difference(&expect).cloned().collect());
-    for keep in [m1, c1, m3, c3, m4, c4, rooted].iter().chain(&l1).chain(&l3).chain(&l4) {
+    assert_eq!(
+        all_blobs(&store),
+        before.difference(&expect).cloned().collect()
+    );
+    for keep in [m1, c1, m3, c3, m4, c4, rooted]
+        .iter()
+        .chain(&l1)
+        .chain(&l3)
+        .chain(&l4)
+    {
         assert!(store.info(keep).is_ok(), "{keep} kept");
     }
-    assert!(out.removed.iter().all(|r| r.kind != "ingest"), "the live ingest stays");
-    assert_eq!(ocistore::IngestManager::status(&store, "live").unwrap().offset, 7);
+    assert!(
+        out.removed.iter().all(|r| r.kind != "ingest"),
+        "the live ingest stays"
+    );
+    assert_eq!(
+        ocistore::IngestManager::status(&store, "live")
+            .unwrap()
+            .offset,
+        7
+    );
     for d in &expect {
         assert!(!store.blob_dir().exists(d), "file of {d} removed");
     }
     drop(w);
     // Now abandoned and expired: collected.
-    let out = store.gc(&Options { dry_run: false, ingest_expiry: std::time::Duration::ZERO }).unwrap();
+    let out = store
+        .gc(&Options {
+            dry_run: false,
+            ingest_expiry: std::time::Duration::ZERO,
+        })
+        .unwrap();
     assert_eq!(out.removed.iter().filter(|r| r.kind == "ingest").count(), 1);
 }
 
@@ -221,23 +374,66 @@ fn batch_is_all_or_nothing() {
     let (_d, store) = fresh();
     let existing = put(&store, b"already here");
     let mut b = store.batch().unwrap();
-    let s = b.stage(&mut &b"new blob"[..], None, None, Labels::new()).unwrap();
+    let s = b
+        .stage(&mut &b"new blob"[..], None, None, Labels::new())
+        .unwrap();
     assert!(s.written);
-    let again = b.stage(&mut &b"already here"[..], Some(&existing), Some(12), Labels::new()).unwrap();
+    let again = b
+        .stage(
+            &mut &b"already here"[..],
+            Some(&existing),
+            Some(12),
+            Labels::new(),
+        )
+        .unwrap();
     assert!(!again.written);
-    let bad = b.stage(&mut &b"liar"[..], Some(&Algorithm::Sha256.digest(b"other")), None, Labels::new()).unwrap_err();
+    let bad = b
+        .stage(
+            &mut &b"liar"[..],
+            Some(&Algorithm::Sha256.digest(b"other")),
+            None,
+            Labels::new(),
+        )
+        .unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::FailedPrecondition);
-    b.put_name("batch:1", descriptor("application/octet-stream", &s.digest, s.size).unwrap(), None).unwrap();
-    assert!(store.info(&s.digest).is_err(), "nothing visible before commit");
+    b.put_name(
+        "batch:1",
+        descriptor("application/octet-stream", &s.digest, s.size).unwrap(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        store.info(&s.digest).is_err(),
+        "nothing visible before commit"
+    );
     drop(b);
-    assert!(store.info(&s.digest).is_err(), "nothing after a drop either");
+    assert!(
+        store.info(&s.digest).is_err(),
+        "nothing after a drop either"
+    );
     assert!(store.images(&[]).unwrap().is_empty());
-    assert!(store.leases().unwrap().is_empty(), "the batch lease is gone");
+    assert!(
+        store.leases().unwrap().is_empty(),
+        "the batch lease is gone"
+    );
 
     let mut b = store.batch().unwrap();
-    let s = b.stage(&mut &b"new blob"[..], None, None, Labels::new()).unwrap();
-    b.stage(&mut &b"already here"[..], Some(&existing), None, Labels::new()).unwrap();
-    b.put_name("batch:1", descriptor("application/octet-stream", &s.digest, s.size).unwrap(), None).unwrap();
+    let s = b
+        .stage(&mut &b"new blob"[..], None, None, Labels::new())
+        .unwrap();
+    b.stage(
+        &mut &b"already here"[..],
+        Some(&existing),
+        None,
+        Labels::new(),
+    )
+    .unwrap();
+    b.put_name(
+        "batch:1",
+        descriptor("application/octet-stream", &s.digest, s.size).unwrap(),
+        None,
+    )
+    .unwrap();
     let out = b.commit().unwrap();
     assert_eq!((out.blobs_written, out.blobs_present), (1, 1));
     assert_eq!(helpers::read_blob(&store, &s.digest).unwrap(), b"new blob");
@@ -249,7 +445,9 @@ fn batch_is_all_or_nothing() {
 fn gc_during_batches_never_loses_a_blob() {
     let (_d, store) = fresh();
     // Content that an import will find present, unreferenced until the import names it.
-    let shared: Vec<Vec<u8>> = (0..20).map(|i| format!("shared {i}").into_bytes()).collect();
+    let shared: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("shared {i}").into_bytes())
+        .collect();
     let shared_d: Vec<Digest> = shared.iter().map(|b| put(&store, b)).collect();
     std::thread::scope(|s| {
         let st = store.clone();
@@ -262,26 +460,45 @@ fn gc_during_batches_never_loses_a_blob() {
             let mut b = store.batch().unwrap();
             let mut layers = Vec::new();
             for (i, bytes) in shared.iter().enumerate() {
-                b.stage(&mut &bytes[..], Some(&shared_d[i]), None, Labels::new()).unwrap();
+                b.stage(&mut &bytes[..], Some(&shared_d[i]), None, Labels::new())
+                    .unwrap();
                 layers.push(json!({"mediaType": LAYER, "digest": shared_d[i].to_string(), "size": bytes.len()}));
             }
             let own = format!("own layer {round}").into_bytes();
-            let od = b.stage(&mut &own[..], None, None, Labels::new()).unwrap().digest;
+            let od = b
+                .stage(&mut &own[..], None, None, Labels::new())
+                .unwrap()
+                .digest;
             layers.push(json!({"mediaType": LAYER, "digest": od.to_string(), "size": own.len()}));
             let cfg = b"{}".to_vec();
-            let cd = b.stage(&mut &cfg[..], None, None, Labels::new()).unwrap().digest;
+            let cd = b
+                .stage(&mut &cfg[..], None, None, Labels::new())
+                .unwrap()
+                .digest;
             let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": MANIFEST,
                 "config": {"mediaType": CONFIG, "digest": cd.to_string(), "size": 2}, "layers": layers})).unwrap();
             let staged = b.stage(&mut &m[..], None, None, Labels::new()).unwrap();
-            b.put_name(&format!("imp:{round}"), descriptor(MANIFEST, &staged.digest, staged.size).unwrap(), None).unwrap();
+            b.put_name(
+                &format!("imp:{round}"),
+                descriptor(MANIFEST, &staged.digest, staged.size).unwrap(),
+                None,
+            )
+            .unwrap();
             b.commit().unwrap();
-            let c = store.check_image(&format!("imp:{round}"), &parse_platform("linux/amd64").unwrap()).unwrap();
+            let c = store
+                .check_image(
+                    &format!("imp:{round}"),
+                    &parse_platform("linux/amd64").unwrap(),
+                )
+                .unwrap();
             assert!(c.complete, "round {round}: {c:?}");
         }
         gc.join().unwrap();
     });
     for i in 0..10 {
-        let c = store.check_image(&format!("imp:{i}"), &parse_platform("linux/amd64").unwrap()).unwrap();
+        let c = store
+            .check_image(&format!("imp:{i}"), &parse_platform("linux/amd64").unwrap())
+            .unwrap();
         assert!(c.complete, "{c:?}");
     }
 }
@@ -290,16 +507,37 @@ fn gc_during_batches_never_loses_a_blob() {
 fn leases_protect_names_and_expire() {
     let (_d, store) = fresh();
     let (m, s, _, _) = image(&store, "leased", 1);
-    store.put_image("leased:1", descriptor(MANIFEST, &m, s).unwrap(), None).unwrap();
-    store.create_lease("l", None, Labels::from([("who".into(), "ci".into())])).unwrap();
-    assert_eq!(store.create_lease("l", None, Labels::new()).unwrap_err().kind(), ErrorKind::AlreadyExists);
-    store.add_lease_resource("l", &Resource::parse("name:leased:1").unwrap()).unwrap();
-    assert_eq!(store.lease_resources("l").unwrap(), vec![Resource::Name("docker.io/library/leased:1".into())]);
+    store
+        .put_image("leased:1", descriptor(MANIFEST, &m, s).unwrap(), None)
+        .unwrap();
+    store
+        .create_lease("l", None, Labels::from([("who".into(), "ci".into())]))
+        .unwrap();
+    assert_eq!(
+        store
+            .create_lease("l", None, Labels::new())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    store
+        .add_lease_resource("l", &Resource::parse("name:leased:1").unwrap())
+        .unwrap();
+    assert_eq!(
+        store.lease_resources("l").unwrap(),
+        vec![Resource::Name("docker.io/library/leased:1".into())]
+    );
     store.delete_image("leased:1").unwrap();
     // The name is gone, so the lease's name resource no longer reaches content: collectable.
     let out = store.gc(&Options::default()).unwrap();
     assert!(out.removed.iter().any(|r| r.id == m.to_string()));
     store.delete_lease("l").unwrap();
-    assert_eq!(store.delete_lease("l").unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(Resource::parse("bogus").unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store.delete_lease("l").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        Resource::parse("bogus").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }

@@ -9,7 +9,9 @@ use ocistore::{Algorithm, Labels, Manager, Store, helpers};
 const PER_PROCESS: usize = 500;
 
 fn blob(worker: usize, i: usize) -> Vec<u8> {
-    format!("worker {worker} blob {i} ").repeat(1 + i % 7).into_bytes()
+    format!("worker {worker} blob {i} ")
+        .repeat(1 + i % 7)
+        .into_bytes()
 }
 
 fn shared(i: usize) -> Vec<u8> {
@@ -19,19 +21,38 @@ fn shared(i: usize) -> Vec<u8> {
 /// The child's work: its own 500 blobs, plus a few shared with the other child.
 #[test]
 fn child_worker() {
-    let (Ok(root), Ok(id)) = (std::env::var("OCISTORE_CHILD_ROOT"), std::env::var("OCISTORE_CHILD_ID")) else {
+    let (Ok(root), Ok(id)) = (
+        std::env::var("OCISTORE_CHILD_ROOT"),
+        std::env::var("OCISTORE_CHILD_ID"),
+    ) else {
         return; // Not a child: nothing to do.
     };
     let id: usize = id.parse().unwrap();
     let store = Store::open(&root).unwrap();
     for i in 0..PER_PROCESS {
         let data = blob(id, i);
-        let d = helpers::write_blob(&store, &format!("w{id}-{i}"), &mut &data[..], None, None, Labels::new()).unwrap();
+        let d = helpers::write_blob(
+            &store,
+            &format!("w{id}-{i}"),
+            &mut &data[..],
+            None,
+            None,
+            Labels::new(),
+        )
+        .unwrap();
         assert_eq!(d, Algorithm::Sha256.digest(&data));
         if i % 25 == 0 {
             let s = shared(i);
             // Same reference in both processes: one waits for the other (open_writer retries).
-            helpers::write_blob(&store, &format!("shared-{i}"), &mut &s[..], None, None, Labels::new()).unwrap();
+            helpers::write_blob(
+                &store,
+                &format!("shared-{i}"),
+                &mut &s[..],
+                None,
+                None,
+                Labels::new(),
+            )
+            .unwrap();
         }
     }
 }
@@ -64,12 +85,23 @@ fn two_processes_put_500_blobs_each() {
     }
     let store = Store::open(&root).unwrap();
     let mut count = 0;
-    store.walk(&mut |_| { count += 1; Ok(()) }, &[]).unwrap();
+    store
+        .walk(
+            &mut |_| {
+                count += 1;
+                Ok(())
+            },
+            &[],
+        )
+        .unwrap();
     let mut expected = 0;
     for id in 0..2 {
         for i in 0..PER_PROCESS {
             let d = Algorithm::Sha256.digest(&blob(id, i));
-            assert_eq!(helpers::read_blob_verified(&store, &d).unwrap(), blob(id, i));
+            assert_eq!(
+                helpers::read_blob_verified(&store, &d).unwrap(),
+                blob(id, i)
+            );
             expected += 1;
         }
     }
@@ -79,5 +111,9 @@ fn two_processes_put_500_blobs_each() {
         expected += 1;
     }
     assert_eq!(count, expected);
-    assert!(ocistore::IngestManager::list_statuses(&store, &[]).unwrap().is_empty());
+    assert!(
+        ocistore::IngestManager::list_statuses(&store, &[])
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -31,9 +31,21 @@ fn copy_tree(from: &Path, to: &Path) {
 fn fixture_blobs() -> Vec<(Algorithm, &'static [u8], Labels)> {
     let l = |k: &str, v: &str| Labels::from([(k.to_owned(), v.to_owned())]);
     vec![
-        (Algorithm::Sha256, b"fixture sha256".as_slice(), l("kind", "plain")),
-        (Algorithm::Sha512, b"fixture sha512".as_slice(), l("containerd.io/gc.root", "2024")),
-        (Algorithm::Blake3, b"fixture blake3".as_slice(), Labels::new()),
+        (
+            Algorithm::Sha256,
+            b"fixture sha256".as_slice(),
+            l("kind", "plain"),
+        ),
+        (
+            Algorithm::Sha512,
+            b"fixture sha512".as_slice(),
+            l("containerd.io/gc.root", "2024"),
+        ),
+        (
+            Algorithm::Blake3,
+            b"fixture blake3".as_slice(),
+            Labels::new(),
+        ),
     ]
 }
 
@@ -45,7 +57,15 @@ fn regenerate_v1_fixture() {
     let store = Store::open(&root).unwrap();
     for (alg, bytes, labels) in fixture_blobs() {
         let d = alg.digest(bytes);
-        helpers::write_blob(&store, &format!("fx-{alg}"), &mut &bytes[..], None, Some(&d), labels).unwrap();
+        helpers::write_blob(
+            &store,
+            &format!("fx-{alg}"),
+            &mut &bytes[..],
+            None,
+            Some(&d),
+            labels,
+        )
+        .unwrap();
     }
     let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
     w.write_all(b"12345").unwrap();
@@ -82,15 +102,25 @@ fn newer_schema_is_refused() {
         b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
         let db = b.open(root.join("meta.redb")).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("schema_version", &999u32.to_le_bytes()[..]).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", &999u32.to_le_bytes()[..])
+            .unwrap();
         txn.commit().unwrap();
     }
     let err = Store::open(&root).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::IncompatibleSchema);
     let msg = err.to_string();
-    assert!(msg.contains("999") && msg.contains(&format!("version {}", store_version())), "{msg}");
+    assert!(
+        msg.contains("999") && msg.contains(&format!("version {}", store_version())),
+        "{msg}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root").arg(&root).args(["content", "ls"]).output().unwrap();
+        .arg("--root")
+        .arg(&root)
+        .args(["content", "ls"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("999"));
 }

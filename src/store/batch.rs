@@ -92,7 +92,11 @@ impl Store {
         let dir = self.ingest_root().join(&id);
         let lock = RefLock::try_acquire(&dir, &id)?;
         let lease = format!("ocistore.batch/{id}");
-        self.create_lease(&lease, Some(SystemTime::now() + Duration::from_secs(24 * 3600)), Labels::new())?;
+        self.create_lease(
+            &lease,
+            Some(SystemTime::now() + Duration::from_secs(24 * 3600)),
+            Labels::new(),
+        )?;
         Ok(Batch {
             store: self.clone(),
             dir,
@@ -126,7 +130,8 @@ impl Batch {
                 .map_err(|e| Error::db("open the lease resources", e))?
                 .insert((self.lease.as_str(), "content", key.as_str()), ())
                 .map_err(|e| Error::db("lease present content", e))?;
-            txn.commit().map_err(|e| Error::db("commit a lease resource", e))?;
+            txn.commit()
+                .map_err(|e| Error::db("commit a lease resource", e))?;
             self.present.insert(digest.clone());
         }
         Ok(found)
@@ -140,24 +145,36 @@ impl Batch {
     /// Streams `reader` into the batch while hashing it with `expected`'s algorithm (sha256
     /// when `None`). A size or digest that does not match is `FailedPrecondition` naming both.
     /// Content already committed or staged is verified but not written again.
-    pub fn stage(&mut self, reader: &mut dyn Read, expected: Option<&Digest>, size: Option<u64>, labels: Labels) -> Result<Staged> {
+    pub fn stage(
+        &mut self,
+        reader: &mut dyn Read,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        labels: Labels,
+    ) -> Result<Staged> {
         validate_labels(&labels)?;
         let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
         let known = match expected {
             Some(d) => self.is_staged(d) || self.is_committed(d)?,
             None => false,
         };
-        let mut src = Hashing { inner: reader, hasher: algorithm.hasher(), n: 0 };
+        let mut src = Hashing {
+            inner: reader,
+            hasher: algorithm.hasher(),
+            n: 0,
+        };
         let path = if known {
             io::copy(&mut src, &mut io::sink()).map_err(|e| Error::from_io(e, "read", "input"))?;
             None
         } else {
             self.files += 1;
             let path = self.dir.join(format!("{:06}", self.files));
-            let mut f = File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
+            let mut f =
+                File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
             let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
             io::copy(&mut src, &mut w).map_err(|e| Error::from_io(e, "stage", &path))?;
-            w.flush().map_err(|e| Error::io("write staging file", &path, e))?;
+            w.flush()
+                .map_err(|e| Error::io("write staging file", &path, e))?;
             Some(path)
         };
         let (digest, n) = (src.hasher.finalize(), src.n);
@@ -170,22 +187,43 @@ impl Batch {
         if let Some(want) = size
             && want != n
         {
-            return fail(format!("unexpected size {n}, expected {want} (content {})", expected.map_or_else(|| digest.to_string(), ToString::to_string)), &path);
+            return fail(
+                format!(
+                    "unexpected size {n}, expected {want} (content {})",
+                    expected.map_or_else(|| digest.to_string(), ToString::to_string)
+                ),
+                &path,
+            );
         }
         if let Some(want) = expected
             && *want != digest
         {
-            return fail(format!("unexpected digest {digest}, expected {want}"), &path);
+            return fail(
+                format!("unexpected digest {digest}, expected {want}"),
+                &path,
+            );
         }
         let Some(path) = path else {
-            return Ok(Staged { digest, size: n, written: false });
+            return Ok(Staged {
+                digest,
+                size: n,
+                written: false,
+            });
         };
         if self.is_staged(&digest) || self.is_committed(&digest)? {
             let _ = fs::remove_file(&path);
-            return Ok(Staged { digest, size: n, written: false });
+            return Ok(Staged {
+                digest,
+                size: n,
+                written: false,
+            });
         }
         self.staged.insert(digest.clone(), (path, n, labels));
-        Ok(Staged { digest, size: n, written: true })
+        Ok(Staged {
+            digest,
+            size: n,
+            written: true,
+        })
     }
 
     /// Reads a staged or committed blob whole, at most `limit` bytes (else
@@ -202,13 +240,20 @@ impl Batch {
             None => crate::helpers::read_blob_prefix(&self.store, digest, limit + 1)?,
         };
         if bytes.len() as u64 > limit {
-            return Err(Error::FailedPrecondition(format!("content {digest} is larger than {limit} bytes")));
+            return Err(Error::FailedPrecondition(format!(
+                "content {digest} is larger than {limit} bytes"
+            )));
         }
         Ok(bytes)
     }
 
     /// Points `name` at `target` when the batch commits. `InvalidArgument` for a bad name.
-    pub fn put_name(&mut self, name: &str, target: Descriptor, labels: Option<Labels>) -> Result<String> {
+    pub fn put_name(
+        &mut self,
+        name: &str,
+        target: Descriptor,
+        labels: Option<Labels>,
+    ) -> Result<String> {
         let key = Name::parse(name)?.to_string();
         crate::names::descriptor_digest(&target)?;
         self.names.push((key.clone(), target, labels));
@@ -225,7 +270,12 @@ impl Batch {
                 .and_then(|f| f.sync_data())
                 .map_err(|e| Error::io("fsync staged blob", path, e))?;
             let target = blobs.link(path, digest, *size)?;
-            shards.insert(target.parent().expect("blob paths have a shard").to_path_buf());
+            shards.insert(
+                target
+                    .parent()
+                    .expect("blob paths have a shard")
+                    .to_path_buf(),
+            );
             if let Some(c) = crate::refs::children_of_path(path)? {
                 children.insert(digest.to_string(), c);
             }
@@ -240,12 +290,20 @@ impl Batch {
         };
         let txn = self.store.write_txn("commit a batch")?;
         {
-            let mut table = txn.open_table(BLOBS).map_err(|e| Error::db("open the blobs table", e))?;
-            let mut index = txn.open_table(BLOB_LABELS).map_err(|e| Error::db("open the label index", e))?;
+            let mut table = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let mut index = txn
+                .open_table(BLOB_LABELS)
+                .map_err(|e| Error::db("open the label index", e))?;
             let now = Nanos::now();
             for (digest, (path, size, labels)) in &self.staged {
                 let key = digest.to_string();
-                if table.get(key.as_str()).map_err(|e| Error::db("read a blob record", e))?.is_some() {
+                if table
+                    .get(key.as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_some()
+                {
                     outcome.blobs_present += 1;
                     continue;
                 }
@@ -254,18 +312,33 @@ impl Batch {
                 if !blobs.exists(digest) {
                     blobs.publish(path, digest, *size)?;
                 }
-                let rec = BlobRecord { size: *size, created: now, updated: now, labels: labels.clone() };
-                table.insert(key.as_str(), records::encode(&rec).as_slice()).map_err(|e| Error::db("write a blob record", e))?;
+                let rec = BlobRecord {
+                    size: *size,
+                    created: now,
+                    updated: now,
+                    labels: labels.clone(),
+                };
+                table
+                    .insert(key.as_str(), records::encode(&rec).as_slice())
+                    .map_err(|e| Error::db("write a blob record", e))?;
                 for (k, v) in labels {
-                    index.insert((k.as_str(), v.as_str(), key.as_str()), ()).map_err(|e| Error::db("index a label", e))?;
+                    index
+                        .insert((k.as_str(), v.as_str(), key.as_str()), ())
+                        .map_err(|e| Error::db("index a label", e))?;
                 }
                 outcome.blobs_written += 1;
                 outcome.bytes_written += size;
             }
             // Content counted as present is leased; check it is still here all the same.
             for digest in &self.present {
-                if table.get(digest.to_string().as_str()).map_err(|e| Error::db("read a blob record", e))?.is_none() {
-                    return Err(Error::FailedPrecondition(format!("content {digest} was removed while the batch ran")));
+                if table
+                    .get(digest.to_string().as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_none()
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "content {digest} was removed while the batch ran"
+                    )));
                 }
             }
         }
@@ -274,11 +347,16 @@ impl Batch {
         }
         images::put_names(&txn, &self.names)?;
         {
-            txn.open_table(LEASES).map_err(|e| Error::db("open the leases table", e))?
-                .remove(self.lease.as_str()).map_err(|e| Error::db("drop the batch lease", e))?;
-            let mut r = txn.open_table(LEASE_RESOURCES).map_err(|e| Error::db("open the lease resources", e))?;
+            txn.open_table(LEASES)
+                .map_err(|e| Error::db("open the leases table", e))?
+                .remove(self.lease.as_str())
+                .map_err(|e| Error::db("drop the batch lease", e))?;
+            let mut r = txn
+                .open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?;
             for d in &self.present {
-                r.remove((self.lease.as_str(), "content", d.to_string().as_str())).map_err(|e| Error::db("drop the batch lease", e))?;
+                r.remove((self.lease.as_str(), "content", d.to_string().as_str()))
+                    .map_err(|e| Error::db("drop the batch lease", e))?;
             }
         }
         txn.commit().map_err(|e| Error::db("commit a batch", e))?;

@@ -33,8 +33,9 @@ pub struct Completeness {
 }
 
 fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
-    let target: Descriptor = serde_json::from_str(&rec.target)
-        .map_err(|e| Error::Corrupted(format!("name {name:?} holds a malformed descriptor: {e}")))?;
+    let target: Descriptor = serde_json::from_str(&rec.target).map_err(|e| {
+        Error::Corrupted(format!("name {name:?} holds a malformed descriptor: {e}"))
+    })?;
     Ok(Image {
         name: name.to_owned(),
         target,
@@ -80,7 +81,12 @@ pub(crate) fn put_names(
 impl Store {
     /// Points `name` (normalised with docker's rules) at `target`, replacing what it pointed
     /// at. `labels`, when given, replace the name's labels. Durable on return.
-    pub fn put_image(&self, name: &str, target: Descriptor, labels: Option<Labels>) -> Result<Image> {
+    pub fn put_image(
+        &self,
+        name: &str,
+        target: Descriptor,
+        labels: Option<Labels>,
+    ) -> Result<Image> {
         let key = Name::parse(name)?.to_string();
         if let Some(l) = &labels {
             validate_labels(l)?;
@@ -146,13 +152,22 @@ impl Store {
             return Ok(image.target);
         }
         let info = self.info(&digest)?;
-        let media_type = sniff_media_type(&crate::helpers::read_blob_prefix(self, &digest, crate::refs::MAX_PARSED)?);
+        let media_type = sniff_media_type(&crate::helpers::read_blob_prefix(
+            self,
+            &digest,
+            crate::refs::MAX_PARSED,
+        )?);
         names::descriptor(&media_type, &digest, info.size)
     }
 
     /// The tags of `repository` (normalised), in order; `last` starts after that tag and
     /// `limit` caps the count (registry-style paging).
-    pub fn tags(&self, repository: &str, limit: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
+    pub fn tags(
+        &self,
+        repository: &str,
+        limit: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>> {
         let repo = Name::parse(repository)?.repository;
         let prefix = format!("{repo}:");
         let start = match last {
@@ -194,7 +209,8 @@ impl Store {
         if !existed {
             return Err(Error::NotFound(format!("image {key}")));
         }
-        txn.commit().map_err(|e| Error::db("commit a name removal", e))
+        txn.commit()
+            .map_err(|e| Error::db("commit a name removal", e))
     }
 
     /// Deletes the manifest (or index) `digest` and every name that points at it, in one
@@ -223,7 +239,8 @@ impl Store {
         }
         self.remove_blob_in(&txn, &key)?;
         graph::forget(&txn, &key)?;
-        txn.commit().map_err(|e| Error::db("commit a manifest removal", e))?;
+        txn.commit()
+            .map_err(|e| Error::db("commit a manifest removal", e))?;
         if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {
             tracing::warn!(%digest, error = %e, "manifest record deleted but its file remains");
         }
@@ -236,11 +253,16 @@ impl Store {
     /// The new index is committed as a blob and the name points at it.
     pub fn write_index(&self, name: &str, entries: &[Descriptor]) -> Result<Image> {
         let mut manifests: Vec<Value> = match self.image(name) {
-            Ok(img) if INDEX_MEDIA_TYPES.contains(&img.target.media_type().to_string().as_str()) => {
+            Ok(img)
+                if INDEX_MEDIA_TYPES.contains(&img.target.media_type().to_string().as_str()) =>
+            {
                 let bytes = crate::helpers::read_blob(self, &img.digest()?)?;
                 let doc: Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Corrupted(format!("index of {name} is not JSON: {e}")))?;
-                doc.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default()
+                doc.get("manifests")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
             }
             Ok(_) => Vec::new(),
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
@@ -265,7 +287,10 @@ impl Store {
             descriptor_digest(entry)?;
             match platform_key(&v) {
                 Some(k) => {
-                    if let Some(slot) = manifests.iter_mut().find(|m| platform_key(m).as_ref() == Some(&k)) {
+                    if let Some(slot) = manifests
+                        .iter_mut()
+                        .find(|m| platform_key(m).as_ref() == Some(&k))
+                    {
                         *slot = v;
                     } else {
                         manifests.push(v);
@@ -325,7 +350,10 @@ impl Store {
                     None => {
                         missing.push((
                             d.to_string(),
-                            format!("index has no manifest for {}", names::platform_string(platform)),
+                            format!(
+                                "index has no manifest for {}",
+                                names::platform_string(platform)
+                            ),
                         ));
                         break;
                     }
@@ -333,7 +361,10 @@ impl Store {
             }
             manifest = Some(d.clone());
             let parts = doc.get("config").into_iter().chain(
-                doc.get("layers").and_then(Value::as_array).into_iter().flatten(),
+                doc.get("layers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten(),
             );
             for part in parts {
                 let Ok(pd) = serde_json::from_value::<Descriptor>(part.clone()) else {
@@ -352,14 +383,22 @@ impl Store {
         })
     }
 
-    fn present_with_size(&self, d: &Digest, size: u64, missing: &mut Vec<(String, String)>) -> Result<bool> {
+    fn present_with_size(
+        &self,
+        d: &Digest,
+        size: u64,
+        missing: &mut Vec<(String, String)>,
+    ) -> Result<bool> {
         match self.blob_record(d)? {
             None => {
                 missing.push((d.to_string(), "missing".into()));
                 Ok(false)
             }
             Some(rec) if rec.size != size => {
-                missing.push((d.to_string(), format!("size {} but the descriptor says {size}", rec.size)));
+                missing.push((
+                    d.to_string(),
+                    format!("size {} but the descriptor says {size}", rec.size),
+                ));
                 Ok(false)
             }
             Some(_) => Ok(true),
@@ -371,6 +410,10 @@ impl Store {
 pub fn sniff_media_type(bytes: &[u8]) -> String {
     serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "application/octet-stream".to_owned())
 }

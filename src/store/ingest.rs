@@ -174,10 +174,7 @@ impl Ingester for Store {
                 .map_err(|e| Error::io("truncate ingest data", &data_path, e))?;
         }
         let expected = parse_expected(&record, reference)?;
-        let algorithm = expected
-            .as_ref()
-            .map(Digest::algorithm)
-            .unwrap_or_default();
+        let algorithm = expected.as_ref().map(Digest::algorithm).unwrap_or_default();
         let (hasher, offset) = hash_prefix(&mut file, &data_path, algorithm, u64::MAX)?;
         Ok(Box::new(StoreWriter::new(
             self.clone(),
@@ -237,10 +234,7 @@ impl IngestManager for Store {
             .open_table(INGESTS)
             .map_err(|e| Error::db("open the ingests table", e))?;
         let mut out = Vec::new();
-        for entry in table
-            .iter()
-            .map_err(|e| Error::db("list ingests", e))?
-        {
+        for entry in table.iter().map_err(|e| Error::db("list ingests", e))? {
             let (k, v) = entry.map_err(|e| Error::db("list ingests", e))?;
             let reference = k.value();
             let rec: IngestRecord = records::decode(v.value(), reference)?;

@@ -59,7 +59,9 @@ impl Resource {
                 .map_err(|_| Error::Corrupted(format!("lease holds malformed digest {value:?}"))),
             "ingest" => Ok(Resource::Ingest(value.to_owned())),
             "name" => Ok(Resource::Name(value.to_owned())),
-            other => Err(Error::Corrupted(format!("lease holds unknown resource kind {other:?}"))),
+            other => Err(Error::Corrupted(format!(
+                "lease holds unknown resource kind {other:?}"
+            ))),
         }
     }
 
@@ -74,7 +76,9 @@ impl Resource {
         match kind {
             "content" => Ok(Resource::Content(Digest::parse(value)?)),
             "ingest" if !value.is_empty() => Ok(Resource::Ingest(value.to_owned())),
-            "name" => Ok(Resource::Name(crate::names::Name::parse(value)?.to_string())),
+            "name" => Ok(Resource::Name(
+                crate::names::Name::parse(value)?.to_string(),
+            )),
             _ => Err(bad()),
         }
     }
@@ -99,9 +103,16 @@ fn lease_of(id: &str, rec: LeaseRecord) -> Lease {
 impl Store {
     /// Creates a lease; `AlreadyExists` when the id is taken, `InvalidArgument` for an empty
     /// id or bad labels. Durable on return.
-    pub fn create_lease(&self, id: &str, expires_at: Option<SystemTime>, labels: Labels) -> Result<Lease> {
+    pub fn create_lease(
+        &self,
+        id: &str,
+        expires_at: Option<SystemTime>,
+        labels: Labels,
+    ) -> Result<Lease> {
         if id.is_empty() || id.len() > crate::content::MAX_REFERENCE_LEN {
-            return Err(Error::InvalidArgument(format!("lease id {id:?} must be 1 to 4096 bytes")));
+            return Err(Error::InvalidArgument(format!(
+                "lease id {id:?} must be 1 to 4096 bytes"
+            )));
         }
         validate_labels(&labels)?;
         let rec = LeaseRecord {
@@ -114,7 +125,10 @@ impl Store {
             let mut t = txn
                 .open_table(LEASES)
                 .map_err(|e| Error::db("open the leases table", e))?;
-            if t.get(id).map_err(|e| Error::db("read a lease", e))?.is_some() {
+            if t.get(id)
+                .map_err(|e| Error::db("read a lease", e))?
+                .is_some()
+            {
                 return Err(Error::AlreadyExists(format!("lease {id:?}")));
             }
             t.insert(id, records::encode(&rec).as_slice())
@@ -145,7 +159,10 @@ impl Store {
             let mut t = txn
                 .open_table(LEASES)
                 .map_err(|e| Error::db("open the leases table", e))?;
-            if t.remove(id).map_err(|e| Error::db("remove a lease", e))?.is_none() {
+            if t.remove(id)
+                .map_err(|e| Error::db("remove a lease", e))?
+                .is_none()
+            {
                 return Err(Error::NotFound(format!("lease {id:?}")));
             }
             let mut r = txn
@@ -157,7 +174,8 @@ impl Store {
                     .map_err(|e| Error::db("release a lease resource", e))?;
             }
         }
-        txn.commit().map_err(|e| Error::db("commit a lease removal", e))
+        txn.commit()
+            .map_err(|e| Error::db("commit a lease removal", e))
     }
 
     /// Adds `resource` to lease `id` (`NotFound` when the lease does not exist). The resource
@@ -169,7 +187,11 @@ impl Store {
             let leases = txn
                 .open_table(LEASES)
                 .map_err(|e| Error::db("open the leases table", e))?;
-            if leases.get(id).map_err(|e| Error::db("read a lease", e))?.is_none() {
+            if leases
+                .get(id)
+                .map_err(|e| Error::db("read a lease", e))?
+                .is_none()
+            {
                 return Err(Error::NotFound(format!("lease {id:?}")));
             }
             txn.open_table(LEASE_RESOURCES)
@@ -177,7 +199,8 @@ impl Store {
                 .insert((id, kind, value.as_str()), ())
                 .map_err(|e| Error::db("add a lease resource", e))?;
         }
-        txn.commit().map_err(|e| Error::db("commit a lease resource", e))
+        txn.commit()
+            .map_err(|e| Error::db("commit a lease resource", e))
     }
 
     /// Removes `resource` from lease `id`; `NotFound` when the lease does not hold it.
@@ -191,9 +214,12 @@ impl Store {
             .map_err(|e| Error::db("remove a lease resource", e))?
             .is_some();
         if !removed {
-            return Err(Error::NotFound(format!("resource {resource} in lease {id:?}")));
+            return Err(Error::NotFound(format!(
+                "resource {resource} in lease {id:?}"
+            )));
         }
-        txn.commit().map_err(|e| Error::db("commit a lease resource removal", e))
+        txn.commit()
+            .map_err(|e| Error::db("commit a lease resource removal", e))
     }
 
     /// What lease `id` holds, sorted.

@@ -13,10 +13,10 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filter::{self, Filter};
 use crate::query::InfoFields;
-use crate::store::{Store, graph};
 use crate::store::locks::RefLock;
 use crate::store::records::{self, BlobRecord, Nanos};
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS};
+use crate::store::{Store, graph};
 
 type LabelIndex<'txn> = Table<'txn, (&'static str, &'static str, &'static str), ()>;
 
@@ -158,18 +158,15 @@ impl Store {
         Ok(true)
     }
 
-    fn walk_filtered(
-        &self,
-        filter: &Filter,
-        f: &mut dyn FnMut(&Info) -> Result<()>,
-    ) -> Result<()> {
+    fn walk_filtered(&self, filter: &Filter, f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
         let txn = self.read_txn()?;
         let blobs = txn
             .open_table(BLOBS)
             .map_err(|e| Error::db("open the blobs table", e))?;
         let mut emit = |key: &str, value: &[u8]| -> Result<()> {
-            let digest = Digest::parse(key)
-                .map_err(|_| Error::Corrupted(format!("blob record under malformed key {key:?}")))?;
+            let digest = Digest::parse(key).map_err(|_| {
+                Error::Corrupted(format!("blob record under malformed key {key:?}"))
+            })?;
             let info = info_of(digest, records::decode(value, key)?);
             if filter.matches(&InfoFields(&info)) {
                 f(&info)?;
@@ -304,7 +301,10 @@ impl ReaderAt for FileReader {
         let mut done = 0;
         // Fill as much as asked: a short read happens only at the end of the blob.
         while done < want {
-            match self.file.read_at(&mut buf[done..want], offset + done as u64) {
+            match self
+                .file
+                .read_at(&mut buf[done..want], offset + done as u64)
+            {
                 Ok(0) => {
                     return Err(Error::Corrupted(format!(
                         "blob file '{}' is shorter than its recorded size {}",

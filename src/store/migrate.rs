@@ -3,7 +3,9 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableError};
 
 use crate::error::{Error, Result};
-use crate::store::schema::{META, META_CREATED, META_SCHEMA_VERSION, META_STORE_ID, SCHEMA_VERSION};
+use crate::store::schema::{
+    META, META_CREATED, META_SCHEMA_VERSION, META_STORE_ID, SCHEMA_VERSION,
+};
 
 #[path = "../../migrations/mod.rs"]
 mod steps;

@@ -126,7 +126,12 @@ mod tests {
     #[test]
     fn garbage_is_corrupted_not_panic() {
         use crate::error::ErrorKind;
-        for bad in [&[][..], &[9, 1, 2][..], &[1][..], &[1, 0xff, 0xff, 0xff][..]] {
+        for bad in [
+            &[][..],
+            &[9, 1, 2][..],
+            &[1][..],
+            &[1, 0xff, 0xff, 0xff][..],
+        ] {
             let err = decode::<BlobRecord>(bad, "x").unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Corrupted);
         }

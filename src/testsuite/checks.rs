@@ -51,7 +51,10 @@ fn kind<T>(r: crate::error::Result<T>) -> ErrorKind {
 pub fn writer_and_readback(h: &dyn Harness) {
     let o = h.fresh();
     let cs = o.store();
-    for (i, len) in [0usize, 1, 4096, 1 << 20, (1 << 21) + 3].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 4096, 1 << 20, (1 << 21) + 3]
+        .into_iter()
+        .enumerate()
+    {
         let data = sample(len, i as u64);
         let d = put(cs, &format!("ref-{i}"), &data, Labels::new());
         assert_eq!(d, sha(&data));
@@ -62,14 +65,19 @@ pub fn writer_and_readback(h: &dyn Harness) {
         let r = cs.reader_at(&d).unwrap();
         assert_eq!(r.size(), len as u64);
     }
-    assert!(cs.list_statuses(&[]).unwrap().is_empty(), "committed ingests are gone");
+    assert!(
+        cs.list_statuses(&[]).unwrap().is_empty(),
+        "committed ingests are gone"
+    );
 }
 
 /// Several writers at once, with and without expected size and digest, interleaved.
 pub fn concurrent_writers(h: &dyn Harness) {
     let o = h.fresh();
     let cs = o.store();
-    let blobs: Vec<Vec<u8>> = (0..6).map(|i| sample(100_000 + i * 999, 10 + i as u64)).collect();
+    let blobs: Vec<Vec<u8>> = (0..6)
+        .map(|i| sample(100_000 + i * 999, 10 + i as u64))
+        .collect();
     let mut writers: Vec<_> = blobs
         .iter()
         .enumerate()
@@ -114,7 +122,14 @@ pub fn concurrent_writers(h: &dyn Harness) {
         assert_eq!(helpers::read_blob(cs, &sha(b)).unwrap(), *b, "blob {i}");
     }
     let mut n = 0;
-    cs.walk(&mut |_| { n += 1; Ok(()) }, &[]).unwrap();
+    cs.walk(
+        &mut |_| {
+            n += 1;
+            Ok(())
+        },
+        &[],
+    )
+    .unwrap();
     assert_eq!(n, 10);
 }
 
@@ -127,7 +142,12 @@ pub fn status_tracking(h: &dyn Harness) {
     let mut w = cs.writer("status", Some(10_000), Some(&d)).unwrap();
     let st0 = w.status().unwrap();
     assert_eq!(
-        (st0.reference.as_str(), st0.offset, st0.total, st0.expected.as_ref()),
+        (
+            st0.reference.as_str(),
+            st0.offset,
+            st0.total,
+            st0.expected.as_ref()
+        ),
         ("status", 0, Some(10_000), Some(&d))
     );
     let mut last = st0.updated_at;
@@ -141,7 +161,10 @@ pub fn status_tracking(h: &dyn Harness) {
     }
     w.flush().unwrap();
     let seen = cs.status("status").unwrap();
-    assert_eq!((seen.offset, seen.total, seen.expected.as_ref()), (10_000, Some(10_000), Some(&d)));
+    assert_eq!(
+        (seen.offset, seen.total, seen.expected.as_ref()),
+        (10_000, Some(10_000), Some(&d))
+    );
     assert_eq!(seen.started_at, st0.started_at);
     let all = cs.list_statuses(&[]).unwrap();
     assert_eq!(all.len(), 1);
@@ -156,7 +179,10 @@ pub fn commit_existing(h: &dyn Harness) {
     let data = sample(4096, 4);
     let d = put(cs, "first", &data, Labels::new());
     // A writer told the digest refuses at once.
-    assert_eq!(kind(cs.writer("second", None, Some(&d))), ErrorKind::AlreadyExists);
+    assert_eq!(
+        kind(cs.writer("second", None, Some(&d))),
+        ErrorKind::AlreadyExists
+    );
     // A writer not told finds out at commit, and its ingest is removed.
     let mut w = cs.writer("third", None, None).unwrap();
     w.write_all(&data).unwrap();
@@ -201,14 +227,22 @@ pub fn commit_error_state(h: &dyn Harness) {
         ErrorKind::FailedPrecondition
     );
     let w = cs.writer("errstate", None, None).unwrap();
-    assert_eq!(w.status().unwrap().offset, 5000, "kept after a digest mismatch");
+    assert_eq!(
+        w.status().unwrap().offset,
+        5000,
+        "kept after a digest mismatch"
+    );
     assert_eq!(w.digest(), d);
     assert_eq!(
         kind(w.commit(Some(5001), Some(&d), Labels::new())),
         ErrorKind::FailedPrecondition
     );
     let w = cs.writer("errstate", None, None).unwrap();
-    assert_eq!(w.status().unwrap().offset, 5000, "kept after a size mismatch");
+    assert_eq!(
+        w.status().unwrap().offset,
+        5000,
+        "kept after a size mismatch"
+    );
     assert_eq!(
         kind(w.commit(Some(4999), None, Labels::new())),
         ErrorKind::FailedPrecondition
@@ -233,7 +267,10 @@ pub fn commit_error_state(h: &dyn Harness) {
     // A writer opened with an expected size rejects a commit of another length.
     let mut w = cs.writer("sized", Some(10), None).unwrap();
     w.write_all(b"12345").unwrap();
-    assert_eq!(kind(w.commit(None, None, Labels::new())), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        kind(w.commit(None, None, Labels::new())),
+        ErrorKind::FailedPrecondition
+    );
 }
 
 const RESUME_SIZES: [usize; 3] = [1, 4096 + 17, (1 << 20) + 5];
@@ -256,11 +293,19 @@ fn resumed(
     let st = w.status().unwrap();
     assert_eq!(st.offset, prefix as u64, "{reference}");
     assert_eq!(st.total, Some(data.len() as u64));
-    assert_eq!(w.digest(), sha(&data[..prefix]), "{reference}: digest of the prefix");
+    assert_eq!(
+        w.digest(),
+        sha(&data[..prefix]),
+        "{reference}: digest of the prefix"
+    );
     w
 }
 
-fn each_resume_case(cs: &dyn ContentStore, tag: &str, mut finish: impl FnMut(Box<dyn crate::content::Writer>, &[u8], usize)) {
+fn each_resume_case(
+    cs: &dyn ContentStore,
+    tag: &str,
+    mut finish: impl FnMut(Box<dyn crate::content::Writer>, &[u8], usize),
+) {
     for (si, size) in RESUME_SIZES.into_iter().enumerate() {
         let data = sample(size, 1000 + si as u64 + tag.len() as u64 * 7);
         for pct in RESUME_PERCENT {
@@ -303,10 +348,30 @@ pub fn resume_by_copy(h: &dyn Harness) {
             let size = Some(data.len() as u64);
             let d = sha(data);
             match mode {
-                0 => helpers::copy(w, Source::Stream(&mut &data[..]), size, Some(&d), Labels::new()),
-                1 => helpers::copy(w, Source::Seekable(&mut Cursor::new(data)), size, Some(&d), Labels::new()),
+                0 => helpers::copy(
+                    w,
+                    Source::Stream(&mut &data[..]),
+                    size,
+                    Some(&d),
+                    Labels::new(),
+                ),
+                1 => helpers::copy(
+                    w,
+                    Source::Seekable(&mut Cursor::new(data)),
+                    size,
+                    Some(&d),
+                    Labels::new(),
+                ),
                 _ => {
-                    let sd = helpers::write_blob(&source, "src", &mut &data[..], None, None, Labels::new()).unwrap();
+                    let sd = helpers::write_blob(
+                        &source,
+                        "src",
+                        &mut &data[..],
+                        None,
+                        None,
+                        Labels::new(),
+                    )
+                    .unwrap();
                     let r = source.reader_at(&sd).unwrap();
                     helpers::copy(w, Source::At(&*r), size, Some(&d), Labels::new())
                 }
@@ -326,7 +391,10 @@ pub fn small_blob_large_window(h: &dyn Harness) {
     let mut buf = vec![0xAAu8; 1 << 16];
     assert_eq!(r.read_at(&mut buf, 0).unwrap(), 100);
     assert_eq!(&buf[..100], &data[..]);
-    assert!(buf[100..].iter().all(|b| *b == 0xAA), "nothing past the end is touched");
+    assert!(
+        buf[100..].iter().all(|b| *b == 0xAA),
+        "nothing past the end is touched"
+    );
     assert_eq!(r.read_at(&mut buf, 60).unwrap(), 40);
     assert_eq!(&buf[..40], &data[60..]);
     assert_eq!(r.read_at(&mut buf, 100).unwrap(), 0);
@@ -362,11 +430,20 @@ pub fn label_semantics(h: &dyn Harness) {
     assert!(got.labels.is_empty());
     // "labels": replace all.
     info.labels = labels(&[("x", "y")]);
-    assert_eq!(cs.update(&info, &["labels"]).unwrap().labels, labels(&[("x", "y")]));
+    assert_eq!(
+        cs.update(&info, &["labels"]).unwrap().labels,
+        labels(&[("x", "y")])
+    );
     assert_eq!(cs.info(&d).unwrap().labels, labels(&[("x", "y")]));
     // Other paths are invalid and change nothing.
-    assert_eq!(kind(cs.update(&info, &["size"])), ErrorKind::InvalidArgument);
-    assert_eq!(kind(cs.update(&info, &["digest"])), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(cs.update(&info, &["size"])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(cs.update(&info, &["digest"])),
+        ErrorKind::InvalidArgument
+    );
     assert_eq!(cs.info(&d).unwrap().labels, labels(&[("x", "y")]));
     // Unknown digest.
     info.digest = sha(b"nope");
@@ -383,12 +460,22 @@ pub fn label_limits(h: &dyn Harness) {
     assert_eq!(cs.info(&d).unwrap().labels, fits);
     let mut w = cs.writer("over", None, None).unwrap();
     w.write_all(b"over").unwrap();
-    assert_eq!(kind(w.commit(None, None, over.clone())), ErrorKind::InvalidArgument);
-    assert_eq!(cs.status("over").unwrap().offset, 4, "a refused commit keeps the ingest");
+    assert_eq!(
+        kind(w.commit(None, None, over.clone())),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        cs.status("over").unwrap().offset,
+        4,
+        "a refused commit keeps the ingest"
+    );
     let mut info = cs.info(&d).unwrap();
     info.labels = over;
     assert_eq!(kind(cs.update(&info, &[])), ErrorKind::InvalidArgument);
-    assert_eq!(kind(cs.update(&info, &["labels.k"])), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(cs.update(&info, &["labels.k"])),
+        ErrorKind::InvalidArgument
+    );
     info.labels = labels(&[("", "empty key")]);
     assert_eq!(kind(cs.update(&info, &[])), ErrorKind::InvalidArgument);
     assert_eq!(cs.info(&d).unwrap().labels, fits);
@@ -409,7 +496,10 @@ pub fn reopen_persistence(h: &dyn Harness) {
     assert_eq!(cs.info(&d).unwrap(), before);
     assert_eq!(helpers::read_blob(cs, &d).unwrap(), data);
     let st = cs.status("half").unwrap();
-    assert_eq!((st.offset, st.total, st.started_at), (40, Some(100), st_before.started_at));
+    assert_eq!(
+        (st.offset, st.total, st.started_at),
+        (40, Some(100), st_before.started_at)
+    );
     let mut w = cs.writer("half", None, None).unwrap();
     assert_eq!(w.digest(), sha(&[7u8; 40]));
     w.write_all(&[7u8; 60]).unwrap();
@@ -437,8 +527,18 @@ pub fn other_algorithms(h: &dyn Harness) {
     let d = Algorithm::Blake3.digest(b"late");
     assert_eq!(w.commit(None, Some(&d), Labels::new()).unwrap(), d);
     let mut seen = Vec::new();
-    cs.walk(&mut |i| { seen.push(i.digest.algorithm()); Ok(()) }, &[]).unwrap();
-    assert_eq!(seen, vec![Algorithm::Blake3, Algorithm::Blake3, Algorithm::Sha512]);
+    cs.walk(
+        &mut |i| {
+            seen.push(i.digest.algorithm());
+            Ok(())
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![Algorithm::Blake3, Algorithm::Blake3, Algorithm::Sha512]
+    );
 }
 
 /// Delete: NotFound when absent, gone afterwards, open readers keep reading.
@@ -454,9 +554,19 @@ pub fn delete_semantics(h: &dyn Harness) {
     assert_eq!(kind(cs.delete(&d)), ErrorKind::NotFound);
     let mut back = vec![0u8; data.len()];
     assert_eq!(r.read_at(&mut back, 0).unwrap(), data.len());
-    assert_eq!(back, data, "a reader opened before the delete keeps reading");
+    assert_eq!(
+        back, data,
+        "a reader opened before the delete keeps reading"
+    );
     let mut n = 0;
-    cs.walk(&mut |_| { n += 1; Ok(()) }, &["labels.gone==soon"]).unwrap();
+    cs.walk(
+        &mut |_| {
+            n += 1;
+            Ok(())
+        },
+        &["labels.gone==soon"],
+    )
+    .unwrap();
     assert_eq!(n, 0, "the label index forgets deleted blobs");
     // The same content can come back.
     assert_eq!(put(cs, "del", &data, Labels::new()), d);
@@ -474,7 +584,11 @@ pub fn abort_semantics(h: &dyn Harness) {
     assert_eq!(kind(cs.status("ab")), ErrorKind::NotFound);
     assert_eq!(kind(cs.abort("ab")), ErrorKind::NotFound);
     let w = cs.writer("ab", None, None).unwrap();
-    assert_eq!(w.status().unwrap().offset, 0, "an aborted ingest starts afresh");
+    assert_eq!(
+        w.status().unwrap().offset,
+        0,
+        "an aborted ingest starts afresh"
+    );
 }
 
 /// Malformed requests are InvalidArgument and change nothing.
@@ -483,7 +597,11 @@ pub fn invalid_arguments(h: &dyn Harness) {
     let cs = o.store();
     assert_eq!(kind(cs.writer("", None, None)), ErrorKind::InvalidArgument);
     assert_eq!(
-        kind(cs.writer(&"r".repeat(crate::content::MAX_REFERENCE_LEN + 1), None, None)),
+        kind(cs.writer(
+            &"r".repeat(crate::content::MAX_REFERENCE_LEN + 1),
+            None,
+            None
+        )),
         ErrorKind::InvalidArgument
     );
     let mut w = cs.writer("trunc", None, None).unwrap();
@@ -494,7 +612,10 @@ pub fn invalid_arguments(h: &dyn Harness) {
     assert_eq!(w.status().unwrap().offset, 1);
     w.write_all(b"xyz").unwrap();
     assert_eq!(w.commit(None, None, Labels::new()).unwrap(), sha(b"axyz"));
-    assert_eq!(kind(crate::digest::Digest::parse("sha256:nothex")), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(crate::digest::Digest::parse("sha256:nothex")),
+        ErrorKind::InvalidArgument
+    );
 }
 
 /// write_blob, read_blob, copy and open_writer over the traits.
@@ -508,7 +629,8 @@ pub fn helper_semantics(h: &dyn Harness) {
     let o = h.fresh();
     let cs = o.store();
     let data = sample(9000, 11);
-    let d = helpers::write_blob(cs, "wb", &mut &data[..], None, None, labels(&[("l", "v")])).unwrap();
+    let d =
+        helpers::write_blob(cs, "wb", &mut &data[..], None, None, labels(&[("l", "v")])).unwrap();
     assert_eq!(d, sha(&data));
     assert_eq!(cs.info(&d).unwrap().labels, labels(&[("l", "v")]));
     assert_eq!(
@@ -516,12 +638,22 @@ pub fn helper_semantics(h: &dyn Harness) {
         d
     );
     // Without an expected digest, existing content is still success.
-    assert_eq!(helpers::write_blob(cs, "wb3", &mut &data[..], None, None, Labels::new()).unwrap(), d);
+    assert_eq!(
+        helpers::write_blob(cs, "wb3", &mut &data[..], None, None, Labels::new()).unwrap(),
+        d
+    );
     assert!(cs.list_statuses(&[]).unwrap().is_empty());
     // A wrong expected digest is refused and the ingest stays for a retry.
     let wrong = sha(b"wrong");
     assert_eq!(
-        kind(helpers::write_blob(cs, "wb4", &mut &b"abc"[..], None, Some(&wrong), Labels::new())),
+        kind(helpers::write_blob(
+            cs,
+            "wb4",
+            &mut &b"abc"[..],
+            None,
+            Some(&wrong),
+            Labels::new()
+        )),
         ErrorKind::FailedPrecondition
     );
     assert_eq!(cs.status("wb4").unwrap().offset, 3);
@@ -539,6 +671,9 @@ pub fn helper_semantics(h: &dyn Harness) {
     // Verified reads.
     assert_eq!(helpers::read_blob_verified(cs, &d).unwrap(), data);
     let mut sink = Vec::new();
-    assert_eq!(helpers::copy_blob_to(cs, &d, &mut sink).unwrap(), data.len() as u64);
+    assert_eq!(
+        helpers::copy_blob_to(cs, &d, &mut sink).unwrap(),
+        data.len() as u64
+    );
     assert_eq!(sink, data);
 }

@@ -107,7 +107,11 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
         ContentCmd::Refs { digest, reverse } => {
             let d = Digest::parse(&digest)?;
             let store = ctx.open()?;
-            let list = if reverse { store.parents(&d)? } else { store.children(&d)? };
+            let list = if reverse {
+                store.parents(&d)?
+            } else {
+                store.children(&d)?
+            };
             if ctx.json {
                 let v: Vec<String> = list.iter().map(ToString::to_string).collect();
                 print_json(&json!({ "digest": d.to_string(), "reverse": reverse, "refs": v }));
@@ -189,7 +193,13 @@ fn put(
     };
     let committed = if path == "-" {
         let mut stdin = io::stdin().lock();
-        helpers::copy(writer, Source::Stream(&mut stdin), size, expected.as_ref(), labels)?
+        helpers::copy(
+            writer,
+            Source::Stream(&mut stdin),
+            size,
+            expected.as_ref(),
+            labels,
+        )?
     } else {
         let p = PathBuf::from(path);
         let mut f = File::open(&p).map_err(|e| Error::Io {
@@ -197,7 +207,13 @@ fn put(
             path: p.clone(),
             source: e,
         })?;
-        helpers::copy(writer, Source::Seekable(&mut f), size, expected.as_ref(), labels)?
+        helpers::copy(
+            writer,
+            Source::Seekable(&mut f),
+            size,
+            expected.as_ref(),
+            labels,
+        )?
     };
     done(&committed.digest, committed.size, committed.created);
     Ok(())
@@ -249,7 +265,9 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
         &filters,
     )?;
     if ctx.json {
-        print_json(&serde_json::Value::Array(infos.iter().map(info_json).collect()));
+        print_json(&serde_json::Value::Array(
+            infos.iter().map(info_json).collect(),
+        ));
     } else {
         let rows: Vec<Vec<String>> = infos
             .iter()

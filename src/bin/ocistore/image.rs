@@ -86,7 +86,14 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             } else {
                 let rows: Vec<Vec<String>> = images
                     .iter()
-                    .map(|i| vec![i.name.clone(), i.target.digest().to_string(), i.target.media_type().to_string(), i.target.size().to_string()])
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            i.target.digest().to_string(),
+                            i.target.media_type().to_string(),
+                            i.target.size().to_string(),
+                        ]
+                    })
                     .collect();
                 table(&["NAME", "DIGEST", "MEDIA TYPE", "SIZE"], &rows);
             }
@@ -94,7 +101,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
         ImageCmd::Inspect { reference } => {
             let desc = store.resolve(&reference)?;
             let digest = Digest::parse(&desc.digest().to_string())?;
-            let bytes = ocistore::helpers::read_blob_prefix(&store, &digest, ocistore::refs::MAX_PARSED)?;
+            let bytes =
+                ocistore::helpers::read_blob_prefix(&store, &digest, ocistore::refs::MAX_PARSED)?;
             let document: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let v = json!({
                 "reference": reference,
@@ -124,7 +132,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                         v.push(d.to_string());
                         v
                     }),
-                    Err(_) => ocistore::Name::parse(r).and_then(|n| store.delete_image(r).map(|()| vec![n.to_string()])),
+                    Err(_) => ocistore::Name::parse(r)
+                        .and_then(|n| store.delete_image(r).map(|()| vec![n.to_string()])),
                 };
                 match result {
                     Ok(names) => {
@@ -148,10 +157,16 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 return Err(Failure::Reported);
             }
         }
-        ImageCmd::Tags { repository, limit, last } => {
+        ImageCmd::Tags {
+            repository,
+            limit,
+            last,
+        } => {
             let tags = store.tags(&repository, limit, last.as_deref())?;
             if ctx.json {
-                print_json(&json!({ "name": ocistore::Name::parse(&repository)?.repository, "tags": tags }));
+                print_json(
+                    &json!({ "name": ocistore::Name::parse(&repository)?.repository, "tags": tags }),
+                );
             } else {
                 for t in tags {
                     println!("{t}");

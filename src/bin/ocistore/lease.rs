@@ -65,8 +65,7 @@ pub struct GcArgs {
 }
 
 fn duration(s: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(s)
-        .map_err(|e| Error::InvalidArgument(format!("duration {s:?}: {e}")))
+    humantime::parse_duration(s).map_err(|e| Error::InvalidArgument(format!("duration {s:?}: {e}")))
 }
 
 fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
@@ -82,10 +81,22 @@ fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
 pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
     match cmd {
-        LeaseCmd::Create { id, expires_in, labels, resources } => {
-            let expires = expires_in.as_deref().map(duration).transpose()?.map(|d| SystemTime::now() + d);
+        LeaseCmd::Create {
+            id,
+            expires_in,
+            labels,
+            resources,
+        } => {
+            let expires = expires_in
+                .as_deref()
+                .map(duration)
+                .transpose()?
+                .map(|d| SystemTime::now() + d);
             let labels = parse_labels(&labels, false)?;
-            let resources: Vec<Resource> = resources.iter().map(|r| Resource::parse(r)).collect::<Result<_, _>>()?;
+            let resources: Vec<Resource> = resources
+                .iter()
+                .map(|r| Resource::parse(r))
+                .collect::<Result<_, _>>()?;
             let lease = store.create_lease(&id, expires, labels)?;
             for r in &resources {
                 store.add_lease_resource(&id, r)?;
@@ -168,7 +179,11 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> Result<(), Failure> {
     table(&["KIND", "ID", "SIZE"], &rows);
     println!(
         "{} {} item(s), {}",
-        if args.dry_run { "would remove" } else { "removed" },
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
         outcome.removed.len(),
         human_size(outcome.bytes_freed)
     );
