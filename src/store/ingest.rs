@@ -43,32 +43,26 @@ impl Store {
     }
 
     fn put_ingest_record(&self, reference: &str, record: &IngestRecord) -> Result<()> {
-        let txn = self.write_txn("open a writer")?;
-        {
-            let mut table = txn
-                .open_table(INGESTS)
-                .map_err(|e| Error::db("open the ingests table", e))?;
-            table
-                .insert(reference, records::encode(record).as_slice())
+        let (reference, bytes) = (reference.to_owned(), records::encode(record));
+        self.group_write("open a writer", move |txn| {
+            txn.open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?
+                .insert(reference.as_str(), bytes.as_slice())
                 .map_err(|e| Error::db("write an ingest record", e))?;
-        }
-        txn.commit()
-            .map_err(|e| Error::db("commit an ingest record", e))
+            Ok(())
+        })
     }
 
-    /// Removes the ingest's record (when `drop_record`) and then its directory, under its lock.
+    /// Removes the ingest's record and then its directory, under its lock.
     pub(crate) fn remove_ingest(&self, reference: &str, lock: &RefLock) -> Result<()> {
-        let txn = self.write_txn("remove an ingest")?;
-        {
-            let mut table = txn
-                .open_table(INGESTS)
-                .map_err(|e| Error::db("open the ingests table", e))?;
-            table
-                .remove(reference)
+        let owned = reference.to_owned();
+        self.group_write("remove an ingest", move |txn| {
+            txn.open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?
+                .remove(owned.as_str())
                 .map_err(|e| Error::db("remove an ingest record", e))?;
-        }
-        txn.commit()
-            .map_err(|e| Error::db("commit an ingest removal", e))?;
+            Ok(())
+        })?;
         self.remove_ingest_dir(reference, lock);
         Ok(())
     }

@@ -68,8 +68,13 @@ impl Store {
         self.blob_dir().publish(data, digest, size)?;
         let children = crate::refs::children_of_path(data)?.unwrap_or_default();
         let key = digest.to_string();
-        let txn = self.write_txn("commit a blob")?;
-        let existed = {
+        let (store, digest_owned, data_owned, reference_owned) = (
+            self.clone(),
+            digest.clone(),
+            data.to_path_buf(),
+            reference.to_owned(),
+        );
+        let existed = self.group_write("commit a blob", move |txn| {
             let mut blobs = txn
                 .open_table(BLOBS)
                 .map_err(|e| Error::db("open the blobs table", e))?;
@@ -80,8 +85,8 @@ impl Store {
             if !existed {
                 // A delete or gc in another process may have removed the file between our
                 // publish and this transaction; while we hold the transaction it cannot.
-                if !self.blob_dir().exists(digest) {
-                    self.blob_dir().publish(data, digest, size)?;
+                if !store.blob_dir().exists(&digest_owned) {
+                    store.blob_dir().publish(&data_owned, &digest_owned, size)?;
                 }
                 let now = Nanos::now();
                 let rec = BlobRecord {
@@ -97,17 +102,16 @@ impl Store {
                     .open_table(BLOB_LABELS)
                     .map_err(|e| Error::db("open the label index", e))?;
                 index_labels(&mut index, &key, &rec.labels)?;
-                graph::record(&txn, &key, &children)?;
+                graph::record(txn, &key, &children)?;
             }
             let mut ingests = txn
                 .open_table(INGESTS)
                 .map_err(|e| Error::db("open the ingests table", e))?;
             ingests
-                .remove(reference)
+                .remove(reference_owned.as_str())
                 .map_err(|e| Error::db("remove an ingest record", e))?;
-            existed
-        };
-        txn.commit().map_err(|e| Error::db("commit a blob", e))?;
+            Ok(existed)
+        })?;
         self.remove_ingest_dir(reference, lock);
         if existed {
             return Err(Error::AlreadyExists(format!("content {digest}")));

@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub(crate) mod graph;
+mod group;
 pub mod images;
 mod ingest;
 pub mod lease;
@@ -97,6 +98,7 @@ pub struct Store {
 }
 
 pub(crate) struct Inner {
+    committer: group::Committer,
     root: PathBuf,
     db: Db,
     blobs: BlobDir,
@@ -234,6 +236,10 @@ impl Store {
         }
     }
 
+    pub(crate) fn committer(&self) -> &group::Committer {
+        &self.inner.committer
+    }
+
     pub(crate) fn ingest_root(&self) -> &Path {
         &self.inner.ingest_root
     }
@@ -297,6 +303,7 @@ impl Inner {
             }
         }
         Ok(Inner {
+            committer: group::Committer::default(),
             blobs: BlobDir::new(blobs),
             ingest_root,
             root,

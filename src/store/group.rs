@@ -1,0 +1,116 @@
+//! Group commit: small write transactions from concurrent threads share one redb commit.
+//!
+//! A caller queues its operation and then takes the leader lock. If, by the time it has the
+//! lock, a previous leader already ran its operation, it returns that result; otherwise it
+//! becomes the leader, drains the queue and runs every queued operation in one write
+//! transaction with one durable commit. While one group commits (fsyncs), the next one
+//! gathers. Durability is unchanged: nobody returns before the commit that holds its
+//! operation is durable.
+//!
+//! An operation returns `Ok` for every outcome it can decide itself (it reads before it
+//! writes); an `Err` aborts the whole group, and every member gets the error.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redb::WriteTransaction;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+type Op = Box<dyn FnOnce(&WriteTransaction) -> Result<()> + Send>;
+
+struct Job {
+    op: Op,
+    slot: Arc<Mutex<Option<Result<()>>>>,
+}
+
+/// The queue and the leader lock of one store.
+#[derive(Default)]
+pub(crate) struct Committer {
+    pending: Mutex<Vec<Job>>,
+    leader: Mutex<()>,
+}
+
+/// The error a group member gets when another member's operation failed the group.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct GroupFailed(String);
+
+impl Store {
+    /// Runs `op` in a write transaction shared with concurrent callers; returns its result
+    /// once the transaction is durable.
+    pub(crate) fn group_write<T: Send + 'static>(
+        &self,
+        action: &str,
+        op: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.writable(action)?;
+        let out: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+        let slot = Arc::new(Mutex::new(None));
+        let sink = out.clone();
+        let job = Job {
+            op: Box::new(move |txn| {
+                let v = op(txn)?;
+                *sink.lock() = Some(v);
+                Ok(())
+            }),
+            slot: slot.clone(),
+        };
+        let committer = self.committer();
+        committer.pending.lock().push(job);
+        let _leader = committer.leader.lock();
+        if slot.lock().is_none() {
+            let jobs = std::mem::take(&mut *committer.pending.lock());
+            self.settle(action, jobs);
+        }
+        let result = slot.lock().take().expect("a leader settled this job");
+        result?;
+        Ok(out.lock().take().expect("a settled job produced its value"))
+    }
+
+    /// Runs `jobs` in one transaction and fills every slot.
+    fn settle(&self, action: &str, jobs: Vec<Job>) {
+        let (ops, slots): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.slot)).unzip();
+        // Which job failed (None: the transaction itself), and how.
+        let mut failed: Option<(Option<usize>, Error)> = None;
+        match self.write_txn(action) {
+            Err(e) => failed = Some((None, e)),
+            Ok(txn) => {
+                for (i, op) in ops.into_iter().enumerate() {
+                    if let Err(e) = op(&txn) {
+                        failed = Some((Some(i), e));
+                        break;
+                    }
+                }
+                if failed.is_none()
+                    && let Err(e) = txn.commit()
+                {
+                    failed = Some((None, Error::db("commit a group of writes", e)));
+                }
+            }
+        }
+        let Some((culprit, err)) = failed else {
+            for s in slots {
+                *s.lock() = Some(Ok(()));
+            }
+            return;
+        };
+        let msg = err.to_string();
+        let mut original = Some(err);
+        for (i, s) in slots.into_iter().enumerate() {
+            let mine = culprit.is_none_or(|c| c == i) && (culprit.is_some() || i == 0);
+            let e = match (mine, original.take()) {
+                (true, Some(e)) => e,
+                (_, o) => {
+                    original = o;
+                    Error::Database {
+                        action: "commit a group of writes",
+                        source: Box::new(GroupFailed(msg.clone())),
+                    }
+                }
+            };
+            *s.lock() = Some(Err(e));
+        }
+    }
+}
