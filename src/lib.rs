@@ -33,6 +33,8 @@ pub mod query;
 pub mod refs;
 pub mod store;
 pub mod testsuite;
+pub mod usage;
+pub mod verify;
 
 pub use content::{
     ContentStore, Info, IngestManager, Ingester, Labels, Manager, Provider, ReaderAt, Status,

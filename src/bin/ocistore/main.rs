@@ -3,6 +3,7 @@
 //! Errors print one line, `ocistore: <message>`, on stderr. Exit codes: 0 success, 2 usage
 //! errors and invalid arguments (bad digest, filter, label, reference), 1 anything else.
 
+mod check;
 mod content;
 mod image;
 mod ingest;
@@ -46,6 +47,10 @@ enum Command {
     Lease(lease::LeaseCmd),
     /// Remove what no name, gc.root label, lease or live ingest needs
     Gc(lease::GcArgs),
+    /// Re-hash every blob and reconcile records, files, names and references
+    Fsck(check::FsckArgs),
+    /// Disk usage: blobs, ingests, metadata, total
+    Du,
 }
 
 /// What a command needs from the command line at large.
@@ -59,6 +64,11 @@ impl Ctx {
     /// Opens the store (read-write when possible).
     pub fn open(&self) -> ocistore::Result<Store> {
         Store::open(&self.root)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
     }
 }
 
@@ -104,6 +114,8 @@ fn main() -> ExitCode {
         Command::Image(c) => image::run(&ctx, c),
         Command::Lease(c) => lease::run(&ctx, c),
         Command::Gc(a) => lease::gc(&ctx, a),
+        Command::Fsck(a) => check::fsck(&ctx, a),
+        Command::Du => check::du(&ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

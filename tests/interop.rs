@@ -1,0 +1,405 @@
+//! Interop with the real peers: umoci, skopeo and containerd (`ctr`), from Debian packages.
+//!
+//! These tests are `#[ignore]`d so that `cargo test` needs nothing but Rust; `.ci/run`
+//! installs the tools and runs them with `cargo test --test interop -- --ignored`. A missing
+//! tool fails the test: it never skips silently.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WHY: &str = "interop: needs skopeo, umoci and containerd (run by .ci/run)";
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar")
+}
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "interop tool {tool:?} is not installed (CI installs it in .ci/run)"
+    );
+}
+
+fn sh(program: &str, args: &[&str]) -> Output {
+    need(program);
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ocistore(root: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocistore"))
+        .arg("--root")
+        .arg(root)
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ocistore {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    ocistore::Algorithm::Sha256.digest(bytes).to_string()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The digest of the first image an import reports.
+fn imported_digest(v: &Value) -> String {
+    v["images"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+#[ignore = "interop: needs skopeo, umoci and containerd (run by .ci/run)"]
+fn umoci_layout_round_trip() {
+    let _ = WHY;
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let root = tmp.path().join("store");
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, "hello from umoci\n").unwrap();
+    sh("umoci", &["init", "--layout", p(&layout)]);
+    sh("umoci", &["new", "--image", &format!("{}:v1", p(&layout))]);
+    sh(
+        "umoci",
+        &[
+            "insert",
+            "--image",
+            &format!("{}:v1", p(&layout)),
+            p(&file),
+            "/hello.txt",
+        ],
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let umoci_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+
+    let out = ocistore(
+        &root,
+        &[
+            "image",
+            "import",
+            p(&layout),
+            "--name",
+            "example.com/umoci/hello",
+        ],
+    );
+    assert_eq!(
+        imported_digest(&out),
+        umoci_digest,
+        "same manifest digest as umoci"
+    );
+    assert_eq!(out["images"][0]["name"], "example.com/umoci/hello:v1");
+
+    // Our export, read back by umoci: listed and unpacked.
+    let export = tmp.path().join("export");
+    ocistore(
+        &root,
+        &[
+            "image",
+            "export",
+            "example.com/umoci/hello:v1",
+            "-o",
+            p(&export),
+            "--format",
+            "oci-dir",
+        ],
+    );
+    let ls = sh("umoci", &["ls", "--layout", p(&export)]);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout)
+            .lines()
+            .any(|l| l.trim() == "v1"),
+        "umoci ls lists the tag"
+    );
+    let bundle = tmp.path().join("bundle");
+    sh(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:v1", p(&export)),
+            p(&bundle),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
+        "hello from umoci\n"
+    );
+}
+
+#[test]
+#[ignore = "interop: needs skopeo, umoci and containerd (run by .ci/run)"]
+fn skopeo_multiplatform_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    // skopeo reads the sample (our export) and writes its own layout and archive from it.
+    let dir = tmp.path().join("skopeo-dir");
+    let archive = tmp.path().join("skopeo.tar");
+    sh(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--all",
+            &format!("oci-archive:{}", p(&sample())),
+            &format!("oci:{}:1.0", p(&dir)),
+        ],
+    );
+    sh(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--all",
+            &format!("oci:{}:1.0", p(&dir)),
+            &format!("oci-archive:{}:1.0", p(&archive)),
+        ],
+    );
+    let raw = sh(
+        "skopeo",
+        &["inspect", "--raw", &format!("oci-archive:{}", p(&archive))],
+    )
+    .stdout;
+    let skopeo_digest = sha256_of(&raw);
+    let raw_json: Value = serde_json::from_slice(&raw).unwrap();
+    assert!(
+        raw_json["manifests"]
+            .as_array()
+            .is_some_and(|m| m.len() >= 2),
+        "multi-platform index"
+    );
+
+    let out = ocistore(
+        &root,
+        &[
+            "image",
+            "import",
+            p(&archive),
+            "--name",
+            "docker.io/library/hello",
+        ],
+    );
+    assert_eq!(
+        imported_digest(&out),
+        skopeo_digest,
+        "same index digest as skopeo reports"
+    );
+    let out = ocistore(
+        &root,
+        &[
+            "image",
+            "import",
+            p(&dir),
+            "--name",
+            "docker.io/library/hello",
+        ],
+    );
+    assert_eq!(
+        imported_digest(&out),
+        skopeo_digest,
+        "the layout directory too"
+    );
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let c = ocistore(
+            &root,
+            &["image", "check", "hello:1.0", "--platform", platform],
+        );
+        assert_eq!(c["complete"], true, "{platform}: {c}");
+    }
+
+    // Our export, read back by skopeo: the index bytes are identical and copy works.
+    let export = tmp.path().join("ours.tar");
+    ocistore(&root, &["image", "export", "hello:1.0", "-o", p(&export)]);
+    let raw = sh(
+        "skopeo",
+        &["inspect", "--raw", &format!("oci-archive:{}", p(&export))],
+    )
+    .stdout;
+    assert_eq!(sha256_of(&raw), skopeo_digest);
+    let back = tmp.path().join("back");
+    sh(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--all",
+            &format!("oci-archive:{}", p(&export)),
+            &format!("oci:{}:copy", p(&back)),
+        ],
+    );
+    let cfg = sh(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--override-arch",
+            "arm64",
+            &format!("oci:{}:copy", p(&back)),
+        ],
+    )
+    .stdout;
+    let cfg: Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg["architecture"], "arm64");
+}
+
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        need("containerd");
+        need("ctr");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sock = d.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.overlayfs",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
+]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{opt}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = sock.display(),
+            opt = d.join("opt").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("ctr")
+                .arg("--address")
+                .arg(&sock)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Containerd {
+            child,
+            sock,
+            _dir: dir,
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--address", self.sock.to_str().unwrap()];
+        all.extend_from_slice(args);
+        sh("ctr", &all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "interop: needs skopeo, umoci and containerd (run by .ci/run)"]
+fn containerd_imports_ours_and_we_import_its_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let out = ocistore(&root, &["image", "import", p(&sample())]);
+    let digest = imported_digest(&out);
+    let export = tmp.path().join("ours.tar");
+    ocistore(&root, &["image", "export", "hello:1.0", "-o", p(&export)]);
+
+    let ctd = Containerd::start();
+    ctd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        "--no-unpack",
+        p(&export),
+    ]);
+    let ls = String::from_utf8(ctd.ctr(&["images", "ls"]).stdout).unwrap();
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/hello:1.0"))
+        .unwrap_or_else(|| panic!("ctr images ls lacks our image:\n{ls}"));
+    assert!(
+        line.contains(&digest),
+        "containerd holds the same digest: {line}"
+    );
+
+    let theirs = tmp.path().join("ctr-export.tar");
+    ctd.ctr(&[
+        "images",
+        "export",
+        "--all-platforms",
+        p(&theirs),
+        "docker.io/library/hello:1.0",
+    ]);
+    let root2 = tmp.path().join("store2");
+    let out = ocistore(&root2, &["image", "import", p(&theirs)]);
+    assert_eq!(
+        imported_digest(&out),
+        digest,
+        "ctr's export imports with the same digest"
+    );
+    assert_eq!(out["images"][0]["name"], "docker.io/library/hello:1.0");
+    let c = ocistore(
+        &root2,
+        &["image", "check", "hello:1.0", "--platform", "linux/amd64"],
+    );
+    assert_eq!(c["complete"], true, "{c}");
+}

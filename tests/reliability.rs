@@ -1,0 +1,256 @@
+//! fsck, repair, read-only roots and disk usage, through the CLI as a user meets them.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+fn run(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(b) = stdin {
+        child.stdin.take().unwrap().write_all(b).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json(root: &Path, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(root, &all, None);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
+}
+
+fn put(root: &Path, bytes: &[u8]) -> String {
+    let out = run(
+        root,
+        &["content", "put", "-", "--label", "k=v"],
+        Some(bytes),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Every path under `dir` with its (mtime, inode, length).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            out.insert(e.path(), (m.modified().unwrap(), m.ino(), m.len()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn store_with_content(tmp: &Path) -> (PathBuf, Vec<String>) {
+    let root = tmp.join("store");
+    let digests = (0..5)
+        .map(|i| {
+            put(
+                &root,
+                format!("blob number {i}").repeat(100 * (i + 1)).as_bytes(),
+            )
+        })
+        .collect();
+    (root, digests)
+}
+
+#[test]
+fn fsck_on_a_clean_store_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _) = store_with_content(tmp.path());
+    let before = snapshot(&root);
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["blobs_checked"], 5);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(snapshot(&root), before, "no file, mtime or inode changed");
+}
+
+#[test]
+fn flipped_byte_is_found_quarantined_and_refetched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    let victim = &digests[2];
+    let hex = victim.strip_prefix("sha256:").unwrap();
+    let path = root.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let original = bytes.clone();
+    bytes[10] ^= 0x40;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+
+    // A verifying read notices; fsck reports the digest and path and exits 1.
+    let store = ocistore::OpenOptions::new()
+        .read_only(true)
+        .open(&root)
+        .unwrap();
+    let err =
+        ocistore::helpers::read_blob_verified(&store, &ocistore::Digest::parse(victim).unwrap())
+            .unwrap_err();
+    assert_eq!(err.kind(), ocistore::ErrorKind::Corrupted);
+    drop(store);
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!(code, 1);
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v}");
+    assert_eq!(problems[0]["kind"], "corrupt");
+    assert_eq!(problems[0]["id"], victim.as_str());
+    assert_eq!(problems[0]["path"], path.to_str().unwrap());
+
+    let (code, v) = json(&root, &["fsck", "--repair"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        v["problems"][0]["repaired"]
+            .as_str()
+            .unwrap()
+            .contains("quarantine")
+    );
+    let (code, _) = json(&root, &["content", "info", victim]);
+    assert_eq!(code, 1, "the corrupt blob is no longer visible");
+    // Putting the content again restores it; fsck is clean.
+    assert_eq!(put(&root, &original), *victim);
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+}
+
+#[test]
+fn debris_and_missing_files_are_reported_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    let hex = digests[0].strip_prefix("sha256:").unwrap();
+    std::fs::remove_file(root.join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap();
+    let stray = ocistore::Algorithm::Sha256.digest(b"stray");
+    let sp = root.join("blobs/sha256").join(&stray.hex()[..2]);
+    std::fs::create_dir_all(&sp).unwrap();
+    std::fs::write(sp.join(stray.hex()), b"stray").unwrap();
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!(code, 1);
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["missing", "debris"]);
+    let (code, _) = json(&root, &["fsck", "--repair"]);
+    assert_eq!(code, 0);
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+}
+
+fn chmod_recursive(dir: &Path, writable: bool) {
+    for (path, _) in snapshot(dir) {
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let mode = m.permissions().mode();
+        let mode = if writable {
+            mode | 0o200
+        } else {
+            mode & !0o222
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+    let mode = if writable {
+        mode | 0o200
+    } else {
+        mode & !0o222
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn read_only_root_reads_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    chmod_recursive(&root, false);
+    let before = snapshot(&root);
+    let ls = run(&root, &["content", "ls", "-q"], None);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 5);
+    let (code, info) = json(&root, &["content", "info", &digests[1]]);
+    assert_eq!((code, info["labels"]["k"].as_str()), (0, Some("v")));
+    let cat = run(&root, &["content", "cat", &digests[1]], None);
+    assert!(cat.status.success());
+    assert_eq!(run(&root, &["image", "ls"], None).status.code(), Some(0));
+    assert_eq!(run(&root, &["fsck"], None).status.code(), Some(0));
+    assert_eq!(run(&root, &["du"], None).status.code(), Some(0));
+    let put = run(&root, &["content", "put", "-"], Some(b"new"));
+    assert_eq!(put.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&put.stderr);
+    assert!(err.contains("read-only"), "a clear error: {err}");
+    assert_eq!(snapshot(&root), before, "nothing created or modified");
+    chmod_recursive(&root, true);
+}
+
+#[test]
+fn du_agrees_with_the_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _) = store_with_content(tmp.path());
+    let mut w = ocistore::Ingester::writer(
+        &ocistore::Store::open(&root).unwrap(),
+        "partial",
+        None,
+        None,
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut w, &[7u8; 100_000]).unwrap();
+    w.close().unwrap();
+    let (code, v) = json(&root, &["du"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["blobs"]["count"], 5);
+    assert_eq!(
+        v["ingests"]["apparent_bytes"].as_u64().unwrap() >= 100_000,
+        true
+    );
+    assert!(v["metadata"]["apparent_bytes"].as_u64().unwrap() > 0);
+    assert!(v["metadata_free_bytes"].is_u64());
+    let du = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let fs_total: f64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ours = v["total"]["allocated_bytes"].as_f64().unwrap();
+    assert!(
+        (ours - fs_total).abs() <= fs_total * 0.01,
+        "ours {ours} vs du {fs_total}"
+    );
+}
