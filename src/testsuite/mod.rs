@@ -12,6 +12,8 @@
 
 mod checks;
 mod filters;
+pub mod fuzzing;
+pub mod model;
 
 use crate::content::ContentStore;
 pub use checks::*;
