@@ -270,7 +270,7 @@ fn crash_trials() {
     let mut seen_digests = BTreeSet::new();
     for trial in 0..trials {
         let root = base.path().join(format!("t{trial}"));
-        let mut rng = Rng(0x5eed ^ (trial + 1) * 0x9E37_79B9);
+        let mut rng = Rng(0x5eed ^ (trial + 1).wrapping_mul(0x9E37_79B9));
         // Some trials continue from the previous trial's store (crash on top of a crash).
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
