@@ -137,6 +137,11 @@ impl Batch {
         Ok(found)
     }
 
+    /// The recorded size of a committed blob, if it is committed.
+    pub fn committed_record_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.store.blob_record(digest)?.map(|r| r.size))
+    }
+
     /// Whether `digest` is staged in this batch.
     pub fn is_staged(&self, digest: &Digest) -> bool {
         self.staged.contains_key(digest)

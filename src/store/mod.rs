@@ -23,6 +23,7 @@ pub(crate) mod graph;
 mod group;
 pub mod images;
 mod ingest;
+pub mod interchange;
 pub mod lease;
 pub(crate) mod locks;
 mod manager;

@@ -11,6 +11,31 @@ use crate::{Ctx, Failure, report};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
+    /// Import an OCI layout directory, an archive of one (tar, tar.gz, tar.zst) or a `docker
+    /// save` archive; - reads the archive from stdin
+    Import {
+        /// Directory, archive file, or - for stdin
+        path: String,
+        /// Name for an unnamed image, or the repository a bare tag is joined to
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Export images as an OCI layout (archive or directory) that skopeo, umoci and ctr read
+    Export {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output archive or directory; - for stdout
+        #[arg(short, long, value_name = "PATH")]
+        output: String,
+        /// oci-archive (a tar) or oci-dir (a layout directory)
+        #[arg(long, default_value = "oci-archive")]
+        format: String,
+        /// Only these platforms of multi-platform images (repeatable); the index then gets a
+        /// new digest when anything is left out
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<String>,
+    },
     /// List images matching any of the filters (fields: name, target.digest, target.mediatype, labels.<key>)
     Ls {
         /// Filters such as 'name~=alpine'; several are OR-ed
@@ -74,6 +99,100 @@ pub fn image_json(i: &Image) -> Value {
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
     match cmd {
+        ImageCmd::Import { path, name } => {
+            let progress = crate::output::progress_bar("importing");
+            let opts = ocistore::oci::import::Options {
+                name,
+                progress: progress
+                    .clone()
+                    .map(|bar| Box::new(move |n: u64| bar.set_position(n)) as Box<dyn FnMut(u64)>),
+                ..Default::default()
+            };
+            let out = if path == "-" {
+                let mut stdin = std::io::stdin().lock();
+                store.import_reader(&mut stdin, opts)
+            } else {
+                store.import_path(std::path::Path::new(&path), opts)
+            };
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
+            let out = out?;
+            if ctx.json {
+                print_json(&json!({
+                    "images": out.images.iter().map(|i| json!({"name": i.name, "digest": i.digest.to_string(), "media_type": i.media_type, "size": i.size})).collect::<Vec<_>>(),
+                    "blobs_written": out.blobs_written,
+                    "blobs_present": out.blobs_present,
+                    "bytes_written": out.bytes_written,
+                }));
+            } else {
+                for i in &out.images {
+                    println!("{} {}", i.name, i.digest);
+                }
+                eprintln!(
+                    "imported {} image(s): {} blob(s) written ({}), {} already present",
+                    out.images.len(),
+                    out.blobs_written,
+                    crate::output::human_size(out.bytes_written),
+                    out.blobs_present
+                );
+            }
+        }
+        ImageCmd::Export {
+            names,
+            output,
+            format,
+            platforms,
+        } => {
+            let format = match format.as_str() {
+                "oci-archive" => ocistore::oci::export::Format::OciArchive,
+                "oci-dir" => ocistore::oci::export::Format::OciDir,
+                other => {
+                    return Err(ocistore::Error::InvalidArgument(format!(
+                        "format {other:?}: use oci-archive or oci-dir"
+                    ))
+                    .into());
+                }
+            };
+            let platforms = platforms
+                .iter()
+                .map(|p| parse_platform(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = ocistore::oci::export::Options { format, platforms };
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let out = if output == "-" {
+                if format == ocistore::oci::export::Format::OciDir {
+                    return Err(ocistore::Error::InvalidArgument(
+                        "-o - writes an archive; oci-dir needs a directory".into(),
+                    )
+                    .into());
+                }
+                let mut stdout = std::io::stdout().lock();
+                let out = store.export_to(&refs, &opts, &mut stdout)?;
+                std::io::Write::flush(&mut stdout).map_err(|e| ocistore::Error::Io {
+                    action: "write",
+                    path: "stdout".into(),
+                    source: e,
+                })?;
+                out
+            } else {
+                store.export_path(&refs, &opts, std::path::Path::new(&output))?
+            };
+            if ctx.json {
+                print_json(&json!({
+                    "images": out.images.iter().map(|(n, d)| json!({"name": n, "digest": d.to_string()})).collect::<Vec<_>>(),
+                    "blobs": out.blobs,
+                    "bytes": out.bytes,
+                }));
+            } else if output != "-" {
+                eprintln!(
+                    "exported {} image(s): {} blob(s), {}",
+                    out.images.len(),
+                    out.blobs,
+                    crate::output::human_size(out.bytes)
+                );
+            }
+        }
         ImageCmd::Ls { filters, quiet } => {
             let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
             let images = store.images(&filters)?;

@@ -103,3 +103,19 @@ pub fn labels_cell(labels: &ocistore::Labels) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// A byte-count progress bar on stderr, when stderr is a terminal.
+pub fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
+}

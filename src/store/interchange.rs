@@ -1,0 +1,156 @@
+//! Import and export on the store: the OCI interchange code (`crate::oci`) over a [`Batch`],
+//! so that an import lands in one transaction or not at all.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::names::Name;
+use crate::oci::{export, import};
+use crate::store::Store;
+use crate::store::batch::Batch;
+
+impl import::Sink for Batch {
+    fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
+        Batch::is_committed(self, digest)
+    }
+
+    fn stage(
+        &mut self,
+        reader: &mut dyn Read,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<import::Staged> {
+        let s = Batch::stage(self, reader, expected, size, Default::default())?;
+        Ok(import::Staged {
+            digest: s.digest,
+            size: s.size,
+            written: s.written,
+        })
+    }
+
+    fn read(&mut self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        Batch::read(self, digest, limit)
+    }
+
+    fn committed_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.committed_record_size(digest)?)
+    }
+}
+
+/// One image an import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedName {
+    /// The normalised name.
+    pub name: String,
+    /// What it points at.
+    pub digest: Digest,
+    /// The target's media type.
+    pub media_type: String,
+    /// The target's size.
+    pub size: u64,
+}
+
+/// What [`Store::import_path`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// The names written, in input order.
+    pub images: Vec<ImportedName>,
+    /// Blobs newly written.
+    pub blobs_written: u64,
+    /// Blobs that were already in the store.
+    pub blobs_present: u64,
+    /// Bytes newly written.
+    pub bytes_written: u64,
+}
+
+impl Store {
+    /// Imports an OCI layout directory, an archive of one (plain, gzip or zstd tar) or a
+    /// `docker save` archive. Every blob is verified before it becomes visible; blobs already
+    /// present are not written again; all names and blobs land in one transaction, and a
+    /// failed import leaves the store as it was. An image without a name (and no
+    /// `opts.name`) is `InvalidArgument`.
+    pub fn import_path(&self, path: &Path, opts: import::Options) -> Result<ImportOutcome> {
+        let mut batch = self.batch()?;
+        let out = import::import_path(path, &mut batch, opts)?;
+        self.finish_import(batch, out)
+    }
+
+    /// [`Store::import_path`] from a stream (an archive on stdin).
+    pub fn import_reader(
+        &self,
+        reader: &mut dyn Read,
+        opts: import::Options,
+    ) -> Result<ImportOutcome> {
+        let mut batch = self.batch()?;
+        let out = import::import_reader(reader, &mut batch, opts)?;
+        self.finish_import(batch, out)
+    }
+
+    fn finish_import(&self, mut batch: Batch, out: import::Outcome) -> Result<ImportOutcome> {
+        let mut images = Vec::new();
+        for img in &out.images {
+            if img.name.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "image {} in the input has no name: give one with --name",
+                    img.descriptor.digest()
+                )));
+            }
+            let name = batch.put_name(&img.name, img.descriptor.clone(), None)?;
+            images.push(ImportedName {
+                name,
+                digest: crate::names::descriptor_digest(&img.descriptor)?,
+                media_type: img.descriptor.media_type().to_string(),
+                size: img.descriptor.size(),
+            });
+        }
+        let committed = batch.commit()?;
+        Ok(ImportOutcome {
+            images,
+            blobs_written: committed.blobs_written,
+            blobs_present: out.blobs_present.max(committed.blobs_present),
+            bytes_written: committed.bytes_written,
+        })
+    }
+
+    /// The images to export for `references` (names or digests; a digest must be named by
+    /// some image so that the layout can carry a name).
+    pub fn export_images(&self, references: &[&str]) -> Result<Vec<export::ExportImage>> {
+        references
+            .iter()
+            .map(|r| {
+                let image = self.image(r)?;
+                let name = Name::parse(&image.name)?;
+                Ok(export::ExportImage {
+                    name: image.name.clone(),
+                    tag: name.tag.clone(),
+                    descriptor: image.target,
+                })
+            })
+            .collect()
+    }
+
+    /// Exports the named images as an OCI layout archive to `out`. See
+    /// [`export::export_archive`] for the layout and what `--platform` does.
+    pub fn export_to(
+        &self,
+        references: &[&str],
+        opts: &export::Options,
+        out: &mut dyn Write,
+    ) -> Result<export::Outcome> {
+        let images = self.export_images(references)?;
+        export::export_archive(self, &images, opts, out)
+    }
+
+    /// Exports the named images to `path`, as an archive or a directory per `opts.format`.
+    pub fn export_path(
+        &self,
+        references: &[&str],
+        opts: &export::Options,
+        path: &Path,
+    ) -> Result<export::Outcome> {
+        let images = self.export_images(references)?;
+        export::export_path(self, &images, opts, path)
+    }
+}
