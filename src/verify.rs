@@ -279,3 +279,118 @@ impl Store {
         Ok(())
     }
 }
+
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RebuildOutcome {
+    /// Where the old metadata file was moved, when there was one.
+    pub old_metadata: Option<PathBuf>,
+    /// Whether the old metadata could be read (its labels and names were carried over).
+    pub salvaged: bool,
+    /// Blob files re-hashed and recorded again.
+    pub blobs_recovered: u64,
+    /// Blob files whose bytes did not match their name, moved to `quarantine/`.
+    pub blobs_quarantined: u64,
+    /// Names carried over from the old metadata.
+    pub names_recovered: u64,
+    /// What could not be recovered, one line each.
+    pub lost: Vec<String>,
+}
+
+/// Recreates `meta.redb` under `root` from the blob files, for when it is lost or unreadable.
+///
+/// The old file, if any, is moved aside (`meta.redb.broken-<time>`); if it can still be read,
+/// labels and names are carried over, else they are reported lost. Every blob file is
+/// re-hashed: matching ones get their records (and references) back, the others go to
+/// `quarantine/`. In-progress ingests are dropped (their bytes stay until `gc`).
+pub fn rebuild(root: &std::path::Path) -> Result<RebuildOutcome> {
+    use crate::store::OpenOptions;
+    let mut out = RebuildOutcome::default();
+    let meta = root.join("meta.redb");
+    let mut salvage_labels: std::collections::BTreeMap<Digest, crate::content::Labels> =
+        Default::default();
+    let mut salvage_names: Vec<crate::names::Image> = Vec::new();
+    if meta.exists() {
+        match OpenOptions::new()
+            .read_only(true)
+            .wait(std::time::Duration::ZERO)
+            .open(root)
+        {
+            Ok(old) => {
+                let mut infos = Vec::new();
+                let walked = crate::content::Manager::walk(
+                    &old,
+                    &mut |i| {
+                        infos.push(i.clone());
+                        Ok(())
+                    },
+                    &[],
+                );
+                if walked.is_ok() {
+                    salvage_labels = infos.into_iter().map(|i| (i.digest, i.labels)).collect();
+                    out.salvaged = true;
+                }
+                salvage_names = old.images(&[]).unwrap_or_default();
+            }
+            Err(e) => out.lost.push(format!(
+                "old metadata unreadable ({e}): every label and name is lost"
+            )),
+        }
+        let aside = root.join(format!(
+            "meta.redb.broken-{}",
+            crate::store::records::Nanos::now().0
+        ));
+        fs::rename(&meta, &aside).map_err(|e| Error::io("move aside", &meta, e))?;
+        out.old_metadata = Some(aside);
+    } else {
+        out.lost
+            .push("no metadata file: every label and name is lost".into());
+    }
+    let store = OpenOptions::new().read_only(false).open(root)?;
+    let scan = store.blob_dir().scan()?;
+    let quarantine = root.join("quarantine");
+    let mut recovered = Vec::new();
+    for (digest, _) in scan.blobs {
+        let path = store.blob_dir().path_for(&digest);
+        let mut f = fs::File::open(&path).map_err(|e| Error::io("open blob", &path, e))?;
+        let (actual, len) = hash_reader(digest.algorithm(), &mut f)
+            .map_err(|e| Error::io("read blob", &path, e))?;
+        if actual == digest {
+            let labels = salvage_labels.remove(&digest).unwrap_or_default();
+            recovered.push((digest, len, labels));
+        } else {
+            fs::create_dir_all(&quarantine)
+                .map_err(|e| Error::io("create directory", &quarantine, e))?;
+            let dest = quarantine.join(format!("{}-{}", digest.algorithm(), digest.hex()));
+            fs::rename(&path, &dest).map_err(|e| Error::io("quarantine blob", &path, e))?;
+            out.blobs_quarantined += 1;
+            out.lost.push(format!(
+                "{digest}: bytes do not match, moved to {}",
+                dest.display()
+            ));
+        }
+    }
+    for d in salvage_labels.keys() {
+        out.lost.push(format!(
+            "{d}: recorded in the old metadata but its file is gone"
+        ));
+    }
+    out.blobs_recovered = recovered.len() as u64;
+    store.insert_existing(&recovered)?;
+    for image in salvage_names {
+        match image.digest() {
+            Ok(d) if store.blob_record(&d)?.is_some() => {
+                store.put_image(
+                    &image.name,
+                    image.target.clone(),
+                    Some(image.labels.clone()),
+                )?;
+                out.names_recovered += 1;
+            }
+            _ => out
+                .lost
+                .push(format!("name {}: its content is gone", image.name)),
+        }
+    }
+    Ok(out)
+}

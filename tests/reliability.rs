@@ -254,3 +254,80 @@ fn du_agrees_with_the_filesystem() {
         "ours {ours} vs du {fs_total}"
     );
 }
+
+#[test]
+fn rebuild_after_losing_the_metadata_restores_every_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    let (code, imported) = json(&root, &["image", "import", sample.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let index = imported["images"][0]["digest"].as_str().unwrap().to_owned();
+    let (_, before) = json(&root, &["content", "ls"]);
+    let before: Vec<String> = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["digest"].as_str().unwrap().to_owned())
+        .collect();
+    std::fs::remove_file(root.join("meta.redb")).unwrap();
+    let (code, out) = json(&root, &["fsck", "--rebuild"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out["blobs_recovered"].as_u64().unwrap() as usize,
+        before.len()
+    );
+    assert!(
+        out["lost"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("label")),
+        "{out}"
+    );
+    let (_, after) = json(&root, &["content", "ls"]);
+    let after: Vec<String> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(after, before, "every blob's record is back");
+    for d in &digests {
+        assert_eq!(json(&root, &["content", "info", d]).0, 0);
+    }
+    // References are rebuilt from the manifests' bytes.
+    let (_, refs) = json(&root, &["content", "refs", &index]);
+    assert_eq!(
+        refs["refs"].as_array().unwrap().len(),
+        2,
+        "the sample index names two manifests"
+    );
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+}
+
+#[test]
+fn rebuild_with_readable_metadata_keeps_labels_and_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    assert_eq!(
+        json(&root, &["image", "import", sample.to_str().unwrap()]).0,
+        0
+    );
+    let (code, out) = json(&root, &["fsck", "--rebuild"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["salvaged"], true);
+    assert_eq!(out["names_recovered"], 1);
+    let (_, info) = json(&root, &["content", "info", &digests[0]]);
+    assert_eq!(info["labels"]["k"], "v");
+    assert_eq!(
+        json(
+            &root,
+            &["image", "check", "hello:1.0", "--platform", "linux/amd64"]
+        )
+        .0,
+        0
+    );
+}

@@ -119,6 +119,43 @@ impl Store {
         Ok(())
     }
 
+    /// Records blob files that are already in place and verified (fsck's rebuild), with
+    /// their labels and references, in one transaction.
+    pub(crate) fn insert_existing(&self, blobs: &[(Digest, u64, Labels)]) -> Result<()> {
+        let txn = self.write_txn("record recovered blobs")?;
+        {
+            let mut table = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let mut index = txn
+                .open_table(BLOB_LABELS)
+                .map_err(|e| Error::db("open the label index", e))?;
+            let now = Nanos::now();
+            for (digest, size, labels) in blobs {
+                let key = digest.to_string();
+                let rec = BlobRecord {
+                    size: *size,
+                    created: now,
+                    updated: now,
+                    labels: labels.clone(),
+                };
+                table
+                    .insert(key.as_str(), records::encode(&rec).as_slice())
+                    .map_err(|e| Error::db("write a blob record", e))?;
+                index_labels(&mut index, &key, labels)?;
+            }
+        }
+        for (digest, _, _) in blobs {
+            if let Some(children) =
+                crate::refs::children_of_path(&self.blob_dir().path_for(digest))?
+            {
+                graph::record(&txn, &digest.to_string(), &children)?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit recovered blobs", e))
+    }
+
     /// Removes the file of `digest` if, inside a write transaction, it has no record. Deletes
     /// and gc use this so that a file is never removed under a concurrent commit.
     pub(crate) fn remove_unrecorded_files(&self, digests: &[Digest]) -> Result<()> {

@@ -11,11 +11,33 @@ use crate::{Ctx, Failure};
 pub struct FsckArgs {
     /// Quarantine corrupt blobs, drop records without files, remove debris and dangling
     /// references (without it, fsck changes nothing on disk)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rebuild")]
     repair: bool,
+    /// Recreate meta.redb from the blob files when it is lost or unreadable (labels and
+    /// names are kept when the old file can still be read, else reported lost)
+    #[arg(long)]
+    rebuild: bool,
 }
 
 pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
+    if args.rebuild {
+        let out = verify::rebuild(ctx.root())?;
+        if ctx.json {
+            print_json(&serde_json::to_value(&out).unwrap_or_default());
+        } else {
+            if let Some(old) = &out.old_metadata {
+                println!("old metadata moved to {}", old.display());
+            }
+            println!(
+                "recovered {} blob(s), {} name(s); quarantined {} blob(s)",
+                out.blobs_recovered, out.names_recovered, out.blobs_quarantined
+            );
+            for l in &out.lost {
+                println!("lost: {l}");
+            }
+        }
+        return Ok(());
+    }
     // A plain check opens the store read-only, so that it cannot change a byte or an mtime.
     let store = OpenOptions::new()
         .read_only(!args.repair)
