@@ -99,7 +99,8 @@ pub trait Ingester {
     /// An empty reference is `InvalidArgument`; a reference held by a live writer, in this
     /// process or another, is `Unavailable`; an `expected` digest that is already committed is
     /// `AlreadyExists`. An existing ingest is resumed: its offset, prefix digest and
-    /// `started_at` carry over.
+    /// `started_at` carry over. (The redb store records a new ingest with its first bytes
+    /// on disk, or when the writer is closed: until then other processes do not list it.)
     fn writer(
         &self,
         reference: &str,

@@ -538,6 +538,44 @@ fn docker_legacy_manifest_json() {
 }
 
 #[test]
+fn skopeo_docker_archive_layout() {
+    // skopeo copy ... docker-archive: layers at the top as <hex>.tar, <id>/layer.tar links.
+    let layer = raw_tar(&[("a.txt", EntryType::Regular, b"a\n", None)]);
+    let hex = Algorithm::Sha256.digest(&layer).hex().to_owned();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_name = format!("{}.json", Algorithm::Sha256.digest(&config).hex());
+    let manifest = serde_json::to_vec(
+        &json!([{"Config": config_name, "RepoTags": ["docker.io/library/hello:docker"], "Layers": [format!("{hex}.tar")]}]),
+    )
+    .unwrap();
+    let id = "c".repeat(64);
+    let (layer_name, link_path, link) = (
+        format!("{hex}.tar"),
+        format!("{id}/layer.tar"),
+        format!("../{hex}.tar"),
+    );
+    let archive = raw_tar(&[
+        (&layer_name, EntryType::Regular, &layer, None),
+        (&config_name, EntryType::Regular, &config, None),
+        (&link_path, EntryType::Symlink, b"", Some(&link)),
+        ("manifest.json", EntryType::Regular, &manifest, None),
+    ]);
+    let out = import_bytes(&MemoryStore::new(), &archive, Default::default()).unwrap();
+    assert_eq!(out.images[0].name, "docker.io/library/hello:docker");
+    assert_eq!(out.blobs_written, 3);
+    // A link out of the archive root is still refused.
+    let evil = raw_tar(&[(
+        &link_path,
+        EntryType::Symlink,
+        b"",
+        Some("../../etc/passwd.tar"),
+    )]);
+    assert_eq!(import_err(&evil).kind(), ErrorKind::InvalidArgument);
+    let evil = raw_tar(&[(&layer_name, EntryType::Symlink, b"", Some(&link))]);
+    assert_eq!(import_err(&evil).kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
 fn newer_docker_save_prefers_index_json() {
     let (m, c, l) = small_image("new");
     let mut entry = desc(oci::MEDIA_TYPE_OCI_MANIFEST, &m);
@@ -994,4 +1032,118 @@ fn reader_at_is_used_for_export() {
     };
     let o = export::export_archive(p, &[image], &Default::default(), &mut std::io::sink()).unwrap();
     assert_eq!(o.blobs, 4);
+}
+
+#[test]
+fn long_name_bomb_is_refused_before_it_is_read() {
+    // A GNU long-name entry of 256 MiB, gzip'd to a few hundred KiB: the tar parser would
+    // read it whole into memory.
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_size(256 << 20);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, h.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut gz, &chunk).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    let err = import_err(&bomb);
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("extension header"), "{err}");
+}
+
+// ---------------------------------------------------------------- interop (run by .ci/run)
+
+/// The interop tools are required: a missing one fails the test, never skips it.
+fn tool(name: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "interop tool {name:?} is not installed (CI installs it in .ci/run)"
+    );
+    true
+}
+
+fn run(cmd: &str, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+#[ignore = "interop: needs skopeo and umoci (run by .ci/run)"]
+fn skopeo_and_umoci_read_the_export_and_skopeo_output_imports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("sample.tar");
+    std::fs::write(&archive, sample_bytes()).unwrap();
+    let mut single = Vec::new();
+    sample::sample_single(&mut single).unwrap();
+    let single_dir = tmp.path().join("single");
+    let store = MemoryStore::new();
+    let mut sink = TestSink::new(&store);
+    let imported = import::import_reader(&mut &single[..], &mut sink, Default::default()).unwrap();
+    sink.commit();
+    let image = ExportImage {
+        name: sample::SAMPLE_SINGLE_NAME.into(),
+        tag: Some("single".into()),
+        descriptor: imported.images[0].descriptor.clone(),
+    };
+    export::export_dir(&store, &[image], &Default::default(), &single_dir).unwrap();
+
+    if tool("skopeo") {
+        let a = archive.to_str().unwrap();
+        let raw = run("skopeo", &["inspect", "--raw", &format!("oci-archive:{a}")]);
+        let index = oci::children(None, &raw).unwrap();
+        assert_eq!(index.len(), 2);
+        let copy = tmp.path().join("copy");
+        let c = copy.to_str().unwrap();
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--all",
+                &format!("oci-archive:{a}:1.0"),
+                &format!("oci:{c}:v1"),
+            ],
+        );
+        let store = MemoryStore::new();
+        let mut sink = TestSink::new(&store);
+        let opts = import::Options {
+            name: Some("example.com/copied:x".into()),
+            ..Default::default()
+        };
+        let out = import::import_path(&copy, &mut sink, opts).unwrap();
+        assert_eq!(out.images[0].name, "example.com/copied:v1");
+        assert_eq!(out.blobs_written, 8);
+    } else {
+        eprintln!("skopeo not found: skipped");
+    }
+    if tool("umoci") {
+        let bundle = tmp.path().join("bundle");
+        let image = format!("{}:single", single_dir.display());
+        run(
+            "umoci",
+            &[
+                "unpack",
+                "--rootless",
+                "--image",
+                &image,
+                bundle.to_str().unwrap(),
+            ],
+        );
+        let hello = std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap();
+        assert_eq!(hello, "hello from linux/amd64\n");
+    } else {
+        eprintln!("umoci not found: skipped");
+    }
 }

@@ -9,7 +9,7 @@ use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use tar::EntryType;
 
 use super::import::Importer;
-use super::layout::{BLOBS_DIR, INDEX_FILE, MAX_JSON_SIZE, OCI_LAYOUT_FILE, parse_blob_path};
+use super::layout::{BLOBS_DIR, INDEX_FILE, MAX_JSON_SIZE, OCI_LAYOUT_FILE};
 use super::with_context;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -128,10 +128,10 @@ impl<R: Read> Read for Metered<'_, R> {
 /// end, bad checksum, corrupt deflate stream) as `InvalidArgument`: the input is malformed.
 pub(super) fn recover(e: io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        return Error::from_io(e, "read", "archive");
+        return Error::from_io(e, "read", "input");
     }
     if e.raw_os_error().is_some() {
-        return Error::io("read", "archive", e);
+        return Error::io("read", "input", e);
     }
     Error::InvalidArgument(format!("the archive is truncated or malformed: {e}"))
 }
@@ -176,7 +176,7 @@ pub(super) fn read_stream(
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", "archive", e)),
+            Err(e) => return Err(Error::io("read", "input", e)),
         }
     }
     if n == 0 {
@@ -191,8 +191,9 @@ pub(super) fn read_stream(
         Compression::Zstd => Box::new(ZstdFrames::new(prefixed)),
         Compression::None => Box::new(prefixed),
     };
+    let guarded = super::targuard::TarGuard::new(decoded);
     let mut archive = tar::Archive::new(Metered {
-        inner: decoded,
+        inner: guarded,
         meter,
     });
     let mut g = Gathered::default();
@@ -272,13 +273,15 @@ pub(super) fn classify(raw: &[u8], is_dir: bool) -> Result<(String, EntryKind)> 
             [INDEX_FILE] => EntryKind::Index,
             [DOCKER_MANIFEST_FILE] => EntryKind::DockerManifest,
             [DOCKER_REPOSITORIES_FILE] => EntryKind::Ignored,
-            [BLOBS_DIR, ..] => EntryKind::Blob(
-                parse_blob_path(&norm)
+            [BLOBS_DIR, alg, hex] => EntryKind::Blob(
+                Digest::parse(&format!("{alg}:{hex}"))
                     .map_err(|e| with_context(e, &format!("archive entry {shown:?}")))?,
             ),
             [id, "json" | "VERSION"] if hex64(id) => EntryKind::Ignored,
             [id, "layer.tar"] if hex64(id) => EntryKind::Legacy,
             [file] if file.strip_suffix(".json").is_some_and(hex64) => EntryKind::Legacy,
+            // skopeo's docker-archive keeps layers at the top, named by their digest.
+            [file] if file.strip_suffix(".tar").is_some_and(hex64) => EntryKind::Legacy,
             _ => return bad("unexpected file in an image archive"),
         }
     };
@@ -383,8 +386,9 @@ pub(super) fn stage_reader(
 }
 
 /// Older `docker save` writes a layer that two images share once and links the second
-/// `<id>/layer.tar` to it as `../<other id>/layer.tar`. Nothing is unpacked, so this
-/// alias is safe to record; every other symlink is refused.
+/// `<id>/layer.tar` to it as `../<other id>/layer.tar`; skopeo's docker-archive links every
+/// `<id>/layer.tar` to `../<hex>.tar`. Nothing is unpacked, so such a link is safe to record
+/// as an alias; every other symlink is refused.
 fn legacy_alias<R: Read>(
     entry: &tar::Entry<'_, R>,
     raw: &[u8],
@@ -407,7 +411,7 @@ fn legacy_alias<R: Read>(
     };
     match classify(rest, false) {
         Ok((target, EntryKind::Legacy))
-            if path.ends_with("/layer.tar") && target.ends_with("/layer.tar") =>
+            if path.ends_with("/layer.tar") && target.ends_with(".tar") =>
         {
             g.aliases.push((path, target));
             Ok(())

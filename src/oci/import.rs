@@ -11,8 +11,8 @@
 //!
 //! Only regular files at the paths an image archive has are accepted; `..`, absolute
 //! paths, links, devices and any other path are `InvalidArgument` naming the entry. (The
-//! one exception: older `docker save` links a shared `<id>/layer.tar` to
-//! `../<other id>/layer.tar`; such a link is recorded as an alias, never followed on disk.)
+//! one exception: `docker save` and skopeo link `<id>/layer.tar` to `../<other id>/layer.tar`
+//! or `../<hex>.tar`; such a link is recorded as an alias, never followed on disk.)
 //!
 //! Nothing staged is visible until the caller commits the sink: an import that fails
 //! leaves the store as it was. In a stream, blobs arrive before anyone knows whether an

@@ -77,7 +77,7 @@ pub fn parse_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
         .and_then(Value::as_array)
         .ok_or_else(|| bad("has no manifests array".into()))?;
     let children = try_children(Some(super::MEDIA_TYPE_OCI_INDEX), bytes)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| super::with_context(e, INDEX_FILE))?
         .unwrap_or_default();
     let mut out = Vec::with_capacity(manifests.len());
     for (i, (v, child)) in manifests.iter().zip(children).enumerate() {
@@ -100,7 +100,7 @@ pub fn parse_blob_path(path: &str) -> Result<Digest> {
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         [BLOBS_DIR, alg, hex] => Digest::parse(&format!("{alg}:{hex}"))
-            .map_err(|e| Error::InvalidArgument(format!("blob path {path:?}: {e}"))),
+            .map_err(|e| super::with_context(e, &format!("blob path {path:?}"))),
         _ => Err(Error::InvalidArgument(format!(
             "{path:?} is not a blob path (blobs/<alg>/<hex>)"
         ))),

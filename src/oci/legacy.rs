@@ -5,6 +5,9 @@
 //! [{"Config":"<hex>.json","RepoTags":["alpine:3.19"],"Layers":["<id>/layer.tar"]}]
 //! ```
 //!
+//! (skopeo's docker-archive names layers `<hex>.tar` instead; docker 25 and later name
+//! them `blobs/sha256/<hex>` and add an `index.json`, which import prefers.)
+//!
 //! The files are staged by path as they stream past (their digests computed). For each
 //! image a docker schema 2 manifest is then made, serialised canonically (sorted keys, no
 //! whitespace: the same image always gives the same manifest digest), and staged. Layers

@@ -20,6 +20,7 @@ pub mod sample;
 
 mod archive;
 mod legacy;
+mod targuard;
 
 use oci_spec::image::Platform;
 use serde_json::Value;
@@ -229,7 +230,7 @@ fn parse_child(field: &str, v: &Value, kind: ChildKind) -> Result<Child> {
         .get("digest")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("descriptor has no digest".into()))?;
-    let digest = Digest::parse(digest).map_err(|e| bad(e.to_string()))?;
+    let digest = Digest::parse(digest).map_err(|e| with_context(e, field))?;
     let size = obj
         .get("size")
         .and_then(Value::as_u64)

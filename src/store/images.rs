@@ -148,7 +148,11 @@ impl Store {
             }
         };
         let digest_str = digest.to_string();
-        for image in self.images(&[&format!("target.digest=={digest_str}")])? {
+        if let Some(image) = self
+            .images(&[&format!("target.digest=={digest_str}")])?
+            .into_iter()
+            .next()
+        {
             return Ok(image.target);
         }
         let info = self.info(&digest)?;

@@ -42,7 +42,7 @@ impl Store {
         }
     }
 
-    fn put_ingest_record(&self, reference: &str, record: &IngestRecord) -> Result<()> {
+    pub(crate) fn put_ingest_record(&self, reference: &str, record: &IngestRecord) -> Result<()> {
         let (reference, bytes) = (reference.to_owned(), records::encode(record));
         self.group_write("open a writer", move |txn| {
             txn.open_table(INGESTS)
@@ -140,20 +140,16 @@ impl Ingester for Store {
                 }
                 rec
             }
-            None => {
-                let rec = IngestRecord {
-                    total: expected_size,
-                    expected: expected.map(ToString::to_string),
-                    started: Nanos::now(),
-                    id: dir
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or_default()
-                        .to_owned(),
-                };
-                self.put_ingest_record(reference, &rec)?;
-                rec
-            }
+            None => IngestRecord {
+                total: expected_size,
+                expected: expected.map(ToString::to_string),
+                started: Nanos::now(),
+                id: dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -170,6 +166,8 @@ impl Ingester for Store {
         let expected = parse_expected(&record, reference)?;
         let algorithm = expected.as_ref().map(Digest::algorithm).unwrap_or_default();
         let (hasher, offset) = hash_prefix(&mut file, &data_path, algorithm, u64::MAX)?;
+        // A new ingest's record is written with its first bytes (or at close): a writer that
+        // opens, writes a small blob and commits pays no transaction for the ingest itself.
         Ok(Box::new(StoreWriter::new(
             self.clone(),
             reference.to_owned(),
@@ -180,6 +178,7 @@ impl Ingester for Store {
             offset,
             record,
             expected,
+            !fresh,
         )))
     }
 }
@@ -242,10 +241,15 @@ impl IngestManager for Store {
 
     fn abort(&self, reference: &str) -> Result<()> {
         self.writable("abort an ingest")?;
+        let dir = self.ingest_dir(reference);
         if self.ingest_record(reference)?.is_none() {
+            // A live writer whose first bytes are still in its buffer has no record yet.
+            if dir.exists() {
+                drop(RefLock::try_acquire(&dir, reference)?);
+            }
             return Err(Error::NotFound(format!("ingest {reference:?}")));
         }
-        let lock = RefLock::try_acquire(&self.ingest_dir(reference), reference)?;
+        let lock = RefLock::try_acquire(&dir, reference)?;
         if self.ingest_record(reference)?.is_none() {
             // Committed or aborted while we took the lock.
             self.remove_ingest_dir(reference, &lock);

@@ -65,7 +65,12 @@ impl Store {
             self.remove_ingest(reference, lock)?;
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }
-        self.blob_dir().publish(data, digest, size)?;
+        // Linked now; its directory is fsynced by the group leader before the commit.
+        let target = self.blob_dir().link(data, digest, size)?;
+        let shard = target
+            .parent()
+            .expect("blob paths have a shard")
+            .to_path_buf();
         let children = crate::refs::children_of_path(data)?.unwrap_or_default();
         let key = digest.to_string();
         let (store, digest_owned, data_owned, reference_owned) = (
@@ -74,7 +79,7 @@ impl Store {
             data.to_path_buf(),
             reference.to_owned(),
         );
-        let existed = self.group_write("commit a blob", move |txn| {
+        let existed = self.group_write_synced("commit a blob", vec![shard], move |txn| {
             let mut blobs = txn
                 .open_table(BLOBS)
                 .map_err(|e| Error::db("open the blobs table", e))?;

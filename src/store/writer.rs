@@ -34,6 +34,11 @@ pub(crate) struct StoreWriter {
     record: IngestRecord,
     expected: Option<Digest>,
     updated: Nanos,
+    /// Whether the ingest's record is in the database (written before the first byte
+    /// reaches the file, so that bytes on disk always belong to a recorded ingest).
+    recorded: bool,
+    /// Committed (or found committed): the ingest is gone, drop must not bring it back.
+    finished: bool,
 }
 
 impl StoreWriter {
@@ -48,6 +53,7 @@ impl StoreWriter {
         offset: u64,
         record: IngestRecord,
         expected: Option<Digest>,
+        recorded: bool,
     ) -> Self {
         StoreWriter {
             store,
@@ -61,14 +67,26 @@ impl StoreWriter {
             updated: record.started,
             record,
             expected,
+            recorded,
+            finished: false,
         }
+    }
+
+    fn ensure_recorded(&mut self) -> Result<()> {
+        if !self.recorded {
+            self.store
+                .put_ingest_record(&self.reference, &self.record)?;
+            self.recorded = true;
+        }
+        Ok(())
     }
 
     fn flushed(&self) -> u64 {
         self.offset - self.buf.len() as u64
     }
 
-    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+    fn write_at(&mut self, bytes: &[u8], at: u64) -> Result<()> {
+        self.ensure_recorded()?;
         self.file
             .write_all_at(bytes, at)
             .map_err(|e| Error::io("write ingest data", &self.data_path, e))
@@ -77,7 +95,24 @@ impl StoreWriter {
     fn flush_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             let at = self.flushed();
-            self.write_at(&self.buf, at)?;
+            let buf = std::mem::take(&mut self.buf);
+            let written = self.write_at(&buf, at);
+            self.buf = buf;
+            written?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer without recording the ingest: for commit, whose transaction drops
+    /// the record anyway. A crash before that transaction leaves bytes without a record,
+    /// which the next writer of the reference discards.
+    fn flush_for_commit(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let at = self.flushed();
+            self.file
+                .write_all_at(&self.buf, at)
+                .map_err(|e| Error::io("write ingest data", &self.data_path, e))?;
             self.buf.clear();
         }
         Ok(())
@@ -150,6 +185,7 @@ impl Writer for StoreWriter {
             )));
         }
         self.flush_buf()?;
+        self.ensure_recorded()?;
         self.file
             .set_len(size)
             .map_err(|e| Error::io("truncate ingest data", &self.data_path, e))?;
@@ -173,7 +209,7 @@ impl Writer for StoreWriter {
     ) -> Result<Digest> {
         let mut w = *self;
         validate_labels(&labels)?;
-        w.flush_buf()?;
+        w.flush_for_commit()?;
         w.file
             .sync_data()
             .map_err(|e| Error::io("fsync ingest data", &w.data_path, e))?;
@@ -195,27 +231,38 @@ impl Writer for StoreWriter {
                 w.reference
             )));
         }
-        w.store.commit_ingest(
+        let committed = w.store.commit_ingest(
             &w.reference,
             &w.lock,
             &w.data_path,
             &actual,
             w.offset,
             labels,
-        )?;
-        Ok(actual)
+        );
+        if committed.is_ok()
+            || committed
+                .as_ref()
+                .is_err_and(|e| e.kind() == crate::error::ErrorKind::AlreadyExists)
+        {
+            w.finished = true;
+        }
+        committed.map(|()| actual)
     }
 
     fn close(self: Box<Self>) -> Result<()> {
         let mut w = *self;
-        w.flush_buf()
+        w.flush_buf()?;
+        w.ensure_recorded()
     }
 }
 
 impl Drop for StoreWriter {
     fn drop(&mut self) {
         // Keep what was received resumable even when the caller forgot to close.
-        if let Err(e) = self.flush_buf() {
+        if self.finished {
+            return;
+        }
+        if let Err(e) = self.flush_buf().and_then(|()| self.ensure_recorded()) {
             tracing::warn!(reference = %self.reference, error = %e, "could not flush ingest on drop");
         }
     }
