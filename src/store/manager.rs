@@ -268,6 +268,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The records of many blobs from one snapshot (one read transaction): `None` for each
+    /// digest that is not committed. For callers that look up many blobs at once, this avoids
+    /// the per-call cost of starting a read transaction, which in multi-process mode takes
+    /// file locks.
+    pub fn infos(&self, digests: &[Digest]) -> Result<Vec<Option<Info>>> {
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?;
+        let mut key = String::with_capacity(72);
+        digests
+            .iter()
+            .map(|d| {
+                key.clear();
+                use std::fmt::Write as _;
+                let _ = write!(key, "{d}");
+                match table
+                    .get(key.as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                {
+                    Some(v) => Ok(Some(info_of(d.clone(), records::decode(v.value(), &key)?))),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Manager for Store {
     fn info(&self, digest: &Digest) -> Result<Info> {
         match self.blob_record(digest)? {
