@@ -30,6 +30,7 @@ mod manager;
 pub(crate) mod migrate;
 pub(crate) mod records;
 pub(crate) mod schema;
+mod snapshot;
 mod writer;
 
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ pub struct Store {
 
 pub(crate) struct Inner {
     committer: group::Committer,
+    generation: Option<snapshot::Generation>,
+    snapshots: snapshot::SnapshotCache,
     root: PathBuf,
     db: Db,
     blobs: BlobDir,
@@ -196,10 +199,14 @@ impl Store {
         migrate::recorded_version(self.inner.readable())
     }
 
-    pub(crate) fn read_txn(&self) -> Result<ReadTransaction> {
+    /// A read snapshot: the current one when nothing was committed since it was taken (see
+    /// `snapshot.rs`), else a new one.
+    pub(crate) fn read_txn(&self) -> Result<Arc<ReadTransaction>> {
         self.inner
-            .readable()
-            .begin_read()
+            .snapshots
+            .get(self.inner.generation.as_ref(), || {
+                self.inner.readable().begin_read()
+            })
             .map_err(|e| Error::db("begin a read transaction", e))
     }
 
@@ -214,10 +221,15 @@ impl Store {
         }
     }
 
-    pub(crate) fn write_txn(&self, action: &str) -> Result<redb::WriteTransaction> {
-        self.writable(action)?
+    pub(crate) fn write_txn(&self, action: &str) -> Result<WriteTxn> {
+        let txn = self
+            .writable(action)?
             .begin_write()
-            .map_err(|e| Error::db("begin a write transaction", e))
+            .map_err(|e| Error::db("begin a write transaction", e))?;
+        Ok(WriteTxn {
+            txn,
+            store: self.clone(),
+        })
     }
 
     /// The record of `digest`, if committed.
@@ -243,6 +255,37 @@ impl Store {
 
     pub(crate) fn ingest_root(&self) -> &Path {
         &self.inner.ingest_root
+    }
+}
+
+/// A write transaction whose commit also bumps the store's commit counter, so that readers
+/// in every process stop reusing older snapshots. Derefs to redb's transaction.
+pub(crate) struct WriteTxn {
+    txn: redb::WriteTransaction,
+    store: Store,
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = redb::WriteTransaction;
+    fn deref(&self) -> &redb::WriteTransaction {
+        &self.txn
+    }
+}
+
+impl WriteTxn {
+    /// Commits (durably), then bumps the commit counter.
+    pub(crate) fn commit(self) -> std::result::Result<(), redb::CommitError> {
+        self.txn.commit()?;
+        if let Some(g) = &self.store.inner.generation {
+            g.bump();
+        }
+        self.store.inner.snapshots.clear();
+        Ok(())
+    }
+
+    /// Abandons the transaction.
+    pub(crate) fn abort(self) -> std::result::Result<(), redb::StorageError> {
+        self.txn.abort()
     }
 }
 
@@ -303,8 +346,11 @@ impl Inner {
                 }
             }
         }
+        let generation = snapshot::Generation::open(&root, matches!(db, Db::ReadWrite(_)));
         Ok(Inner {
             committer: group::Committer::default(),
+            generation,
+            snapshots: snapshot::SnapshotCache::default(),
             blobs: BlobDir::new(blobs),
             ingest_root,
             root,

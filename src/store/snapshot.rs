@@ -1,0 +1,101 @@
+//! Read snapshots shared between calls while nothing has been committed.
+//!
+//! Starting a redb read transaction in multi-process mode takes file locks (a few system
+//! calls), which would dominate point queries such as `info`. Every commit made through a
+//! store bumps a counter in `<root>/meta.gen`, a small file that every process maps into
+//! memory; a read reuses the last snapshot while the counter is unchanged (and for at most
+//! [`MAX_AGE`]), else starts a new one. A commit bumps the counter before it returns, so a
+//! read that starts after any commit has returned — in any process — sees it. The age limit
+//! bounds what a writer that died between its commit and its bump could hide.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redb::ReadTransaction;
+
+/// The longest a snapshot is reused.
+pub(crate) const MAX_AGE: Duration = Duration::from_millis(50);
+
+/// The commit counter shared by every process that has the store open.
+pub(crate) struct Generation {
+    map: memmap2::MmapRaw,
+}
+
+impl Generation {
+    /// Maps `<root>/meta.gen`, creating it when `create`; `None` when it cannot be had (a
+    /// read-only root without the file): then every read takes a fresh snapshot.
+    pub(crate) fn open(root: &Path, create: bool) -> Option<Generation> {
+        let path = root.join("meta.gen");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            .open(&path)
+            .ok()?;
+        if create && file.metadata().ok()?.len() < 8 {
+            file.set_len(8).ok()?;
+        }
+        let map = if create {
+            memmap2::MmapOptions::new().len(8).map_raw(&file).ok()?
+        } else {
+            memmap2::MmapOptions::new()
+                .len(8)
+                .map_raw_read_only(&file)
+                .ok()?
+        };
+        Some(Generation { map })
+    }
+
+    fn counter(&self) -> &AtomicU64 {
+        // A mapping is page-aligned, so its first 8 bytes are aligned for an AtomicU64, and
+        // the mapping lives as long as `self`.
+        unsafe { &*(self.map.as_ptr() as *const AtomicU64) }
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.counter().load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump(&self) {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The reusable snapshot of one store.
+#[derive(Default)]
+pub(crate) struct SnapshotCache {
+    cached: Mutex<Option<(u64, Instant, Arc<ReadTransaction>)>>,
+}
+
+impl SnapshotCache {
+    /// The cached snapshot if it is still current, else `fresh()`'s, cached.
+    pub(crate) fn get<E>(
+        &self,
+        generation: Option<&Generation>,
+        fresh: impl FnOnce() -> Result<ReadTransaction, E>,
+    ) -> Result<Arc<ReadTransaction>, E> {
+        let Some(g) = generation else {
+            return fresh().map(Arc::new);
+        };
+        let now = g.load();
+        if let Some((seen, at, txn)) = &*self.cached.lock()
+            && *seen == now
+            && at.elapsed() < MAX_AGE
+        {
+            return Ok(txn.clone());
+        }
+        let txn = Arc::new(fresh()?);
+        *self.cached.lock() = Some((now, Instant::now(), txn.clone()));
+        Ok(txn)
+    }
+
+    /// Forgets the snapshot (after this process commits, so that it is released early).
+    pub(crate) fn clear(&self) {
+        *self.cached.lock() = None;
+    }
+}
