@@ -84,10 +84,13 @@ impl FromStr for Algorithm {
 }
 
 /// A validated digest such as `sha256:e3b0…`. Ordering is the ordering of the digest string.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The encoding is held inline (no allocation), so digests are cheap to clone.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
     algorithm: Algorithm,
-    hex: String,
+    /// Lowercase hex, `algorithm.hex_len()` bytes, zero-padded. Same-length encodings
+    /// compare like their strings, so the derived order is the string order.
+    hex: [u8; 128],
 }
 
 impl Digest {
@@ -124,10 +127,7 @@ impl Digest {
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return bad("encoded part must be lowercase hex");
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest::from_hex(algorithm, hex.as_bytes()))
     }
 
     /// The algorithm.
@@ -137,21 +137,42 @@ impl Digest {
 
     /// The lowercase hex encoding (without the algorithm).
     pub fn hex(&self) -> &str {
-        &self.hex
+        std::str::from_utf8(&self.hex[..self.algorithm.hex_len()])
+            .expect("the encoding was checked to be lowercase hex")
+    }
+
+    /// Calls `f` with the digest string (`alg:hex`) formatted on the stack: the key under
+    /// which the store records a blob, without an allocation.
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let mut buf = [0u8; 7 + 128];
+        let name = self.algorithm.name().as_bytes();
+        let hex = &self.hex[..self.algorithm.hex_len()];
+        buf[..name.len()].copy_from_slice(name);
+        buf[name.len()] = b':';
+        buf[name.len() + 1..name.len() + 1 + hex.len()].copy_from_slice(hex);
+        let s = std::str::from_utf8(&buf[..name.len() + 1 + hex.len()]).expect("ASCII");
+        f(s)
+    }
+
+    /// A digest from validated lowercase hex of the algorithm's length.
+    fn from_hex(algorithm: Algorithm, hex: &[u8]) -> Self {
+        let mut buf = [0u8; 128];
+        buf[..hex.len()].copy_from_slice(hex);
+        Digest {
+            algorithm,
+            hex: buf,
+        }
     }
 
     /// Builds a digest from raw hash output.
     fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Self {
-        Digest {
-            algorithm,
-            hex: to_hex(bytes),
-        }
+        Digest::from_hex(algorithm, to_hex(bytes).as_bytes())
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm, self.hex)
+        write!(f, "{}:{}", self.algorithm, self.hex())
     }
 }
 
@@ -320,6 +341,7 @@ mod tests {
     fn parse_round_trips() {
         for alg in Algorithm::ALL {
             let d = alg.digest(b"x");
+            assert_eq!(d.with_str(str::to_owned), d.to_string());
             assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
         }
     }

@@ -274,11 +274,11 @@ impl Store {
     /// the per-call cost of starting a read transaction, which in multi-process mode takes
     /// file locks.
     pub fn infos(&self, digests: &[Digest]) -> Result<Vec<Option<Info>>> {
-        let txn = self.read_txn()?;
-        let table = txn
-            .open_table(BLOBS)
-            .map_err(|e| Error::db("open the blobs table", e))?;
-        let mut key = String::with_capacity(72);
+        let snap = self.read_txn()?;
+        let Some(table) = &snap.blobs else {
+            return Err(Error::Corrupted("the blobs table is missing".into()));
+        };
+        let mut key = String::with_capacity(136);
         digests
             .iter()
             .map(|d| {

@@ -41,13 +41,12 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase};
 
 use crate::blobs::BlobDir;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use records::BlobRecord;
-use schema::BLOBS;
 
 /// How to open a store. `OpenOptions::default()` opens read-write, creating the root when it
 /// is missing, and falls back to read-only when the root cannot be written.
@@ -201,7 +200,7 @@ impl Store {
 
     /// A read snapshot: the current one when nothing was committed since it was taken (see
     /// `snapshot.rs`), else a new one.
-    pub(crate) fn read_txn(&self) -> Result<Arc<ReadTransaction>> {
+    pub(crate) fn read_txn(&self) -> Result<Arc<snapshot::Snapshot>> {
         self.inner
             .snapshots
             .get(self.inner.generation.as_ref(), || {
@@ -234,19 +233,19 @@ impl Store {
 
     /// The record of `digest`, if committed.
     pub(crate) fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let txn = self.read_txn()?;
-        let table = match txn.open_table(BLOBS) {
-            Ok(t) => t,
-            Err(e) => return Err(Error::db("open the blobs table", e)),
+        let snap = self.read_txn()?;
+        let Some(table) = &snap.blobs else {
+            return Err(Error::Corrupted("the blobs table is missing".into()));
         };
-        let key = digest.to_string();
-        match table
-            .get(key.as_str())
-            .map_err(|e| Error::db("read a blob record", e))?
-        {
-            Some(v) => Ok(Some(records::decode(v.value(), &key)?)),
-            None => Ok(None),
-        }
+        digest.with_str(|key| {
+            match table
+                .get(key)
+                .map_err(|e| Error::db("read a blob record", e))?
+            {
+                Some(v) => Ok(Some(records::decode(v.value(), key)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     pub(crate) fn committer(&self) -> &group::Committer {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redb::ReadTransaction;
+use redb::{ReadOnlyTable, ReadTransaction};
 
 /// The longest a snapshot is reused.
 pub(crate) const MAX_AGE: Duration = Duration::from_millis(50);
@@ -66,10 +66,31 @@ impl Generation {
     }
 }
 
+/// A read transaction with the `blobs` table already open (point queries need nothing else).
+pub(crate) struct Snapshot {
+    txn: ReadTransaction,
+    /// `None` in a database that has no `blobs` table yet.
+    pub(crate) blobs: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(txn: ReadTransaction) -> Snapshot {
+        let blobs = txn.open_table(crate::store::schema::BLOBS).ok();
+        Snapshot { txn, blobs }
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = ReadTransaction;
+    fn deref(&self) -> &ReadTransaction {
+        &self.txn
+    }
+}
+
 /// The reusable snapshot of one store.
 #[derive(Default)]
 pub(crate) struct SnapshotCache {
-    cached: Mutex<Option<(u64, Instant, Arc<ReadTransaction>)>>,
+    cached: Mutex<Option<(u64, Instant, Arc<Snapshot>)>>,
 }
 
 impl SnapshotCache {
@@ -78,9 +99,9 @@ impl SnapshotCache {
         &self,
         generation: Option<&Generation>,
         fresh: impl FnOnce() -> Result<ReadTransaction, E>,
-    ) -> Result<Arc<ReadTransaction>, E> {
+    ) -> Result<Arc<Snapshot>, E> {
         let Some(g) = generation else {
-            return fresh().map(Arc::new);
+            return fresh().map(|t| Arc::new(Snapshot::new(t)));
         };
         let now = g.load();
         if let Some((seen, at, txn)) = &*self.cached.lock()
@@ -89,7 +110,7 @@ impl SnapshotCache {
         {
             return Ok(txn.clone());
         }
-        let txn = Arc::new(fresh()?);
+        let txn = Arc::new(Snapshot::new(fresh()?));
         *self.cached.lock() = Some((now, Instant::now(), txn.clone()));
         Ok(txn)
     }
