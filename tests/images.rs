@@ -541,3 +541,37 @@ fn leases_protect_names_and_expire() {
         ErrorKind::InvalidArgument
     );
 }
+
+#[test]
+fn gc_while_another_thread_imports_never_fails_the_import() {
+    let (_d, store) = fresh();
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let st = store.clone();
+        let stop = &stop;
+        let gc = s.spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                st.gc(&Options::default()).unwrap();
+                runs += 1;
+            }
+            runs
+        });
+        for round in 0..15 {
+            let out = store
+                .import_path(&sample, Default::default())
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let c = store
+                .check_image("hello:1.0", &parse_platform("linux/arm64/v8").unwrap())
+                .unwrap();
+            assert!(c.complete, "round {round}: {c:?}");
+            assert_eq!(out.images.len(), 1);
+            // Unname it, so that gc has the whole image to take before the next round.
+            store.delete_image("hello:1.0").unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(gc.join().unwrap() > 0);
+    });
+}

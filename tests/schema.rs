@@ -129,3 +129,33 @@ fn store_version() -> u32 {
     let tmp = tempfile::tempdir().unwrap();
     Store::open(tmp.path()).unwrap().schema_version().unwrap()
 }
+
+#[test]
+fn a_store_held_exclusively_names_the_holder_after_a_bounded_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(Store::open(&root).unwrap());
+    // Another program holding the database in redb's exclusive mode (here: this process).
+    let exclusive = redb::Database::open(root.join("meta.redb")).unwrap();
+    let started = std::time::Instant::now();
+    let err = ocistore::OpenOptions::new()
+        .wait(std::time::Duration::from_millis(300))
+        .open(&root)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreInUse);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "it waited"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "and no longer"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&std::process::id().to_string()),
+        "names the holder: {msg}"
+    );
+    drop(exclusive);
+    Store::open(&root).unwrap();
+}

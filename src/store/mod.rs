@@ -314,12 +314,13 @@ impl Inner {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    let holder = lock_holders(&meta)
+                        .map(|pids| format!("process {pids}"))
+                        .unwrap_or_else(|| "another program".to_owned());
                     return Err(Error::StoreInUse(format!(
-                        "'{}' is held exclusively by another program (waited {:?}); \
-                         see `fuser {}` for the holder",
+                        "'{}' is held exclusively by {holder} (waited {:?})",
                         meta.display(),
                         wait,
-                        meta.display()
                     )));
                 }
                 Err(e) => return Err(Error::db("open meta.redb", e)),
@@ -363,6 +364,31 @@ impl Inner {
             Db::ReadOnly(db) => db,
         }
     }
+}
+
+/// The pids holding file locks on `path`, from `/proc/locks` (Linux), e.g. "1234" or
+/// "1234, 5678"; `None` when they cannot be told.
+fn lock_holders(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(path).ok()?.ino();
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let mut pids: Vec<String> = locks
+        .lines()
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; an OFD lock shows pid -1.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (pid, dev_ino) = if f.get(1) == Some(&"->") {
+                (f.get(5)?, f.get(6)?)
+            } else {
+                (f.get(4)?, f.get(5)?)
+            };
+            let lock_ino: u64 = dev_ino.rsplit(':').next()?.parse().ok()?;
+            (lock_ino == ino && *pid != "-1").then(|| (*pid).to_owned())
+        })
+        .collect();
+    pids.sort();
+    pids.dedup();
+    (!pids.is_empty()).then(|| pids.join(", "))
 }
 
 /// Whether the root is marked read-only: no write permission bit on the directory or on
