@@ -25,8 +25,7 @@ fi
 cargo build --release --quiet
 BIN=$PWD/target/release/ocistore
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/ocistore-peers.XXXXXX")
-CTD_PID=
-cleanup() { [ -n "$CTD_PID" ] && kill "$CTD_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+cleanup() { [ -f "$W/ctd/pid" ] && kill "$(cat "$W/ctd/pid")" 2>/dev/null; sleep 0.5; rm -rf "$W"; }
 trap cleanup EXIT
 
 echo "== inputs in $W"
@@ -56,16 +55,25 @@ disabled_plugins = [
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "$W/ctd/opt"
-  [plugins."io.containerd.gc.v1.scheduler"]
-    mutation_threshold = 1000000
-    pause_threshold = 0.0001
 EOF
-containerd --config "$W/ctd/config.toml" >"$W/ctd/log" 2>&1 &
-CTD_PID=$!
-for _ in $(seq 1 100); do ctr --address "$W/ctd/sock" version >/dev/null 2>&1 && break; sleep 0.1; done
 CTR="ctr --address $W/ctd/sock"
-# Empties containerd's store between runs: remove images and every blob.
-CTR_CLEAN="$CTR images rm \$($CTR images ls -q) >/dev/null 2>&1; $CTR content rm \$($CTR content ls -q) >/dev/null 2>&1; true"
+# Before each timed ctr run: a fresh containerd with an empty root, so that nothing is
+# already there (content removed from a namespace stays in containerd's store until its gc).
+cat >"$W/ctd-reset.sh" <<RESET
+#!/usr/bin/env bash
+if [ -f "$W/ctd/pid" ]; then
+  kill \$(cat "$W/ctd/pid") 2>/dev/null
+  while kill -0 \$(cat "$W/ctd/pid") 2>/dev/null; do sleep 0.05; done
+fi
+rm -rf "$W/ctd/root" "$W/ctd/state"
+containerd --config "$W/ctd/config.toml" >>"$W/ctd/log" 2>&1 </dev/null &
+echo \$! >"$W/ctd/pid"
+for _ in \$(seq 1 200); do $CTR version >/dev/null 2>&1 && exit 0; sleep 0.05; done
+exit 1
+RESET
+chmod +x "$W/ctd-reset.sh"
+"$W/ctd-reset.sh"
+CTR_CLEAN="$W/ctd-reset.sh"
 
 json() { hyperfine --runs "$RUNS" --style none --export-json "$W/$1.json" "${@:2}" >/dev/null; }
 median() { python3 -c "import json,sys; r=json.load(open('$W/$1.json'))['results']; print(' '.join(str(x['median']) for x in r))"; }
