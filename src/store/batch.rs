@@ -25,7 +25,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::names::Name;
 use crate::store::locks::RefLock;
-use crate::store::records::{self, BlobRecord, Nanos};
+use crate::store::records::Nanos;
 use crate::store::schema::{BLOB_LABELS, BLOBS, LEASE_RESOURCES, LEASES};
 use crate::store::{Store, graph, images};
 
@@ -317,20 +317,14 @@ impl Batch {
                 if !blobs.exists(digest) {
                     blobs.publish(path, digest, *size)?;
                 }
-                let rec = BlobRecord {
-                    size: *size,
-                    created: now,
-                    updated: now,
-                    labels: labels.clone(),
-                };
-                table
-                    .insert(key.as_str(), records::encode(&rec).as_slice())
-                    .map_err(|e| Error::db("write a blob record", e))?;
-                for (k, v) in labels {
-                    index
-                        .insert((k.as_str(), v.as_str(), key.as_str()), ())
-                        .map_err(|e| Error::db("index a label", e))?;
-                }
+                crate::store::manager::insert_record(
+                    &mut table,
+                    &mut index,
+                    &key,
+                    *size,
+                    labels.clone(),
+                    now,
+                )?;
                 outcome.blobs_written += 1;
                 outcome.bytes_written += size;
             }

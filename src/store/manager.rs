@@ -30,6 +30,29 @@ fn info_of(digest: Digest, rec: BlobRecord) -> Info {
     }
 }
 
+type BlobTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
+
+/// Inserts a new blob record under `key` with its label index entries.
+pub(crate) fn insert_record(
+    table: &mut BlobTable<'_>,
+    index: &mut LabelIndex<'_>,
+    key: &str,
+    size: u64,
+    labels: Labels,
+    now: Nanos,
+) -> Result<()> {
+    let rec = BlobRecord {
+        size,
+        created: now,
+        updated: now,
+        labels,
+    };
+    table
+        .insert(key, records::encode(&rec).as_slice())
+        .map_err(|e| Error::db("write a blob record", e))?;
+    index_labels(index, key, &rec.labels)
+}
+
 fn index_labels(index: &mut LabelIndex<'_>, digest: &str, labels: &Labels) -> Result<()> {
     for (k, v) in labels {
         index
@@ -93,20 +116,10 @@ impl Store {
                 if !store.blob_dir().exists(&digest_owned) {
                     store.blob_dir().publish(&data_owned, &digest_owned, size)?;
                 }
-                let now = Nanos::now();
-                let rec = BlobRecord {
-                    size,
-                    created: now,
-                    updated: now,
-                    labels,
-                };
-                blobs
-                    .insert(key.as_str(), records::encode(&rec).as_slice())
-                    .map_err(|e| Error::db("write a blob record", e))?;
                 let mut index = txn
                     .open_table(BLOB_LABELS)
                     .map_err(|e| Error::db("open the label index", e))?;
-                index_labels(&mut index, &key, &rec.labels)?;
+                insert_record(&mut blobs, &mut index, &key, size, labels, Nanos::now())?;
                 graph::record(txn, &key, &children)?;
             }
             let mut ingests = txn
@@ -138,16 +151,7 @@ impl Store {
             let now = Nanos::now();
             for (digest, size, labels) in blobs {
                 let key = digest.to_string();
-                let rec = BlobRecord {
-                    size: *size,
-                    created: now,
-                    updated: now,
-                    labels: labels.clone(),
-                };
-                table
-                    .insert(key.as_str(), records::encode(&rec).as_slice())
-                    .map_err(|e| Error::db("write a blob record", e))?;
-                index_labels(&mut index, &key, labels)?;
+                insert_record(&mut table, &mut index, &key, *size, labels.clone(), now)?;
             }
         }
         for (digest, _, _) in blobs {

@@ -26,7 +26,7 @@ mod ingest;
 pub mod interchange;
 pub mod lease;
 pub(crate) mod locks;
-mod manager;
+pub(crate) mod manager;
 pub(crate) mod migrate;
 pub(crate) mod records;
 pub(crate) mod schema;
