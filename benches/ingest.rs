@@ -23,17 +23,7 @@ fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use ocistore::testsuite::sample as data;
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
