@@ -236,7 +236,17 @@ impl Parser<'_> {
             "!=" => Op::NotEqual(value),
             _ => match Regex::new(&value) {
                 Ok(re) => Op::Matches(re),
-                Err(e) => return self.err(vat, format!("invalid regular expression: {e}")),
+                Err(e) => {
+                    // The regex crate's message spans lines (it draws a caret); keep its last.
+                    let why = e.to_string();
+                    let why = why
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim();
+                    return self.err(vat, format!("invalid regular expression: {why}"));
+                }
             },
         };
         Ok(Selector { path, op })

@@ -19,6 +19,10 @@ pub enum ImageCmd {
         /// Name for an unnamed image, or the repository a bare tag is joined to
         #[arg(long)]
         name: Option<String>,
+        /// Most uncompressed bytes to read before giving up (bounds decompression bombs),
+        /// e.g. 64GiB, 500MB
+        #[arg(long, default_value = "64GiB", value_name = "SIZE")]
+        max_size: String,
     },
     /// Export images as an OCI layout (archive or directory) that skopeo, umoci and ctr read
     Export {
@@ -99,10 +103,16 @@ pub fn image_json(i: &Image) -> Value {
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
     match cmd {
-        ImageCmd::Import { path, name } => {
+        ImageCmd::Import {
+            path,
+            name,
+            max_size,
+        } => {
+            let max_bytes = crate::output::parse_size(&max_size)?;
             let progress = crate::output::progress_bar("importing");
             let opts = ocistore::oci::import::Options {
                 name,
+                max_bytes,
                 progress: progress
                     .clone()
                     .map(|bar| Box::new(move |n: u64| bar.set_position(n)) as Box<dyn FnMut(u64)>),

@@ -99,7 +99,14 @@ impl From<Error> for Failure {
 
 /// Prints an error in the CLI's one-line form.
 pub fn report(e: &Error) {
-    eprintln!("ocistore: {e}");
+    // One line, whatever the message holds.
+    let msg = e.to_string();
+    let line: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("ocistore: {}", line.join("; "));
 }
 
 fn main() -> ExitCode {

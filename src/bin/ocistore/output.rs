@@ -119,3 +119,32 @@ pub fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(bar)
 }
+
+/// Parses a size such as `64GiB`, `500MB`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, ocistore::Error> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "K" => 1000,
+        "KiB" => 1 << 10,
+        "MB" | "M" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" | "G" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" | "T" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(ocistore::Error::InvalidArgument(format!(
+                "size {s:?}: unknown unit"
+            )));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            ocistore::Error::InvalidArgument(format!("size {s:?} is not a number of bytes"))
+        })
+}
