@@ -83,14 +83,18 @@ impl FromStr for Algorithm {
     }
 }
 
+/// The longest digest string: `sha512:` and 128 hex characters.
+const MAX_LEN: usize = 7 + 128;
+
 /// A validated digest such as `sha256:e3b0…`. Ordering is the ordering of the digest string.
-/// The encoding is held inline (no allocation), so digests are cheap to clone.
+/// The whole string is held inline (no allocation), so digests are cheap to copy and
+/// [`Digest::as_str`] — the key under which the store records a blob — costs nothing.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
+    /// Algorithms are ordered as their names are, so the derived order is the string order.
     algorithm: Algorithm,
-    /// Lowercase hex, `algorithm.hex_len()` bytes, zero-padded. Same-length encodings
-    /// compare like their strings, so the derived order is the string order.
-    hex: [u8; 128],
+    /// `<algorithm>:<lowercase hex>`, zero-padded: ASCII only, built by `from_hex` alone.
+    text: [u8; MAX_LEN],
 }
 
 impl Digest {
@@ -137,31 +141,26 @@ impl Digest {
 
     /// The lowercase hex encoding (without the algorithm).
     pub fn hex(&self) -> &str {
-        std::str::from_utf8(&self.hex[..self.algorithm.hex_len()])
-            .expect("the encoding was checked to be lowercase hex")
+        &self.as_str()[self.algorithm.name().len() + 1..]
     }
 
-    /// Calls `f` with the digest string (`alg:hex`) formatted on the stack: the key under
-    /// which the store records a blob, without an allocation.
-    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        let mut buf = [0u8; 7 + 128];
-        let name = self.algorithm.name().as_bytes();
-        let hex = &self.hex[..self.algorithm.hex_len()];
-        buf[..name.len()].copy_from_slice(name);
-        buf[name.len()] = b':';
-        buf[name.len() + 1..name.len() + 1 + hex.len()].copy_from_slice(hex);
-        let s = std::str::from_utf8(&buf[..name.len() + 1 + hex.len()]).expect("ASCII");
-        f(s)
+    /// The digest string, `<algorithm>:<hex>`.
+    pub fn as_str(&self) -> &str {
+        let len = self.algorithm.name().len() + 1 + self.algorithm.hex_len();
+        // SAFETY: `text` is written only by `from_hex`, from an algorithm name, ':' and hex
+        // that `parse` or `to_hex` produced, all ASCII; `len` is exactly what it wrote.
+        unsafe { std::str::from_utf8_unchecked(&self.text[..len]) }
     }
 
     /// A digest from validated lowercase hex of the algorithm's length.
     fn from_hex(algorithm: Algorithm, hex: &[u8]) -> Self {
-        let mut buf = [0u8; 128];
-        buf[..hex.len()].copy_from_slice(hex);
-        Digest {
-            algorithm,
-            hex: buf,
-        }
+        debug_assert!(hex.len() == algorithm.hex_len() && hex.is_ascii());
+        let name = algorithm.name().as_bytes();
+        let mut text = [0u8; MAX_LEN];
+        text[..name.len()].copy_from_slice(name);
+        text[name.len()] = b':';
+        text[name.len() + 1..name.len() + 1 + hex.len()].copy_from_slice(hex);
+        Digest { algorithm, text }
     }
 
     /// Builds a digest from raw hash output.
@@ -172,7 +171,7 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm, self.hex())
+        f.write_str(self.as_str())
     }
 }
 
@@ -341,7 +340,8 @@ mod tests {
     fn parse_round_trips() {
         for alg in Algorithm::ALL {
             let d = alg.digest(b"x");
-            assert_eq!(d.with_str(str::to_owned), d.to_string());
+            assert_eq!(d.as_str(), d.to_string());
+            assert_eq!(d.hex().len(), alg.hex_len());
             assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
         }
     }

@@ -279,24 +279,9 @@ impl Store {
     /// file locks.
     pub fn infos(&self, digests: &[Digest]) -> Result<Vec<Option<Info>>> {
         let snap = self.read_txn()?;
-        let Some(table) = &snap.blobs else {
-            return Err(Error::Corrupted("the blobs table is missing".into()));
-        };
-        let mut key = String::with_capacity(136);
         digests
             .iter()
-            .map(|d| {
-                key.clear();
-                use std::fmt::Write as _;
-                let _ = write!(key, "{d}");
-                match table
-                    .get(key.as_str())
-                    .map_err(|e| Error::db("read a blob record", e))?
-                {
-                    Some(v) => Ok(Some(info_of(d.clone(), records::decode(v.value(), &key)?))),
-                    None => Ok(None),
-                }
-            })
+            .map(|d| Ok(super::lookup_blob(&snap, d)?.map(|rec| info_of(*d, rec))))
             .collect()
     }
 }

@@ -233,19 +233,7 @@ impl Store {
 
     /// The record of `digest`, if committed.
     pub(crate) fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let snap = self.read_txn()?;
-        let Some(table) = &snap.blobs else {
-            return Err(Error::Corrupted("the blobs table is missing".into()));
-        };
-        digest.with_str(|key| {
-            match table
-                .get(key)
-                .map_err(|e| Error::db("read a blob record", e))?
-            {
-                Some(v) => Ok(Some(records::decode(v.value(), key)?)),
-                None => Ok(None),
-            }
-        })
+        lookup_blob(&*self.read_txn()?, digest)
     }
 
     pub(crate) fn committer(&self) -> &group::Committer {
@@ -254,6 +242,24 @@ impl Store {
 
     pub(crate) fn ingest_root(&self) -> &Path {
         &self.inner.ingest_root
+    }
+}
+
+/// The record of `digest` in `snap`, or `None` when it is not committed.
+pub(crate) fn lookup_blob(
+    snap: &snapshot::Snapshot,
+    digest: &Digest,
+) -> Result<Option<BlobRecord>> {
+    let Some(table) = &snap.blobs else {
+        return Err(Error::Corrupted("the blobs table is missing".into()));
+    };
+    let key = digest.as_str();
+    match table
+        .get(key)
+        .map_err(|e| Error::db("read a blob record", e))?
+    {
+        Some(v) => Ok(Some(records::decode(v.value(), key)?)),
+        None => Ok(None),
     }
 }
 
