@@ -193,7 +193,7 @@ mod tests {
         dir.publish(&data, &d, 5).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         let scan = dir.scan().unwrap();
-        assert_eq!(scan.blobs, vec![(d.clone(), 5)]);
+        assert_eq!(scan.blobs, vec![(d, 5)]);
         assert!(scan.strays.is_empty());
         dir.remove(&d).unwrap();
         dir.remove(&d).unwrap();

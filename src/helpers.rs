@@ -90,7 +90,7 @@ pub fn copy(
     }
     // What names the content if the commit finds it already there.
     let named = match expected {
-        Some(d) => d.clone(),
+        Some(d) => *d,
         None => writer.digest(),
     };
     let written = writer.status()?.offset;
@@ -141,7 +141,7 @@ pub fn write_blob(
 ) -> Result<Digest> {
     if let Some(d) = expected {
         match store.info(d) {
-            Ok(_) => return Ok(d.clone()),
+            Ok(_) => return Ok(*d),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }

@@ -56,7 +56,7 @@ impl MemoryStore {
 
 fn info_of(digest: &Digest, b: &Blob) -> Info {
     Info {
-        digest: digest.clone(),
+        digest: *digest,
         size: b.bytes.len() as u64,
         created_at: b.created,
         updated_at: b.updated,
@@ -69,7 +69,7 @@ fn status_of(reference: &str, i: &Ingest) -> Status {
         reference: reference.to_owned(),
         offset: i.data.len() as u64,
         total: i.total,
-        expected: i.expected.clone(),
+        expected: i.expected,
         started_at: i.started,
         updated_at: i.updated,
     }
@@ -313,7 +313,7 @@ impl Writer for MemoryWriter {
                 "unexpected commit size {offset}, expected {want}"
             )));
         }
-        let expected = expected.cloned().or_else(|| ingest.expected.clone());
+        let expected = expected.cloned().or(ingest.expected);
         let actual = match &expected {
             Some(e) if e.algorithm() != self.hasher.algorithm() => {
                 e.algorithm().digest(&ingest.data)
@@ -333,7 +333,7 @@ impl Writer for MemoryWriter {
         }
         let now = SystemTime::now();
         st.blobs.insert(
-            actual.clone(),
+            actual,
             Blob {
                 bytes: Arc::new(ingest.data),
                 created: now,

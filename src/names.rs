@@ -110,7 +110,7 @@ impl Image {
 
 /// The digest of an oci-spec descriptor, as ours.
 pub fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
-    Digest::parse(&d.digest().to_string())
+    Digest::parse(d.digest().as_ref())
 }
 
 /// A descriptor for `digest` with `media_type` and `size`.

@@ -97,7 +97,7 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{c}","size":6}},"layers":[{{"digest":"{l}","size":5}},{{"digest":"{l}","size":5}}]}}"#
         );
-        assert_eq!(children(m.as_bytes()), Some(vec![c.clone(), l.clone()]));
+        assert_eq!(children(m.as_bytes()), Some(vec![c, l]));
         let i = format!(r#"{{"manifests":[{{"digest":"{c}"}}],"subject":{{"digest":"{l}"}}}}"#);
         assert_eq!(children(i.as_bytes()), Some(vec![c, l]));
         assert_eq!(children(b"{\"a\":1}"), None);

@@ -97,7 +97,7 @@ impl Store {
                     continue;
                 };
                 let rec: BlobRecord = records::decode(v.value(), key)?;
-                recorded.insert(digest.clone());
+                recorded.insert(digest);
                 let path = self.blob_dir().path_for(&digest);
                 let mut file = match fs::File::open(&path) {
                     Ok(f) => f,

@@ -108,7 +108,7 @@ fn crash_child() {
             w.write_all(&data[..rng.below(500_000) as usize]).unwrap();
             w.close().unwrap();
         } else if pick < 55 && !live.is_empty() {
-            let d = live[rng.below(live.len() as u64) as usize].clone();
+            let d = live[rng.below(live.len() as u64) as usize];
             let v = rng.below(1000).to_string();
             log(format!("begin label {d} {v}"));
             if let Ok(mut info) = store.info(&d) {
@@ -293,7 +293,7 @@ fn crash_trials() {
             continue; // killed before the store existed
         }
         let journal =
-            read_journal(&Path::new(&format!("{}.journal", root.display())).to_path_buf());
+            read_journal(Path::new(&format!("{}.journal", root.display())));
         seen_digests.extend(journal.blobs.keys().cloned());
         worst_open = worst_open.max(check(&root, &journal, trial));
         let _ = std::fs::remove_dir_all(&root);

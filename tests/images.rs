@@ -51,7 +51,7 @@ fn all_blobs(store: &Store) -> BTreeSet<Digest> {
     store
         .walk(
             &mut |i| {
-                out.insert(i.digest.clone());
+                out.insert(i.digest);
                 Ok(())
             },
             &[],
@@ -159,7 +159,7 @@ fn hundred_layers_record_hundred_references() {
     assert_eq!(children.len(), 101, "100 layers and the config");
     assert!(children.contains(&cd));
     for l in &layers {
-        assert_eq!(store.parents(l).unwrap(), vec![md.clone()]);
+        assert_eq!(store.parents(l).unwrap(), vec![md]);
     }
     store.delete(&md).unwrap();
     assert!(
@@ -179,7 +179,7 @@ fn completeness_check_names_what_is_missing() {
     store.write_index("app:1", &[m]).unwrap();
     let c = store.check_image("app:1", &amd64).unwrap();
     assert!(c.complete, "{c:?}");
-    assert_eq!(c.manifest, Some(md.clone()));
+    assert_eq!(c.manifest, Some(md));
     let c = store.check_image("app:1", &arm64).unwrap();
     assert!(!c.complete);
     store.delete(&layers[1]).unwrap();
@@ -267,7 +267,7 @@ fn gc_frees_exactly_what_nothing_needs() {
         .create_lease("keep-three", None, Labels::new())
         .unwrap();
     store
-        .add_lease_resource("keep-three", &Resource::Content(m3.clone()))
+        .add_lease_resource("keep-three", &Resource::Content(m3))
         .unwrap();
     // An expired lease protects nothing.
     store
@@ -278,7 +278,7 @@ fn gc_frees_exactly_what_nothing_needs() {
         )
         .unwrap();
     store
-        .add_lease_resource("old", &Resource::Content(loose.clone()))
+        .add_lease_resource("old", &Resource::Content(loose))
         .unwrap();
     // A live ingest is never touched, however old.
     let mut w = ocistore::Ingester::writer(&store, "live", None, None).unwrap();
@@ -317,9 +317,9 @@ fn gc_frees_exactly_what_nothing_needs() {
         .filter(|r| r.kind == "content")
         .map(|r| Digest::parse(&r.id).unwrap())
         .collect();
-    let mut expect: BTreeSet<Digest> = BTreeSet::from([loose.clone(), m2.clone()]);
+    let mut expect: BTreeSet<Digest> = BTreeSet::from([loose, m2]);
     expect.extend(l2.iter().cloned());
-    expect.insert(_c2.clone());
+    expect.insert(_c2);
     assert_eq!(freed, expect);
     assert_eq!(
         all_blobs(&store),

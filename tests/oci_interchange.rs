@@ -86,7 +86,7 @@ impl Sink for TestSink<'_> {
         let size = bytes.len() as u64;
         let written = !self.is_committed(&digest)? && !self.staged.contains_key(&digest);
         if written {
-            self.staged.insert(digest.clone(), bytes);
+            self.staged.insert(digest, bytes);
         }
         Ok(Staged {
             digest,
@@ -136,7 +136,7 @@ fn sample_bytes() -> Vec<u8> {
 }
 
 fn digest_of(d: &oci_spec::image::Descriptor) -> Digest {
-    Digest::parse(&d.digest().to_string()).unwrap()
+    Digest::parse(d.digest().as_ref()).unwrap()
 }
 
 /// Exports every imported image under its name and tag.
@@ -273,7 +273,7 @@ fn sample_round_trip_keeps_every_digest_and_bytes() {
         let mut v = Vec::new();
         s.walk(
             &mut |i| {
-                v.push((i.digest.clone(), i.size));
+                v.push((i.digest, i.size));
                 Ok(())
             },
             &[],

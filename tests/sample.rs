@@ -61,7 +61,7 @@ fn main_job_imports_the_sample() {
     ocistore::Manager::walk(
         &store,
         &mut |i| {
-            blobs1.push(i.digest.clone());
+            blobs1.push(i.digest);
             Ok(())
         },
         &[],
@@ -70,7 +70,7 @@ fn main_job_imports_the_sample() {
     ocistore::Manager::walk(
         &store2,
         &mut |i| {
-            blobs2.push(i.digest.clone());
+            blobs2.push(i.digest);
             Ok(())
         },
         &[],

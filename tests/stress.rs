@@ -136,7 +136,7 @@ fn stress_child() {
                 let data = format!("leased {id} {step}").into_bytes();
                 let d = Algorithm::Sha256.digest(&data);
                 store
-                    .add_lease_resource(&lease, &Resource::Content(d.clone()))
+                    .add_lease_resource(&lease, &Resource::Content(d))
                     .unwrap();
                 helpers::write_blob(
                     &store,
@@ -237,7 +237,7 @@ fn many_processes_agree_with_a_serial_model() {
     store
         .walk(
             &mut |i| {
-                seen.insert(i.digest.clone());
+                seen.insert(i.digest);
                 Ok(())
             },
             &[],

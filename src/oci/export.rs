@@ -384,7 +384,7 @@ fn filter_index(
     let made = canonical_json(doc);
     let digest = root.digest.algorithm().digest(&made);
     let size = made.len() as u64;
-    source.made.insert(digest.clone(), made);
+    source.made.insert(digest, made);
     Ok(Child {
         digest,
         size,

@@ -212,12 +212,12 @@ impl<'s> Importer<'s> {
         size: Option<u64>,
     ) -> Result<Staged> {
         let s = self.sink.stage(reader, expected, size)?;
-        if self.staged.insert(s.digest.clone(), s.size).is_none() {
+        if self.staged.insert(s.digest, s.size).is_none() {
             if s.written {
-                self.written.insert(s.digest.clone());
+                self.written.insert(s.digest);
                 self.bytes_written += s.size;
             } else {
-                self.present.insert(s.digest.clone());
+                self.present.insert(s.digest);
             }
         }
         Ok(s)
@@ -373,7 +373,7 @@ impl Source for ImportSource<'_, '_> {
             return Ok(Found::Present(Some(size)));
         }
         if self.imp.sink.is_committed(d)? {
-            self.imp.present.insert(d.clone());
+            self.imp.present.insert(*d);
             return Ok(Found::Present(self.imp.sink.committed_size(d)?));
         }
         let Some(dir) = self.dir else {

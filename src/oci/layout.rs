@@ -156,7 +156,7 @@ impl Walker {
 
     /// Every digest located so far with its size, in digest order.
     pub fn seen(&self) -> Vec<(Digest, u64)> {
-        let mut v: Vec<(Digest, u64)> = self.seen.iter().map(|(d, s)| (d.clone(), *s)).collect();
+        let mut v: Vec<(Digest, u64)> = self.seen.iter().map(|(d, s)| (*d, *s)).collect();
         v.sort();
         v
     }
@@ -192,7 +192,7 @@ impl Walker {
             }
             Found::Present(None) => node.size,
         };
-        self.seen.insert(node.digest.clone(), size);
+        self.seen.insert(node.digest, size);
         if !(is_index(&node.media_type) || is_manifest(&node.media_type)) {
             return Ok(());
         }
@@ -220,7 +220,7 @@ impl Walker {
         let children = try_children(Some(&node.media_type), &bytes)
             .map_err(|e| super::with_context(e, &format!("{} {}", node.media_type, node.digest)))?
             .unwrap_or_default();
-        self.stack.push(node.digest.clone());
+        self.stack.push(node.digest);
         let me = node.digest.to_string();
         for child in &children {
             self.visit(child, &me, source)?;
@@ -275,7 +275,7 @@ mod tests {
 
     fn root(d: &Digest, size: usize) -> Child {
         Child {
-            digest: d.clone(),
+            digest: *d,
             size: size as u64,
             media_type: MEDIA_TYPE_OCI_INDEX.into(),
             platform: None,
@@ -290,8 +290,8 @@ mod tests {
         // Sizes must agree with the fake bytes: both documents have the same length.
         let len = index_of(&[(&a, 100)]).len();
         let mut docs = HashMap::new();
-        docs.insert(a.clone(), index_of(&[(&b, len)]));
-        docs.insert(b.clone(), index_of(&[(&a, len)]));
+        docs.insert(a, index_of(&[(&b, len)]));
+        docs.insert(b, index_of(&[(&a, len)]));
         let err = Walker::new()
             .walk(&root(&a, len), "index.json", &mut Fake(docs))
             .unwrap_err();
@@ -303,13 +303,13 @@ mod tests {
     fn depth_is_bounded() {
         let mut docs = HashMap::new();
         let leaf = Algorithm::Sha256.digest(b"leaf");
-        docs.insert(leaf.clone(), b"{\"manifests\":[]}".to_vec());
+        docs.insert(leaf, b"{\"manifests\":[]}".to_vec());
         let (mut top, mut top_len) = (leaf, 16);
         for i in 0..=MAX_DEPTH {
             let d = Algorithm::Sha256.digest(format!("{i}").as_bytes());
             let doc = index_of(&[(&top, top_len)]);
             top_len = doc.len();
-            docs.insert(d.clone(), doc);
+            docs.insert(d, doc);
             top = d;
         }
         let err = Walker::new()
@@ -323,7 +323,7 @@ mod tests {
     fn missing_and_lying_sizes() {
         let l = Algorithm::Sha256.digest(b"layer");
         let mut docs = HashMap::new();
-        docs.insert(l.clone(), b"layer".to_vec());
+        docs.insert(l, b"layer".to_vec());
         let mut node = root(&l, 5);
         node.media_type = MEDIA_TYPE_OCI_LAYER_TAR.into();
         Walker::new()

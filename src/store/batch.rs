@@ -12,7 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -66,22 +67,6 @@ pub struct Batch {
     done: bool,
 }
 
-/// Hashes what it reads.
-struct Hashing<'a> {
-    inner: &'a mut dyn Read,
-    hasher: crate::digest::Hasher,
-    n: u64,
-}
-
-impl Read for Hashing<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        self.hasher.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-}
-
 impl Store {
     /// Starts a batch. It holds a staging directory and a lease until it is committed or
     /// dropped.
@@ -132,7 +117,7 @@ impl Batch {
                 .map_err(|e| Error::db("lease present content", e))?;
             txn.commit()
                 .map_err(|e| Error::db("commit a lease resource", e))?;
-            self.present.insert(digest.clone());
+            self.present.insert(*digest);
         }
         Ok(found)
     }
@@ -163,26 +148,40 @@ impl Batch {
             Some(d) => self.is_staged(d) || self.is_committed(d)?,
             None => false,
         };
-        let mut src = Hashing {
-            inner: reader,
-            hasher: algorithm.hasher(),
-            n: 0,
-        };
-        let path = if known {
-            io::copy(&mut src, &mut io::sink()).map_err(|e| Error::from_io(e, "read", "input"))?;
-            None
+        let mut hasher = algorithm.hasher();
+        let mut hash = |chunk: &[u8]| hasher.update(chunk);
+        let input = std::path::Path::new("input");
+        let (path, n) = if known {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        hash(&buf[..k]);
+                        n += k as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::from_io(e, "read", input)),
+                }
+            }
+            (None, n)
         } else {
             self.files += 1;
             let path = self.dir.join(format!("{:06}", self.files));
-            let mut f =
+            let file =
                 File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
-            let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
-            io::copy(&mut src, &mut w).map_err(|e| Error::from_io(e, "stage", &path))?;
-            w.flush()
-                .map_err(|e| Error::io("write staging file", &path, e))?;
-            Some(path)
+            // Hashed on this thread while a worker writes the previous buffer.
+            let mut pipe = self.store.pipe(Arc::new(file), path.clone(), 0);
+            let n = pipe
+                .read_from(reader, input, &mut hash)
+                .and_then(|n| pipe.flush().map(|()| n));
+            if n.is_err() {
+                let _ = fs::remove_file(&path);
+            }
+            (Some(path), n?)
         };
-        let (digest, n) = (src.hasher.finalize(), src.n);
+        let digest = hasher.finalize();
         let fail = |msg: String, path: &Option<PathBuf>| {
             if let Some(p) = path {
                 let _ = fs::remove_file(p);
@@ -223,7 +222,7 @@ impl Batch {
                 written: false,
             });
         }
-        self.staged.insert(digest.clone(), (path, n, labels));
+        self.staged.insert(digest, (path, n, labels));
         Ok(Staged {
             digest,
             size: n,

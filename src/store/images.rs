@@ -363,7 +363,7 @@ impl Store {
                     }
                 }
             }
-            manifest = Some(d.clone());
+            manifest = Some(d);
             let parts = doc.get("config").into_iter().chain(
                 doc.get("layers")
                     .and_then(Value::as_array)

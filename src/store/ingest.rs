@@ -5,7 +5,7 @@
 //! first opens the reference; bytes are then appended without touching the database.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use redb::ReadableTable;
@@ -151,7 +151,7 @@ impl Ingester for Store {
                     .to_owned(),
             },
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -165,7 +165,7 @@ impl Ingester for Store {
         }
         let expected = parse_expected(&record, reference)?;
         let algorithm = expected.as_ref().map(Digest::algorithm).unwrap_or_default();
-        let (hasher, offset) = hash_prefix(&mut file, &data_path, algorithm, u64::MAX)?;
+        let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
         // A new ingest's record is written with its first bytes (or at close): a writer that
         // opens, writes a small blob and commits pays no transaction for the ingest itself.
         Ok(Box::new(StoreWriter::new(
@@ -183,23 +183,21 @@ impl Ingester for Store {
     }
 }
 
-/// Hashes the first `limit` bytes of `file` (all of it when shorter) from its start;
-/// returns the hasher and how many bytes were hashed.
+/// Hashes the first `limit` bytes of `file` (all of it when shorter), reading from its
+/// start without moving its cursor; returns the hasher and how many bytes were hashed.
 pub(crate) fn hash_prefix(
-    file: &mut File,
+    file: &File,
     path: &Path,
     algorithm: Algorithm,
     limit: u64,
 ) -> Result<(Hasher, u64)> {
-    use std::io::Seek;
-    file.seek(io::SeekFrom::Start(0))
-        .map_err(|e| Error::io("seek ingest data", path, e))?;
+    use std::os::unix::fs::FileExt;
     let mut hasher = algorithm.hasher();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
-    let mut src = (&*file).take(limit);
-    loop {
-        match src.read(&mut buf) {
+    while n < limit {
+        let want = buf.len().min(usize::try_from(limit - n).unwrap_or(usize::MAX));
+        match file.read_at(&mut buf[..want], n) {
             Ok(0) => break,
             Ok(k) => {
                 hasher.update(&buf[..k]);

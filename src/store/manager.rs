@@ -98,7 +98,7 @@ impl Store {
         let key = digest.to_string();
         let (store, digest_owned, data_owned, reference_owned) = (
             self.clone(),
-            digest.clone(),
+            *digest,
             data.to_path_buf(),
             reference.to_owned(),
         );
@@ -289,7 +289,7 @@ impl Store {
 impl Manager for Store {
     fn info(&self, digest: &Digest) -> Result<Info> {
         match self.blob_record(digest)? {
-            Some(rec) => Ok(info_of(digest.clone(), rec)),
+            Some(rec) => Ok(info_of(*digest, rec)),
             None => Err(Error::NotFound(format!("content {digest}"))),
         }
     }
@@ -323,7 +323,7 @@ impl Manager for Store {
         };
         txn.commit()
             .map_err(|e| Error::db("commit a label update", e))?;
-        Ok(info_of(info.digest.clone(), rec))
+        Ok(info_of(info.digest, rec))
     }
 
     fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>, filters: &[&str]) -> Result<()> {

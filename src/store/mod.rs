@@ -28,6 +28,7 @@ pub mod lease;
 pub(crate) mod locks;
 pub(crate) mod manager;
 pub(crate) mod migrate;
+mod pipe;
 pub(crate) mod records;
 pub(crate) mod schema;
 mod snapshot;
@@ -102,6 +103,7 @@ pub(crate) struct Inner {
     committer: group::Committer,
     generation: Option<snapshot::Generation>,
     snapshots: snapshot::SnapshotCache,
+    buffers: Arc<pipe::BufferPool>,
     root: PathBuf,
     db: Db,
     blobs: BlobDir,
@@ -240,6 +242,11 @@ impl Store {
         &self.inner.committer
     }
 
+    /// A pipe appending to `file` from `end`, drawing on this store's buffers.
+    pub(crate) fn pipe(&self, file: Arc<std::fs::File>, path: PathBuf, end: u64) -> pipe::Pipe {
+        pipe::Pipe::new(file, path, end, Arc::clone(&self.inner.buffers))
+    }
+
     pub(crate) fn ingest_root(&self) -> &Path {
         &self.inner.ingest_root
     }
@@ -357,6 +364,7 @@ impl Inner {
             committer: group::Committer::default(),
             generation,
             snapshots: snapshot::SnapshotCache::default(),
+            buffers: Arc::default(),
             blobs: BlobDir::new(blobs),
             ingest_root,
             root,

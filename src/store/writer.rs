@@ -1,13 +1,14 @@
 //! The writer of one ingest, and its commit.
 //!
-//! Bytes are hashed as they arrive and appended to `ingest/<id>/data` in large positional
-//! writes; no database transaction is open while they flow. Commit checks size and digest,
+//! Bytes are hashed as they arrive and appended to `ingest/<id>/data` through a [`Pipe`]
+//! (large positional writes on a second thread, overlapping the hashing); no database
+//! transaction is open while they flow. Commit checks size and digest,
 //! then hands the fsynced file to [`Store::commit_ingest`].
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::content::{Labels, Status, Writer, validate_labels};
 use crate::digest::{Digest, Hasher};
@@ -15,22 +16,18 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::ingest::hash_prefix;
 use crate::store::locks::RefLock;
+use crate::store::pipe::Pipe;
 use crate::store::records::{IngestRecord, Nanos};
-
-/// Bytes gathered before one write to the data file.
-const BUFFER: usize = 1 << 20;
 
 pub(crate) struct StoreWriter {
     store: Store,
     reference: String,
     lock: RefLock,
-    file: File,
+    file: Arc<File>,
     data_path: PathBuf,
     hasher: Hasher,
-    /// Bytes received, buffered ones included.
-    offset: u64,
-    /// Bytes received but not yet in the file.
-    buf: Vec<u8>,
+    /// Every byte received, in order; `pipe.end()` is the offset.
+    pipe: Pipe,
     record: IngestRecord,
     expected: Option<Digest>,
     updated: Nanos,
@@ -55,15 +52,16 @@ impl StoreWriter {
         expected: Option<Digest>,
         recorded: bool,
     ) -> Self {
+        let file = Arc::new(file);
+        let pipe = store.pipe(Arc::clone(&file), data_path.clone(), offset);
         StoreWriter {
+            pipe,
             store,
             reference,
             lock,
             file,
             data_path,
             hasher,
-            offset,
-            buf: Vec::new(),
             updated: record.started,
             record,
             expected,
@@ -81,58 +79,23 @@ impl StoreWriter {
         Ok(())
     }
 
-    fn flushed(&self) -> u64 {
-        self.offset - self.buf.len() as u64
-    }
-
-    fn write_at(&mut self, bytes: &[u8], at: u64) -> Result<()> {
-        self.ensure_recorded()?;
-        self.file
-            .write_all_at(bytes, at)
-            .map_err(|e| Error::io("write ingest data", &self.data_path, e))
-    }
-
+    /// Puts every byte received into the file, recording the ingest first if that has not
+    /// happened yet.
     fn flush_buf(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            let at = self.flushed();
-            let buf = std::mem::take(&mut self.buf);
-            let written = self.write_at(&buf, at);
-            self.buf = buf;
-            written?;
-            self.buf.clear();
+        if self.pipe.pending() > 0 {
+            self.ensure_recorded()?;
         }
-        Ok(())
-    }
-
-    /// Writes the buffer without recording the ingest: for commit, whose transaction drops
-    /// the record anyway. A crash before that transaction leaves bytes without a record,
-    /// which the next writer of the reference discards.
-    fn flush_for_commit(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            let at = self.flushed();
-            self.file
-                .write_all_at(&self.buf, at)
-                .map_err(|e| Error::io("write ingest data", &self.data_path, e))?;
-            self.buf.clear();
-        }
-        Ok(())
+        self.pipe.flush()
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.buf.len() + bytes.len() > BUFFER {
-            self.flush_buf()?;
+        if self.pipe.would_write(bytes.len()) {
+            self.ensure_recorded()?;
         }
-        if bytes.len() >= BUFFER {
-            self.write_at(bytes, self.offset)?;
-        } else {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(BUFFER);
-            }
-            self.buf.extend_from_slice(bytes);
-        }
-        // Hashed only once accepted, so a failed write leaves digest and offset in step.
+        // Hashed as handed over; a failed write spends the pipe, so digest and file never
+        // go on out of step.
+        self.pipe.write(bytes)?;
         self.hasher.update(bytes);
-        self.offset += bytes.len() as u64;
         self.updated = Nanos::now();
         Ok(())
     }
@@ -142,7 +105,7 @@ impl StoreWriter {
     fn final_digest(&mut self, expected: Option<&Digest>) -> Result<Digest> {
         match expected {
             Some(e) if e.algorithm() != self.hasher.algorithm() => {
-                let (h, _) = hash_prefix(&mut self.file, &self.data_path, e.algorithm(), u64::MAX)?;
+                let (h, _) = hash_prefix(&self.file, &self.data_path, e.algorithm(), u64::MAX)?;
                 Ok(h.finalize())
             }
             _ => Ok(self.hasher.current()),
@@ -169,19 +132,20 @@ impl Writer for StoreWriter {
     fn status(&self) -> Result<Status> {
         Ok(Status {
             reference: self.reference.clone(),
-            offset: self.offset,
+            offset: self.pipe.end(),
             total: self.record.total,
-            expected: self.expected.clone(),
+            expected: self.expected,
             started_at: self.record.started.into(),
             updated_at: self.updated.max(self.record.started).into(),
         })
     }
 
     fn truncate(&mut self, size: u64) -> Result<()> {
-        if size > self.offset {
+        if size > self.pipe.end() {
             return Err(Error::InvalidArgument(format!(
                 "cannot truncate ingest {:?} to {size} bytes: only {} written",
-                self.reference, self.offset
+                self.reference,
+                self.pipe.end()
             )));
         }
         self.flush_buf()?;
@@ -190,13 +154,13 @@ impl Writer for StoreWriter {
             .set_len(size)
             .map_err(|e| Error::io("truncate ingest data", &self.data_path, e))?;
         let (hasher, n) = hash_prefix(
-            &mut self.file,
+            &self.file,
             &self.data_path,
             self.hasher.algorithm(),
             size,
         )?;
         self.hasher = hasher;
-        self.offset = n;
+        self.pipe.restart_at(n);
         self.updated = Nanos::now();
         Ok(())
     }
@@ -209,19 +173,22 @@ impl Writer for StoreWriter {
     ) -> Result<Digest> {
         let mut w = *self;
         validate_labels(&labels)?;
-        w.flush_for_commit()?;
+        // Not recorded first: the commit's transaction drops the record anyway. A crash before
+        // it leaves bytes without a record, which the next writer of the reference discards.
+        w.pipe.flush()?;
         w.file
             .sync_data()
             .map_err(|e| Error::io("fsync ingest data", &w.data_path, e))?;
+        let written = w.pipe.end();
         if let Some(want) = size.or(w.record.total)
-            && want != w.offset
+            && want != written
         {
             return Err(Error::FailedPrecondition(format!(
-                "unexpected commit size {}, expected {want} (ingest {:?})",
-                w.offset, w.reference
+                "unexpected commit size {written}, expected {want} (ingest {:?})",
+                w.reference
             )));
         }
-        let expected = expected.cloned().or_else(|| w.expected.clone());
+        let expected = expected.cloned().or(w.expected);
         let actual = w.final_digest(expected.as_ref())?;
         if let Some(want) = &expected
             && *want != actual
@@ -236,7 +203,7 @@ impl Writer for StoreWriter {
             &w.lock,
             &w.data_path,
             &actual,
-            w.offset,
+            written,
             labels,
         );
         if committed.is_ok()

@@ -12,7 +12,7 @@ fn walk(cs: &dyn ContentStore, filters: &[&str]) -> Vec<Digest> {
     let mut out = Vec::new();
     cs.walk(
         &mut |i| {
-            out.push(i.digest.clone());
+            out.push(i.digest);
             Ok(())
         },
         filters,
@@ -44,37 +44,37 @@ pub fn walk_filters(h: &dyn Harness) {
     let b = mk(2, 20, &[("team", "test"), ("tier", "1")]);
     let c = mk(3, 4096, &[("team", "build-cache")]);
     let d = mk(4, 4096, &[]);
-    let all = sorted(vec![a.clone(), b.clone(), c.clone(), d.clone()]);
+    let all = sorted(vec![a, b, c, d]);
     assert_eq!(walk(cs, &[]), all, "no filter: everything, in digest order");
     assert_eq!(walk(cs, &[""]), all, "an empty filter matches everything");
-    assert_eq!(walk(cs, &["labels.team==build"]), vec![a.clone()]);
+    assert_eq!(walk(cs, &["labels.team==build"]), vec![a]);
     assert_eq!(
         walk(cs, &["labels.team!=build"]),
-        sorted(vec![b.clone(), c.clone(), d.clone()]),
+        sorted(vec![b, c, d]),
         "as in containerd, != also matches blobs without the label"
     );
     assert_eq!(
         walk(cs, &["labels.team~=build"]),
-        sorted(vec![a.clone(), c.clone()]),
+        sorted(vec![a, c]),
         "unanchored"
     );
-    assert_eq!(walk(cs, &["labels.team~=^build$"]), vec![a.clone()]);
-    assert_eq!(walk(cs, &["labels.team~=/^te.t$/"]), vec![b.clone()]);
-    assert_eq!(walk(cs, &["labels.team~=|cache|"]), vec![c.clone()]);
-    assert_eq!(walk(cs, &["labels.tier"]), vec![b.clone()], "presence");
+    assert_eq!(walk(cs, &["labels.team~=^build$"]), vec![a]);
+    assert_eq!(walk(cs, &["labels.team~=/^te.t$/"]), vec![b]);
+    assert_eq!(walk(cs, &["labels.team~=|cache|"]), vec![c]);
+    assert_eq!(walk(cs, &["labels.tier"]), vec![b], "presence");
     assert_eq!(
         walk(cs, &[r#"labels."com.example/key"=="x y""#]),
-        vec![a.clone()]
+        vec![a]
     );
-    assert_eq!(walk(cs, &[r#"labels."com.example/key""#]), vec![a.clone()]);
+    assert_eq!(walk(cs, &[r#"labels."com.example/key""#]), vec![a]);
     assert_eq!(
         walk(cs, &["labels.team==build", "labels.tier==1"]),
-        sorted(vec![a.clone(), b.clone()]),
+        sorted(vec![a, b]),
         "several filters are OR-ed"
     );
     assert_eq!(
         walk(cs, &["labels.team==test,labels.tier==1"]),
-        vec![b.clone()],
+        vec![b],
         "AND"
     );
     assert_eq!(
@@ -83,25 +83,25 @@ pub fn walk_filters(h: &dyn Harness) {
     );
     assert_eq!(
         walk(cs, &["size==4096"]),
-        sorted(vec![c.clone(), d.clone()]),
+        sorted(vec![c, d]),
         "size as a number"
     );
     assert_eq!(
         walk(cs, &["size==04096"]),
-        sorted(vec![c.clone(), d.clone()])
+        sorted(vec![c, d])
     );
     assert_eq!(
         walk(cs, &["size!=4096"]),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a, b])
     );
     assert_eq!(
         walk(cs, &["size~=^[0-9]{2}$"]),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a, b])
     );
-    assert_eq!(walk(cs, &[&format!("digest=={a}")]), vec![a.clone()]);
+    assert_eq!(walk(cs, &[&format!("digest=={a}")]), vec![a]);
     assert_eq!(
         walk(cs, &[&format!("digest=={a}"), &format!("digest=={d}")]),
-        sorted(vec![a.clone(), d.clone()])
+        sorted(vec![a, d])
     );
     assert_eq!(
         walk(
@@ -115,7 +115,7 @@ pub fn walk_filters(h: &dyn Harness) {
     assert_eq!(walk(cs, &["updated_at"]), all);
     assert_eq!(
         walk(cs, &["labels.team==build,size==10"]),
-        vec![a.clone()],
+        vec![a],
         "index plus a check"
     );
     assert_eq!(
@@ -128,7 +128,7 @@ pub fn walk_filters(h: &dyn Harness) {
     cs.update(&info, &["labels.team"]).unwrap();
     assert_eq!(
         walk(cs, &["labels.team==build"]),
-        sorted(vec![a.clone(), d.clone()])
+        sorted(vec![a, d])
     );
     // An error from the callback stops the walk.
     let mut n = 0;

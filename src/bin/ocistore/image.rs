@@ -116,7 +116,6 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 progress: progress
                     .clone()
                     .map(|bar| Box::new(move |n: u64| bar.set_position(n)) as Box<dyn FnMut(u64)>),
-                ..Default::default()
             };
             let out = if path == "-" {
                 let mut stdin = std::io::stdin().lock();
@@ -229,7 +228,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
         }
         ImageCmd::Inspect { reference } => {
             let desc = store.resolve(&reference)?;
-            let digest = Digest::parse(&desc.digest().to_string())?;
+            let digest = Digest::parse(desc.digest().as_ref())?;
             let bytes =
                 ocistore::helpers::read_blob_prefix(&store, &digest, ocistore::refs::MAX_PARSED)?;
             let document: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
