@@ -115,6 +115,7 @@ fn small_blobs(dir: &Path) {
     let blobs: Vec<Vec<u8>> = (0..n).map(|i| data(4096, i as u64 + 7)).collect();
     // Baseline: files sharded like the store, one fsync per file, one per shard directory.
     let base = dir.join("baseline-small");
+    settle();
     let t = Instant::now();
     let mut shards = std::collections::BTreeSet::new();
     for b in &blobs {
@@ -143,6 +144,7 @@ fn small_blobs(dir: &Path) {
 
     // Batch API.
     let store = Store::open(dir.join("store-batch")).unwrap();
+    settle();
     let t = Instant::now();
     let mut b = store.batch().unwrap();
     for blob in &blobs {
@@ -159,6 +161,7 @@ fn small_blobs(dir: &Path) {
 
     // 8 concurrent writers.
     let store = Store::open(dir.join("store-writers")).unwrap();
+    settle();
     let t = Instant::now();
     std::thread::scope(|s| {
         for w in 0..8 {
@@ -189,6 +192,7 @@ fn small_blobs(dir: &Path) {
 
     // One writer, one transaction per blob.
     let store = Store::open(dir.join("store-serial")).unwrap();
+    settle();
     let t = Instant::now();
     for (i, blob) in blobs.iter().enumerate() {
         helpers::write_blob(

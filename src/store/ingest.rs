@@ -151,21 +151,35 @@ impl Ingester for Store {
                     .to_owned(),
             },
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&data_path)
-            .map_err(|e| Error::io("open ingest data", &data_path, e))?;
-        if fresh {
-            // Bytes left by a writer whose record never landed (a crash) are not an ingest.
-            file.set_len(0)
-                .map_err(|e| Error::io("truncate ingest data", &data_path, e))?;
-        }
+        let open = |create_new: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(!create_new)
+                .create_new(create_new)
+                .truncate(false)
+                .open(&data_path)
+        };
         let expected = parse_expected(&record, reference)?;
         let algorithm = expected.as_ref().map(Digest::algorithm).unwrap_or_default();
-        let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
+        let (file, hasher, offset) = match fresh.then(|| open(true)) {
+            // A new ingest in a new file: nothing to truncate or hash.
+            Some(Ok(file)) => (file, algorithm.hasher(), 0),
+            Some(Err(e)) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("create ingest data", &data_path, e));
+            }
+            _ => {
+                let file = open(false).map_err(|e| Error::io("open ingest data", &data_path, e))?;
+                if fresh {
+                    // Bytes left by a writer whose record never landed (a crash) are not an
+                    // ingest.
+                    file.set_len(0)
+                        .map_err(|e| Error::io("truncate ingest data", &data_path, e))?;
+                }
+                let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
+                (file, hasher, offset)
+            }
+        };
         // A new ingest's record is written with its first bytes (or at close): a writer that
         // opens, writes a small blob and commits pays no transaction for the ingest itself.
         Ok(Box::new(StoreWriter::new(

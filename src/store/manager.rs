@@ -75,6 +75,7 @@ impl Store {
     /// Turns the fsynced, verified ingest `reference` into the blob `digest`: publish the file,
     /// then one transaction inserts the record with its labels and drops the ingest record.
     /// `AlreadyExists` (and the ingest removed) when the blob is already committed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit_ingest(
         &self,
         reference: &str,
@@ -83,6 +84,7 @@ impl Store {
         digest: &Digest,
         size: u64,
         labels: Labels,
+        children: Vec<Digest>,
     ) -> Result<()> {
         if self.blob_record(digest)?.is_some() {
             self.remove_ingest(reference, lock)?;
@@ -94,7 +96,6 @@ impl Store {
             .parent()
             .expect("blob paths have a shard")
             .to_path_buf();
-        let children = crate::refs::children_of_path(data)?.unwrap_or_default();
         let key = digest.to_string();
         let (store, digest_owned, data_owned, reference_owned) = (
             self.clone(),

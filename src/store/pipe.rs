@@ -115,6 +115,13 @@ impl Pipe {
         self.fill
     }
 
+    /// Every byte of the file when all of it is still in the buffer (the pipe started at
+    /// offset 0 and has written nothing yet): a small blob, readable without the file.
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
+        (self.worker.is_none() && self.end == self.fill as u64 && self.fill > 0)
+            .then(|| &self.buf[..self.fill])
+    }
+
     /// Whether handing over `n` more bytes would start a write.
     pub(crate) fn would_write(&self, n: usize) -> bool {
         self.fill + n >= BUFFER

@@ -175,6 +175,8 @@ impl Writer for StoreWriter {
         validate_labels(&labels)?;
         // Not recorded first: the commit's transaction drops the record anyway. A crash before
         // it leaves bytes without a record, which the next writer of the reference discards.
+        // A blob still whole in the buffer is parsed for references from there.
+        let buffered_children = w.pipe.whole().map(crate::refs::children);
         w.pipe.flush()?;
         w.file
             .sync_data()
@@ -198,6 +200,10 @@ impl Writer for StoreWriter {
                 w.reference
             )));
         }
+        let children = match buffered_children {
+            Some(c) => c,
+            None => crate::refs::children_of_path(&w.data_path)?,
+        };
         let committed = w.store.commit_ingest(
             &w.reference,
             &w.lock,
@@ -205,6 +211,7 @@ impl Writer for StoreWriter {
             &actual,
             written,
             labels,
+            children.unwrap_or_default(),
         );
         if committed.is_ok()
             || committed
