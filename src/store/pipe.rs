@@ -344,12 +344,11 @@ mod tests {
     }
 
     fn pipe_to(path: &Path, file: File) -> Pipe {
-        Pipe::new(
-            Arc::new(file),
-            path.to_path_buf(),
-            0,
-            Arc::new(BufferPool::default()),
-        )
+        pooled_pipe_to(path, file, &Arc::new(BufferPool::default()))
+    }
+
+    fn pooled_pipe_to(path: &Path, file: File, pool: &Arc<BufferPool>) -> Pipe {
+        Pipe::new(Arc::new(file), path.to_path_buf(), 0, Arc::clone(pool))
     }
 
     #[test]
@@ -420,12 +419,7 @@ mod tests {
         let path = dir.path().join("f");
         let pool = Arc::new(BufferPool::default());
         {
-            let mut p = Pipe::new(
-                Arc::new(File::create(&path).unwrap()),
-                path.clone(),
-                0,
-                Arc::clone(&pool),
-            );
+            let mut p = pooled_pipe_to(&path, File::create(&path).unwrap(), &pool);
             p.write(&bytes(4 * BUFFER)).unwrap();
             p.flush().unwrap();
         }
