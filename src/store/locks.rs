@@ -28,15 +28,30 @@ impl RefLock {
         // behind for whoever opened it meanwhile: such a lock is on an unlinked file, so check
         // that the path still names the locked file, and start over when it does not.
         for _ in 0..64 {
-            fs::create_dir_all(dir).map_err(|e| Error::io("create ingest directory", dir, e))?;
-            let mut file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-            {
-                Ok(f) => f,
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(_) => fs::create_dir_all(dir)
+                    .map_err(|e| Error::io("create ingest directory", dir, e))?,
+            }
+            // Created new (the common case: a fresh reference) it is empty, so writing the
+            // holder needs no truncate first.
+            let open = |new: bool| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(!new)
+                    .create_new(new)
+                    .truncate(false)
+                    .open(&path)
+            };
+            let (mut file, new) = match open(true) {
+                Ok(f) => (f, true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match open(false) {
+                    Ok(f) => (f, false),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("open ingest lock", &path, e)),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("open ingest lock", &path, e)),
             };
@@ -60,7 +75,9 @@ impl RefLock {
                 continue;
             }
             // Who holds it, for the Unavailable message of the next comer. Best effort.
-            let _ = file.set_len(0);
+            if !new {
+                let _ = file.set_len(0);
+            }
             let _ = write!(file, "{} {}", std::process::id(), Nanos::now().0);
             return Ok(RefLock { _file: file, path });
         }
