@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use redb::ReadableTable;
@@ -170,14 +171,26 @@ impl Ingester for Store {
             }
             _ => {
                 let file = open(false).map_err(|e| Error::io("open ingest data", &data_path, e))?;
-                if fresh {
-                    // Bytes left by a writer whose record never landed (a crash) are not an
-                    // ingest.
-                    file.set_len(0)
-                        .map_err(|e| Error::io("truncate ingest data", &data_path, e))?;
+                let published = file
+                    .metadata()
+                    .map_err(|e| Error::io("stat ingest data", &data_path, e))?
+                    .nlink()
+                    > 1;
+                if fresh || published {
+                    // Bytes without a record are not an ingest (a writer that crashed before
+                    // its record landed), and a file that also names a blob (a commit that
+                    // crashed after publishing it) must never be written to, not even by
+                    // root, whom the blob's read-only mode does not stop: start a new file.
+                    drop(file);
+                    fs::remove_file(&data_path)
+                        .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
+                    let file = open(true)
+                        .map_err(|e| Error::io("create ingest data", &data_path, e))?;
+                    (file, algorithm.hasher(), 0)
+                } else {
+                    let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
+                    (file, hasher, offset)
                 }
-                let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
-                (file, hasher, offset)
             }
         };
         // A new ingest's record is written with its first bytes (or at close): a writer that
@@ -268,5 +281,52 @@ impl IngestManager for Store {
             return Err(Error::NotFound(format!("ingest {reference:?}")));
         }
         self.remove_ingest(reference, &lock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    use crate::content::{Labels, Manager};
+    use crate::helpers;
+
+    /// A commit that crashed after its transaction but before removing the ingest's file
+    /// leaves that file hard-linked to the committed blob. The next writer of the reference
+    /// must start a new file, not truncate or append to the blob's bytes.
+    #[test]
+    fn a_data_file_that_names_a_blob_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest =
+            helpers::write_blob(&store, "ref", &mut &b"committed"[..], None, None, Labels::new())
+                .unwrap();
+        let blob = store.blob_dir().path_for(&digest);
+        let ingest = store.ingest_dir("ref");
+        for resumed in [false, true] {
+            fs::create_dir_all(&ingest).unwrap();
+            fs::hard_link(&blob, ingest.join("data")).unwrap();
+            if resumed {
+                // As if the crash came before the transaction: the record is still there.
+                let rec = IngestRecord {
+                    total: None,
+                    expected: None,
+                    started: Nanos::now(),
+                    id: "x".into(),
+                };
+                store.put_ingest_record("ref", &rec).unwrap();
+            }
+            let mut w = store.writer("ref", None, None).unwrap();
+            assert_eq!(w.status().unwrap().offset, 0);
+            w.write_all(b"other bytes").unwrap();
+            w.close().unwrap();
+            assert_eq!(
+                helpers::read_blob_verified(&store, &digest).unwrap(),
+                b"committed"
+            );
+            store.abort("ref").unwrap();
+        }
+        assert!(store.info(&digest).is_ok());
     }
 }
