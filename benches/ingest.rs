@@ -82,7 +82,9 @@ fn large_blob(dir: &Path) {
         last[..8].copy_from_slice(&(round as u64).to_le_bytes());
         settle();
         let t = Instant::now();
-        let mut w = store.writer(&format!("large-{round}"), Some(total), None).unwrap();
+        let mut w = store
+            .writer(&format!("large-{round}"), Some(total), None)
+            .unwrap();
         for _ in 1..chunks {
             w.write_all(&chunk).unwrap();
         }

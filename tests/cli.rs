@@ -107,9 +107,18 @@ fn put_info_ls_label_rm() {
     let mut both = vec![a.clone(), b.clone()];
     both.sort();
     assert_eq!(ls_digests(&root, &[]), both);
-    assert_eq!(ls_digests(&root, &["labels.team==build"]), std::slice::from_ref(&a));
-    assert_eq!(ls_digests(&root, &["labels.team!=build"]), std::slice::from_ref(&b));
-    assert_eq!(ls_digests(&root, &["labels.team~=^te"]), std::slice::from_ref(&b));
+    assert_eq!(
+        ls_digests(&root, &["labels.team==build"]),
+        std::slice::from_ref(&a)
+    );
+    assert_eq!(
+        ls_digests(&root, &["labels.team!=build"]),
+        std::slice::from_ref(&b)
+    );
+    assert_eq!(
+        ls_digests(&root, &["labels.team~=^te"]),
+        std::slice::from_ref(&b)
+    );
     assert_eq!(
         ls_digests(&root, &[r#"labels."com.example/k""#]),
         std::slice::from_ref(&a)
@@ -142,7 +151,10 @@ fn put_info_ls_label_rm() {
         labelled["labels"],
         serde_json::json!({"com.example/k": "v", "tier": "1"})
     );
-    assert_eq!(ls_digests(&root, &["labels.tier==1"]), std::slice::from_ref(&a));
+    assert_eq!(
+        ls_digests(&root, &["labels.tier==1"]),
+        std::slice::from_ref(&a)
+    );
 
     assert_eq!(ok(&root, &["content", "cat", &b]).as_bytes(), b"bravo!");
 

@@ -292,8 +292,7 @@ fn crash_trials() {
         if !root.join("meta.redb").exists() {
             continue; // killed before the store existed
         }
-        let journal =
-            read_journal(Path::new(&format!("{}.journal", root.display())));
+        let journal = read_journal(Path::new(&format!("{}.journal", root.display())));
         seen_digests.extend(journal.blobs.keys().cloned());
         worst_open = worst_open.max(check(&root, &journal, trial));
         let _ = std::fs::remove_dir_all(&root);

@@ -236,9 +236,7 @@ fn du_agrees_with_the_filesystem() {
     unsafe { libc::sync() };
     assert_eq!(code, 0);
     assert_eq!(v["blobs"]["count"], 6);
-    assert!(
-        v["ingests"]["apparent_bytes"].as_u64().unwrap() >= 100_000
-    );
+    assert!(v["ingests"]["apparent_bytes"].as_u64().unwrap() >= 100_000);
     assert!(v["metadata"]["apparent_bytes"].as_u64().unwrap() > 0);
     assert!(v["metadata_free_bytes"].is_u64());
     let du = Command::new("du")

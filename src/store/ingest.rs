@@ -184,8 +184,8 @@ impl Ingester for Store {
                     drop(file);
                     fs::remove_file(&data_path)
                         .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
-                    let file = open(true)
-                        .map_err(|e| Error::io("create ingest data", &data_path, e))?;
+                    let file =
+                        open(true).map_err(|e| Error::io("create ingest data", &data_path, e))?;
                     (file, algorithm.hasher(), 0)
                 } else {
                     let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
@@ -223,7 +223,9 @@ pub(crate) fn hash_prefix(
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     while n < limit {
-        let want = buf.len().min(usize::try_from(limit - n).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(limit - n).unwrap_or(usize::MAX));
         match file.read_at(&mut buf[..want], n) {
             Ok(0) => break,
             Ok(k) => {
@@ -299,9 +301,15 @@ mod tests {
     fn a_data_file_that_names_a_blob_is_never_written() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let digest =
-            helpers::write_blob(&store, "ref", &mut &b"committed"[..], None, None, Labels::new())
-                .unwrap();
+        let digest = helpers::write_blob(
+            &store,
+            "ref",
+            &mut &b"committed"[..],
+            None,
+            None,
+            Labels::new(),
+        )
+        .unwrap();
         let blob = store.blob_dir().path_for(&digest);
         let ingest = store.ingest_dir("ref");
         for resumed in [false, true] {

@@ -153,12 +153,7 @@ impl Writer for StoreWriter {
         self.file
             .set_len(size)
             .map_err(|e| Error::io("truncate ingest data", &self.data_path, e))?;
-        let (hasher, n) = hash_prefix(
-            &self.file,
-            &self.data_path,
-            self.hasher.algorithm(),
-            size,
-        )?;
+        let (hasher, n) = hash_prefix(&self.file, &self.data_path, self.hasher.algorithm(), size)?;
         self.hasher = hasher;
         self.pipe.restart_at(n);
         self.updated = Nanos::now();

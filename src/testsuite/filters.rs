@@ -62,10 +62,7 @@ pub fn walk_filters(h: &dyn Harness) {
     assert_eq!(walk(cs, &["labels.team~=/^te.t$/"]), vec![b]);
     assert_eq!(walk(cs, &["labels.team~=|cache|"]), vec![c]);
     assert_eq!(walk(cs, &["labels.tier"]), vec![b], "presence");
-    assert_eq!(
-        walk(cs, &[r#"labels."com.example/key"=="x y""#]),
-        vec![a]
-    );
+    assert_eq!(walk(cs, &[r#"labels."com.example/key"=="x y""#]), vec![a]);
     assert_eq!(walk(cs, &[r#"labels."com.example/key""#]), vec![a]);
     assert_eq!(
         walk(cs, &["labels.team==build", "labels.tier==1"]),
@@ -86,18 +83,9 @@ pub fn walk_filters(h: &dyn Harness) {
         sorted(vec![c, d]),
         "size as a number"
     );
-    assert_eq!(
-        walk(cs, &["size==04096"]),
-        sorted(vec![c, d])
-    );
-    assert_eq!(
-        walk(cs, &["size!=4096"]),
-        sorted(vec![a, b])
-    );
-    assert_eq!(
-        walk(cs, &["size~=^[0-9]{2}$"]),
-        sorted(vec![a, b])
-    );
+    assert_eq!(walk(cs, &["size==04096"]), sorted(vec![c, d]));
+    assert_eq!(walk(cs, &["size!=4096"]), sorted(vec![a, b]));
+    assert_eq!(walk(cs, &["size~=^[0-9]{2}$"]), sorted(vec![a, b]));
     assert_eq!(walk(cs, &[&format!("digest=={a}")]), vec![a]);
     assert_eq!(
         walk(cs, &[&format!("digest=={a}"), &format!("digest=={d}")]),
@@ -126,10 +114,7 @@ pub fn walk_filters(h: &dyn Harness) {
     let mut info = cs.info(&d).unwrap();
     info.labels.insert("team".into(), "build".into());
     cs.update(&info, &["labels.team"]).unwrap();
-    assert_eq!(
-        walk(cs, &["labels.team==build"]),
-        sorted(vec![a, d])
-    );
+    assert_eq!(walk(cs, &["labels.team==build"]), sorted(vec![a, d]));
     // An error from the callback stops the walk.
     let mut n = 0;
     let err = cs
