@@ -58,7 +58,7 @@ impl Name {
             )));
         }
         let repository = format!("{}/{}", r.registry(), r.repository());
-        Ok(Name {
+        let name = Name {
             tag: if digest.is_some() {
                 None
             } else {
@@ -66,7 +66,16 @@ impl Name {
             },
             repository,
             digest,
-        })
+        };
+        // Normalising adds a registry (and `library/`): the stored form must fit the limit
+        // too, or a name would be accepted that its own key cannot be parsed back from.
+        let stored = name.to_string().len();
+        if stored > MAX_NAME_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "reference {s:?} is {stored} bytes once normalised, longer than {MAX_NAME_LEN}"
+            )));
+        }
+        Ok(name)
     }
 
     /// The same repository with another tag.
@@ -180,6 +189,20 @@ pub fn host_platform() -> Platform {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn the_limit_holds_for_the_normalised_name() {
+        // A 983-byte registry: 1,020 bytes as typed, past 1,024 once `:latest` is added.
+        let registry = vec!["a".repeat(40); 24].join(".");
+        let long = format!("{registry}/{}", "b".repeat(36));
+        assert_eq!(long.len(), 1020);
+        let err = Name::parse(&long).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("once normalised"), "{err}");
+        let fits = format!("{registry}/{}", "b".repeat(20));
+        let n = Name::parse(&fits).unwrap();
+        assert_eq!(Name::parse(&n.to_string()).unwrap(), n);
+    }
 
     fn n(s: &str) -> String {
         Name::parse(s).unwrap().to_string()
