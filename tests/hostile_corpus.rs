@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ocistore::{Algorithm, ErrorKind, Manager, Store};
+use ocistore::testsuite::fuzzing::listing;
+use ocistore::{Algorithm, ErrorKind, Store};
 use serde_json::json;
 
 fn dir() -> PathBuf {
@@ -319,28 +320,6 @@ fn regenerate_hostile_corpus() {
     }
     readme.push_str("\nThe gzip bomb is bounded by `image import --max-size` (64 GiB by default; the test passes 32 MiB); the zstd bomb's entry is refused at its header, before its body is read.\n");
     std::fs::write(d.join("README.md"), readme).unwrap();
-}
-
-fn listing(store: &Store) -> (Vec<String>, Vec<String>) {
-    let mut blobs = Vec::new();
-    store
-        .walk(
-            &mut |i| {
-                blobs.push(i.digest.to_string());
-                Ok(())
-            },
-            &[],
-        )
-        .unwrap();
-    (
-        blobs,
-        store
-            .images(&[])
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect(),
-    )
 }
 
 fn cli(root: &Path, args: &[&str], stdin: Option<&Path>) -> (i32, String) {

@@ -136,7 +136,9 @@ pub fn model(data: &[u8]) {
     }
 }
 
-fn listing(store: &Store) -> (Vec<String>, Vec<String>) {
+/// What a user sees of a store: every blob digest and every image name, each in order.
+/// Used to check that a refused input left the store as it was.
+pub fn listing(store: &Store) -> (Vec<String>, Vec<String>) {
     let mut blobs = Vec::new();
     store
         .walk(
