@@ -72,6 +72,35 @@ fn regenerate_v1_fixture() {
     w.close().unwrap();
 }
 
+/// The v2 fixture: the v1 content, the sample image under its names, and an ingest in
+/// progress in v2's layout (`ingest/<id>/data` beside `ingest/<id>/lock`).
+#[test]
+#[ignore = "run by hand to regenerate tests/fixtures/v2 (only while v2 is the current schema)"]
+fn regenerate_v2_fixture() {
+    let root = fixture(2);
+    let _ = std::fs::remove_dir_all(&root);
+    let store = Store::open(&root).unwrap();
+    for (alg, bytes, labels) in fixture_blobs() {
+        let d = alg.digest(bytes);
+        helpers::write_blob(
+            &store,
+            &format!("fx-{alg}"),
+            &mut &bytes[..],
+            None,
+            Some(&d),
+            labels,
+        )
+        .unwrap();
+    }
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    store
+        .import_path(&sample, ocistore::oci::import::Options::default())
+        .unwrap();
+    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
+    w.write_all(b"12345").unwrap();
+    w.close().unwrap();
+}
+
 #[test]
 fn v1_fixture_opens_and_reads() {
     let tmp = tempfile::tempdir().unwrap();
