@@ -13,6 +13,7 @@ use crate::error::Result;
 
 mod v001_initial;
 mod v002_images;
+mod v003_flat_ingests;
 
 /// One schema step: brings a store at version `to - 1` to version `to`.
 pub(crate) struct Step {
@@ -35,5 +36,10 @@ pub(crate) const STEPS: &[Step] = &[
         to: 2,
         what: "names, refs, refs_rev, leases, lease_resources; refs of existing manifests",
         apply: v002_images::apply,
+    },
+    Step {
+        to: 3,
+        what: "ingest data moves from ingest/<id>/data to ingest/<id>.data, its own lock",
+        apply: v003_flat_ingests::apply,
     },
 ];

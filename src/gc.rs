@@ -6,7 +6,8 @@
 //! happen in one write transaction, so a name or lease committed concurrently is either seen
 //! as a root or commits after the sweep; files go afterwards, each only if it still has no
 //! record (see `Store::remove_unrecorded_files`). Also reclaimed: blob files without a record
-//! (crash debris) and ingests that no live writer holds, no lease protects, and nobody has
+//! (crash debris), files under `ingest/` that no ingest owns (crash debris of writers and
+//! batches), and ingests that no live writer holds, no lease protects, and nobody has
 //! written for `ingest_expiry`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,6 +20,7 @@ use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::refs::{GC_ROOT, label_refs};
 use crate::store::Store;
+use crate::store::locks::RefLock;
 use crate::store::records::{self, BlobRecord, IngestRecord, LeaseRecord, NameRecord};
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES, NAMES, REFS};
 
@@ -43,7 +45,8 @@ impl Default for Options {
 /// One thing removed (or, in a dry run, that would be).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Removed {
-    /// `content`, `ingest` or `debris` (a blob file with no record).
+    /// `content`, `ingest` or `debris` (a blob file with no record, or a file under `ingest/`
+    /// that belongs to no ingest).
     pub kind: &'static str,
     /// The digest, ingest reference or file path.
     pub id: String,
@@ -197,8 +200,8 @@ impl Store {
                 if idle < opts.ingest_expiry {
                     continue;
                 }
-                let dir = self.ingest_dir(&reference);
-                match crate::store::locks::RefLock::try_acquire(&dir, &reference) {
+                let path = self.ingest_data(&reference);
+                match RefLock::acquire(&path, &reference) {
                     Ok(lock) => held_locks.push((reference.clone(), lock)),
                     Err(e) if e.kind() == ErrorKind::Unavailable => continue,
                     Err(e) => return Err(e),
@@ -221,8 +224,8 @@ impl Store {
             txn.abort().map_err(db("end the dry run"))?;
         } else {
             txn.commit().map_err(db("commit the collection"))?;
-            for (reference, lock) in &held_locks {
-                self.remove_ingest_dir(reference, lock);
+            for (_, lock) in &held_locks {
+                lock.remove_file();
             }
             self.remove_unrecorded_files(&doomed_digests)?;
         }
@@ -246,6 +249,107 @@ impl Store {
         if !opts.dry_run && !debris.is_empty() {
             self.remove_unrecorded_files(&debris)?;
         }
+        self.sweep_ingest_debris(opts, now, &mut out)?;
         Ok(out)
     }
+
+    /// Files under `ingest/` that belong to no ingest: data files without a record (a writer
+    /// that crashed before recording, an abort or commit that crashed before unlinking) and
+    /// staging directories of batches whose process died. Each is locked before it goes, so
+    /// a live writer's file is never touched.
+    fn sweep_ingest_debris(
+        &self,
+        opts: &Options,
+        now: SystemTime,
+        out: &mut Outcome,
+    ) -> Result<()> {
+        let root = self.ingest_root();
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("list ingests", root, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            let (lock_path, bytes) = if meta.is_dir() {
+                (path.join("lock"), tree_bytes(&path))
+            } else if let Some(id) = name.strip_suffix(".data") {
+                if self.ingest_id_recorded(id)? {
+                    continue;
+                }
+                (path.clone(), meta.len())
+            } else {
+                continue;
+            };
+            let lock = match RefLock::acquire_existing(&lock_path, &name) {
+                Ok(lock) => lock,
+                Err(e) if e.kind() == ErrorKind::Unavailable => continue,
+                Err(e) => return Err(e),
+            };
+            let idle = now
+                .duration_since(meta.modified().unwrap_or(now))
+                .unwrap_or_default();
+            // A directory without its lock yet may be a batch starting this instant.
+            if lock.is_none() && idle < opts.ingest_expiry {
+                continue;
+            }
+            // Recorded while we looked (a writer that closed before we took the lock)?
+            if !meta.is_dir() && self.ingest_id_recorded(&name[..name.len() - 5])? {
+                continue;
+            }
+            out.bytes_freed += bytes;
+            out.removed.push(Removed {
+                kind: "debris",
+                id: path.display().to_string(),
+                bytes,
+            });
+            if !opts.dry_run {
+                let removed = if meta.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove ingest debris", &path, e)),
+                }
+            }
+            drop(lock);
+        }
+        Ok(())
+    }
+
+    /// Whether an ingest record names the data file `id`.
+    fn ingest_id_recorded(&self, id: &str) -> Result<bool> {
+        let txn = self.read_txn()?;
+        let ingests = txn
+            .open_table(INGESTS)
+            .map_err(db("open the ingests table"))?;
+        for entry in ingests.iter().map_err(db("read ingests"))? {
+            let (k, v) = entry.map_err(db("read ingests"))?;
+            let rec: IngestRecord = records::decode(v.value(), k.value())?;
+            if rec.id == id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Apparent size of the files under `dir` (best effort).
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

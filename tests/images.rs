@@ -369,6 +369,67 @@ fn gc_removes_crash_debris() {
     assert!(!path.exists());
 }
 
+/// Under `ingest/`: a data file with no record (a writer that died before recording), a
+/// batch directory whose process died, and a live batch and a live unrecorded writer, which
+/// stay. Debris whose lock is held is never touched.
+#[test]
+fn gc_removes_ingest_debris_but_not_live_ingests() {
+    use ocistore::Ingester;
+    use std::io::Write as _;
+    let (_d, store) = fresh();
+    let ingest = store.root().join("ingest");
+    std::fs::write(
+        ingest.join("0123456789abcdef0123456789abcdef.data"),
+        b"orphan",
+    )
+    .unwrap();
+    let dead_batch = ingest.join("batch-1-1");
+    std::fs::create_dir_all(&dead_batch).unwrap();
+    std::fs::write(dead_batch.join("lock"), b"").unwrap();
+    std::fs::write(dead_batch.join("000001"), b"staged by the dead").unwrap();
+    let live_batch = store.batch().unwrap();
+    let mut live = store.writer("live-unrecorded", None, None).unwrap();
+    live.write_all(b"in the buffer").unwrap();
+    let mut recorded = store.writer("recorded", None, None).unwrap();
+    recorded.write_all(b"closed").unwrap();
+    recorded.close().unwrap();
+
+    let dry = store
+        .gc(&Options {
+            dry_run: true,
+            ..Options::default()
+        })
+        .unwrap();
+    let debris: Vec<_> = dry.removed.iter().filter(|r| r.kind == "debris").collect();
+    assert_eq!(debris.len(), 2, "{debris:?}");
+    assert_eq!(
+        debris.iter().map(|r| r.bytes).sum::<u64>(),
+        (b"orphan".len() + b"staged by the dead".len()) as u64
+    );
+    assert!(dead_batch.exists(), "a dry run removes nothing");
+
+    let out = store.gc(&Options::default()).unwrap();
+    assert_eq!(out.removed.iter().filter(|r| r.kind == "debris").count(), 2);
+    assert!(!dead_batch.exists());
+    assert!(
+        !ingest
+            .join("0123456789abcdef0123456789abcdef.data")
+            .exists()
+    );
+    let d = live.commit(None, None, Labels::new()).unwrap();
+    assert_eq!(
+        helpers::read_blob_verified(&store, &d).unwrap(),
+        b"in the buffer"
+    );
+    assert_eq!(
+        ocistore::IngestManager::status(&store, "recorded")
+            .unwrap()
+            .offset,
+        6
+    );
+    live_batch.commit().unwrap();
+}
+
 #[test]
 fn batch_is_all_or_nothing() {
     let (_d, store) = fresh();

@@ -120,6 +120,66 @@ fn v1_fixture_opens_and_reads() {
     w.commit(None, None, Labels::new()).unwrap();
 }
 
+/// v2 → v3 moves the in-progress ingest to `ingest/<id>.data`; everything else reads as before.
+#[test]
+fn v2_fixture_opens_migrates_its_ingest_and_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(2), tmp.path());
+    let old_dir = tmp.path().join("ingest/9b83af6a5c796e474da9fa41fc56a385");
+    assert!(old_dir.join("data").exists());
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), store_version());
+    assert!(!old_dir.exists(), "the old ingest directory is gone");
+    assert_eq!(
+        std::fs::read(
+            tmp.path()
+                .join("ingest/9b83af6a5c796e474da9fa41fc56a385.data")
+        )
+        .unwrap(),
+        b"12345"
+    );
+    for (alg, bytes, labels) in fixture_blobs() {
+        let d = alg.digest(bytes);
+        assert_eq!(store.info(&d).unwrap().labels, labels);
+        assert_eq!(helpers::read_blob_verified(&store, &d).unwrap(), bytes);
+    }
+    let image = store.image("docker.io/library/hello:1.0").unwrap();
+    let target = store
+        .info(&ocistore::Digest::parse(image.target.digest().as_ref()).unwrap())
+        .unwrap();
+    assert_eq!(target.size, image.target.size());
+    let st = store.status("fixture-ingest").unwrap();
+    assert_eq!((st.offset, st.total), (5, Some(10)));
+    let mut w = store.writer("fixture-ingest", None, None).unwrap();
+    w.write_all(b"67890").unwrap();
+    let d = w.commit(None, None, Labels::new()).unwrap();
+    assert_eq!(d, Algorithm::Sha256.digest(b"1234567890"));
+    assert!(store.list_statuses(&[]).unwrap().is_empty());
+    // Nothing of the old layout is left for gc to find.
+    let out = store.gc(&ocistore::gc::Options::default()).unwrap();
+    assert!(out.removed.iter().all(|r| r.kind != "debris"), "{out:?}");
+}
+
+/// A v2 ingest still written by an older ocistore (its lock held) stops the migration, which
+/// moves nothing; once the writer is gone, the store opens.
+#[test]
+fn migration_waits_for_an_old_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(2), tmp.path());
+    let lock = tmp
+        .path()
+        .join("ingest/9b83af6a5c796e474da9fa41fc56a385/lock");
+    let held = std::fs::File::open(&lock).unwrap();
+    held.try_lock().unwrap();
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreInUse, "{err}");
+    assert!(err.to_string().contains("older ocistore"), "{err}");
+    assert!(lock.with_file_name("data").exists(), "nothing moved");
+    drop(held);
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.status("fixture-ingest").unwrap().offset, 5);
+}
+
 #[test]
 fn newer_schema_is_refused() {
     const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");

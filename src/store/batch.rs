@@ -75,7 +75,8 @@ impl Store {
         let stamp = Nanos::now().0;
         let id = format!("batch-{}-{stamp}", std::process::id());
         let dir = self.ingest_root().join(&id);
-        let lock = RefLock::try_acquire(&dir, &id)?;
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create a batch directory", &dir, e))?;
+        let lock = RefLock::acquire(&dir.join("lock"), &id)?;
         let lease = format!("ocistore.batch/{id}");
         self.create_lease(
             &lease,

@@ -1,10 +1,11 @@
 //! Ingests of the redb store: opening (and resuming) writers, status, listing, abort.
 //!
-//! An ingest is a record in `ingests` (reference → total, expected, started, directory id)
-//! plus `ingest/<id>/data`, whose length is the offset. The record is written when a writer
-//! first opens the reference; bytes are then appended without touching the database.
+//! An ingest is a record in `ingests` (reference → total, expected, started, file id) plus
+//! its data file `ingest/<id>.data`, whose length is the offset and whose `flock` is the
+//! reference's lock. The record is written when a writer first puts bytes in the file (or
+//! closes); bytes are then appended without touching the database.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,11 +23,16 @@ use crate::store::records::{self, IngestRecord, Nanos};
 use crate::store::schema::INGESTS;
 use crate::store::writer::StoreWriter;
 
+/// The file id of the ingest `reference`: a hash of it, so any string is a safe key.
+pub(crate) fn ingest_id(reference: &str) -> String {
+    blake3::hash(reference.as_bytes()).to_hex().as_str()[..32].to_owned()
+}
+
 impl Store {
-    /// The directory of the ingest `reference`: a hash of it, so any string is a safe key.
-    pub(crate) fn ingest_dir(&self, reference: &str) -> PathBuf {
-        let id = blake3::hash(reference.as_bytes()).to_hex();
-        self.ingest_root().join(&id.as_str()[..32])
+    /// The data file (and lock) of the ingest `reference`.
+    pub(crate) fn ingest_data(&self, reference: &str) -> PathBuf {
+        self.ingest_root()
+            .join(format!("{}.data", ingest_id(reference)))
     }
 
     pub(crate) fn ingest_record(&self, reference: &str) -> Result<Option<IngestRecord>> {
@@ -54,7 +60,7 @@ impl Store {
         })
     }
 
-    /// Removes the ingest's record and then its directory, under its lock.
+    /// Removes the ingest's record and then its file, under its lock.
     pub(crate) fn remove_ingest(&self, reference: &str, lock: &RefLock) -> Result<()> {
         let owned = reference.to_owned();
         self.group_write("remove an ingest", move |txn| {
@@ -64,21 +70,12 @@ impl Store {
                 .map_err(|e| Error::db("remove an ingest record", e))?;
             Ok(())
         })?;
-        self.remove_ingest_dir(reference, lock);
+        lock.remove_file();
         Ok(())
     }
 
-    /// Removes the bytes of an ingest whose record is gone. Best effort: a leftover
-    /// directory without a record is debris that `gc` reclaims.
-    pub(crate) fn remove_ingest_dir(&self, reference: &str, lock: &RefLock) {
-        let dir = self.ingest_dir(reference);
-        let _ = fs::remove_file(dir.join("data"));
-        lock.remove_file();
-        let _ = fs::remove_dir(&dir);
-    }
-
     fn status_of(&self, reference: &str, record: &IngestRecord) -> Result<Status> {
-        let data = self.ingest_dir(reference).join("data");
+        let data = self.ingest_data(reference);
         let (offset, updated) = match fs::metadata(&data) {
             Ok(m) => (
                 m.len(),
@@ -124,11 +121,30 @@ impl Ingester for Store {
         {
             return Err(Error::AlreadyExists(format!("content {d}")));
         }
-        let dir = self.ingest_dir(reference);
-        let lock = RefLock::try_acquire(&dir, reference)?;
-        let data_path = dir.join("data");
+        let data_path = self.ingest_data(reference);
+        let mut lock = RefLock::acquire(&data_path, reference)?;
         let existing = self.ingest_record(reference)?;
         let fresh = existing.is_none();
+        // Bytes without a record are not an ingest (a writer that crashed before its record
+        // landed), and a file that also names a blob (a commit that crashed after publishing
+        // it) must never be written to, not even by root, whom the blob's read-only mode does
+        // not stop: unlink the name and lock a new file. Never truncated in place.
+        for _ in 0..8 {
+            if lock.created() {
+                break;
+            }
+            let nlink = lock
+                .file()
+                .metadata()
+                .map_err(|e| Error::io("stat ingest data", &data_path, e))?
+                .nlink();
+            if !fresh && nlink == 1 {
+                break;
+            }
+            fs::remove_file(&data_path)
+                .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
+            lock = RefLock::acquire(&data_path, reference)?;
+        }
         let record = match existing {
             Some(mut rec) => {
                 let want_expected = expected.map(ToString::to_string);
@@ -145,53 +161,16 @@ impl Ingester for Store {
                 total: expected_size,
                 expected: expected.map(ToString::to_string),
                 started: Nanos::now(),
-                id: dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_owned(),
+                id: ingest_id(reference),
             },
-        };
-        let open = |create_new: bool| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(!create_new)
-                .create_new(create_new)
-                .truncate(false)
-                .open(&data_path)
         };
         let expected = parse_expected(&record, reference)?;
         let algorithm = expected.as_ref().map(Digest::algorithm).unwrap_or_default();
-        let (file, hasher, offset) = match fresh.then(|| open(true)) {
-            // A new ingest in a new file: nothing to truncate or hash.
-            Some(Ok(file)) => (file, algorithm.hasher(), 0),
-            Some(Err(e)) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(Error::io("create ingest data", &data_path, e));
-            }
-            _ => {
-                let file = open(false).map_err(|e| Error::io("open ingest data", &data_path, e))?;
-                let published = file
-                    .metadata()
-                    .map_err(|e| Error::io("stat ingest data", &data_path, e))?
-                    .nlink()
-                    > 1;
-                if fresh || published {
-                    // Bytes without a record are not an ingest (a writer that crashed before
-                    // its record landed), and a file that also names a blob (a commit that
-                    // crashed after publishing it) must never be written to, not even by
-                    // root, whom the blob's read-only mode does not stop: start a new file.
-                    drop(file);
-                    fs::remove_file(&data_path)
-                        .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
-                    let file =
-                        open(true).map_err(|e| Error::io("create ingest data", &data_path, e))?;
-                    (file, algorithm.hasher(), 0)
-                } else {
-                    let (hasher, offset) = hash_prefix(&file, &data_path, algorithm, u64::MAX)?;
-                    (file, hasher, offset)
-                }
-            }
+        let (hasher, offset) = if lock.created() {
+            // A new file: nothing to hash.
+            (algorithm.hasher(), 0)
+        } else {
+            hash_prefix(lock.file(), &data_path, algorithm, u64::MAX)?
         };
         // A new ingest's record is written with its first bytes (or at close): a writer that
         // opens, writes a small blob and commits pays no transaction for the ingest itself.
@@ -199,8 +178,6 @@ impl Ingester for Store {
             self.clone(),
             reference.to_owned(),
             lock,
-            file,
-            data_path,
             hasher,
             offset,
             record,
@@ -268,18 +245,16 @@ impl IngestManager for Store {
 
     fn abort(&self, reference: &str) -> Result<()> {
         self.writable("abort an ingest")?;
-        let dir = self.ingest_dir(reference);
+        let path = self.ingest_data(reference);
         if self.ingest_record(reference)?.is_none() {
             // A live writer whose first bytes are still in its buffer has no record yet.
-            if dir.exists() {
-                drop(RefLock::try_acquire(&dir, reference)?);
-            }
+            drop(RefLock::acquire_existing(&path, reference)?);
             return Err(Error::NotFound(format!("ingest {reference:?}")));
         }
-        let lock = RefLock::try_acquire(&dir, reference)?;
+        let lock = RefLock::acquire(&path, reference)?;
         if self.ingest_record(reference)?.is_none() {
             // Committed or aborted while we took the lock.
-            self.remove_ingest_dir(reference, &lock);
+            lock.remove_file();
             return Err(Error::NotFound(format!("ingest {reference:?}")));
         }
         self.remove_ingest(reference, &lock)
@@ -311,10 +286,9 @@ mod tests {
         )
         .unwrap();
         let blob = store.blob_dir().path_for(&digest);
-        let ingest = store.ingest_dir("ref");
+        let ingest = store.ingest_data("ref");
         for resumed in [false, true] {
-            fs::create_dir_all(&ingest).unwrap();
-            fs::hard_link(&blob, ingest.join("data")).unwrap();
+            fs::hard_link(&blob, &ingest).unwrap();
             if resumed {
                 // As if the crash came before the transaction: the record is still there.
                 let rec = IngestRecord {

@@ -1,121 +1,168 @@
-//! The lock that makes one writer per ingest reference: an OS file lock (`flock`) on
-//! `ingest/<id>/lock`. It excludes other processes and other writers of this process alike
-//! (each writer opens its own file description), and the kernel releases it when the
-//! holder dies, so a crashed writer never holds its reference.
+//! The lock that makes one writer per ingest reference: an OS file lock (`flock`) on the
+//! ingest's own data file, `ingest/<id>.data` (a batch locks `ingest/batch-…/lock`). It
+//! excludes other processes and other writers of this process alike (each writer opens its
+//! own file description), and the kernel releases it when the holder dies, so a crashed
+//! writer never holds its reference.
+//!
+//! Locking the data file itself, rather than a lock file in a directory of its own, makes an
+//! ingest cost one inode: a put creates its data file, links it into `blobs/` and unlinks
+//! the ingest name, and the file system frees nothing (freeing and re-allocating inodes per
+//! blob was the largest cost of concurrent small puts on ext4).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
-use crate::store::records::Nanos;
 
-/// A held reference lock; dropping it releases the reference.
+/// A held lock on one file; dropping it (and every clone of [`RefLock::file`]) releases it.
 #[derive(Debug)]
 pub(crate) struct RefLock {
-    _file: File,
+    file: Arc<File>,
     path: PathBuf,
+    created: bool,
 }
 
 impl RefLock {
-    /// Takes the lock of the ingest directory `dir` without waiting. `Unavailable`, naming the
-    /// holder and how long it has held the reference, when a live writer has it.
-    pub(crate) fn try_acquire(dir: &Path, reference: &str) -> Result<RefLock> {
-        let path = dir.join("lock");
-        // A holder that removes the directory after committing leaves a file description
-        // behind for whoever opened it meanwhile: such a lock is on an unlinked file, so check
-        // that the path still names the locked file, and start over when it does not.
+    /// Opens `path` read-write, creating it when missing, and locks it without waiting.
+    /// `Unavailable`, naming the holder, when a live writer has it; `what` names the
+    /// reference in that message.
+    pub(crate) fn acquire(path: &Path, what: &str) -> Result<RefLock> {
+        Self::acquire_with(path, what, true).map(|l| l.expect("created when missing"))
+    }
+
+    /// [`RefLock::acquire`] of a file that exists; `None` when it does not.
+    pub(crate) fn acquire_existing(path: &Path, what: &str) -> Result<Option<RefLock>> {
+        Self::acquire_with(path, what, false)
+    }
+
+    fn acquire_with(path: &Path, what: &str, create: bool) -> Result<Option<RefLock>> {
+        // A holder that unlinks the file after committing leaves a file description behind
+        // for whoever opened it meanwhile: such a lock is on an unlinked file, so check that
+        // the path still names the locked file, and start over when it does not.
         for _ in 0..64 {
-            match fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(_) => fs::create_dir_all(dir)
-                    .map_err(|e| Error::io("create ingest directory", dir, e))?,
-            }
-            // Created new (the common case: a fresh reference) it is empty, so writing the
-            // holder needs no truncate first.
             let open = |new: bool| {
                 OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(!new)
                     .create_new(new)
-                    .truncate(false)
-                    .open(&path)
+                    .open(path)
             };
-            let (mut file, new) = match open(true) {
-                Ok(f) => (f, true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match open(false) {
+            let (file, created) = match create.then(|| open(true)) {
+                Some(Ok(f)) => (f, true),
+                Some(Err(e)) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io("create ingest file", path, e));
+                }
+                _ => match open(false) {
                     Ok(f) => (f, false),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io("open ingest lock", &path, e)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && create => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io("open ingest file", path, e)),
                 },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("open ingest lock", &path, e)),
             };
             match file.try_lock() {
                 Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
+                Err(fs::TryLockError::WouldBlock) => {
                     return Err(Error::Unavailable(format!(
-                        "ingest ref {reference:?} is locked by {}",
-                        describe_holder(&path)
+                        "ingest ref {what:?} is locked by {}",
+                        describe_holder(path)
                     )));
                 }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("lock ingest", &path, e));
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock ingest", path, e));
                 }
             }
-            let same = match (file.metadata(), fs::metadata(&path)) {
+            let same = match (file.metadata(), fs::metadata(path)) {
                 (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
                 _ => false,
             };
-            if !same {
-                continue;
+            if same {
+                return Ok(Some(RefLock {
+                    file: Arc::new(file),
+                    path: path.to_path_buf(),
+                    created,
+                }));
             }
-            // Who holds it, for the Unavailable message of the next comer. Best effort.
-            if !new {
-                let _ = file.set_len(0);
-            }
-            let _ = write!(file, "{} {}", std::process::id(), Nanos::now().0);
-            return Ok(RefLock { _file: file, path });
         }
         Err(Error::Unavailable(format!(
-            "ingest ref {reference:?}: its directory keeps being replaced under us"
+            "ingest ref {what:?}: its file keeps being replaced under us"
         )))
     }
 
-    /// Removes the lock file (the caller is about to remove the ingest directory); the lock
-    /// itself is released when this value is dropped.
+    /// The locked file, open read-write.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// The path of the locked file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this acquire created the file (it is empty and had no other name).
+    pub(crate) fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Unlinks the locked file's name (the ingest is over); the lock itself is released when
+    /// this value is dropped. Best effort: a leftover file is debris that `gc` reclaims.
     pub(crate) fn remove_file(&self) {
         let _ = fs::remove_file(&self.path);
     }
 }
 
-/// "pid 123 for 2.5s", read from the lock file's contents.
-fn describe_holder(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let mut parts = text.split_whitespace();
-    let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let since = parts.next().and_then(|p| p.parse::<u64>().ok());
-    match (pid, since) {
-        (Some(pid), Some(since)) => {
-            let held = SystemTime::now()
-                .duration_since(SystemTime::from(Nanos(since)))
-                .unwrap_or(Duration::ZERO);
-            let me = if pid == std::process::id() {
-                " (this process)"
+/// The pids holding file locks on `path`, from `/proc/locks` (Linux), e.g. "1234" or
+/// "1234, 5678"; `None` when they cannot be told.
+pub(crate) fn lock_holders(path: &Path) -> Option<String> {
+    let pids = holder_pids(path)?;
+    (!pids.is_empty()).then(|| pids.join(", "))
+}
+
+fn holder_pids(path: &Path) -> Option<Vec<String>> {
+    let ino = fs::metadata(path).ok()?.ino();
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let mut pids: Vec<String> = locks
+        .lines()
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; an OFD lock shows pid -1.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (pid, dev_ino) = if f.get(1) == Some(&"->") {
+                (f.get(5)?, f.get(6)?)
             } else {
-                ""
+                (f.get(4)?, f.get(5)?)
             };
-            format!(
-                "a live writer, pid {pid}{me}, held for {:.1}s",
-                held.as_secs_f64()
-            )
+            let lock_ino: u64 = dev_ino.rsplit(':').next()?.parse().ok()?;
+            (lock_ino == ino && *pid != "-1").then(|| (*pid).to_owned())
+        })
+        .collect();
+    pids.sort();
+    pids.dedup();
+    Some(pids)
+}
+
+/// "a live writer, pid 123 (ocistore), last write 2.5s ago": the holder from `/proc/locks`,
+/// its command name, and the locked file's modification time (an ingest's last append).
+fn describe_holder(path: &Path) -> String {
+    let mut out = "a live writer".to_owned();
+    if let Some(pid) = holder_pids(path).and_then(|p| p.into_iter().next()) {
+        out.push_str(&format!(", pid {pid}"));
+        if pid == std::process::id().to_string() {
+            out.push_str(" (this process)");
+        } else if let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) {
+            out.push_str(&format!(" ({})", comm.trim()));
         }
-        _ => "a live writer".to_owned(),
     }
+    if let Some(age) = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+    {
+        out.push_str(&format!(", last write {:.1}s ago", age.as_secs_f64()));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -126,23 +173,47 @@ mod tests {
     #[test]
     fn second_holder_is_unavailable_until_release() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("x");
-        let a = RefLock::try_acquire(&dir, "r").unwrap();
-        let err = RefLock::try_acquire(&dir, "r").unwrap_err();
+        let path = tmp.path().join("x.data");
+        let a = RefLock::acquire(&path, "r").unwrap();
+        assert!(a.created());
+        let err = RefLock::acquire(&path, "r").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
-        assert!(err.to_string().contains("held for"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {} (this process)", std::process::id()))
+                && msg.contains("last write"),
+            "{msg}"
+        );
         drop(a);
-        RefLock::try_acquire(&dir, "r").unwrap();
+        let b = RefLock::acquire(&path, "r").unwrap();
+        assert!(!b.created());
     }
 
     #[test]
-    fn removed_directory_is_recreated() {
+    fn a_lock_on_an_unlinked_file_does_not_hold_the_path() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("x");
-        let a = RefLock::try_acquire(&dir, "r").unwrap();
+        let path = tmp.path().join("x.data");
+        let a = RefLock::acquire(&path, "r").unwrap();
         a.remove_file();
-        fs::remove_dir(&dir).unwrap();
+        // `a` still holds its (now nameless) file; the path is free for a new one.
+        let b = RefLock::acquire(&path, "r").unwrap();
+        assert!(b.created());
+        assert_ne!(
+            a.file().metadata().unwrap().ino(),
+            b.file().metadata().unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn acquire_existing_does_not_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.data");
+        assert!(RefLock::acquire_existing(&path, "r").unwrap().is_none());
+        assert!(!path.exists());
+        let a = RefLock::acquire(&path, "r").unwrap();
+        let err = RefLock::acquire_existing(&path, "r").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
         drop(a);
-        RefLock::try_acquire(&dir, "r").unwrap();
+        assert!(RefLock::acquire_existing(&path, "r").unwrap().is_some());
     }
 }

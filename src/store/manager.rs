@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use redb::{ReadableTable, Table};
 
@@ -80,7 +79,6 @@ impl Store {
         &self,
         reference: &str,
         lock: &RefLock,
-        data: &Path,
         digest: &Digest,
         size: u64,
         labels: Labels,
@@ -90,6 +88,7 @@ impl Store {
             self.remove_ingest(reference, lock)?;
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }
+        let data = lock.path();
         // Linked now; its directory is fsynced by the group leader before the commit.
         let target = self.blob_dir().link(data, digest, size)?;
         let shard = target
@@ -131,7 +130,7 @@ impl Store {
                 .map_err(|e| Error::db("remove an ingest record", e))?;
             Ok(existed)
         })?;
-        self.remove_ingest_dir(reference, lock);
+        lock.remove_file();
         if existed {
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }

@@ -8,7 +8,7 @@
 //! MVCC snapshots without blocking, and take turns for write transactions (redb serialises
 //! them with a byte-range lock on the file and uses two-phase commit). Blob bytes are always
 //! written outside any transaction. Ingest references are locked with an OS file lock on
-//! `ingest/<id>/lock`, which the kernel releases when its holder dies.
+//! their data file `ingest/<id>.data`, which the kernel releases when its holder dies.
 //!
 //! # Invariant: a record implies its file
 //!
@@ -327,7 +327,7 @@ impl Inner {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    let holder = lock_holders(&meta)
+                    let holder = locks::lock_holders(&meta)
                         .map(|pids| format!("process {pids}"))
                         .unwrap_or_else(|| "another program".to_owned());
                     return Err(Error::StoreInUse(format!(
@@ -378,31 +378,6 @@ impl Inner {
             Db::ReadOnly(db) => db,
         }
     }
-}
-
-/// The pids holding file locks on `path`, from `/proc/locks` (Linux), e.g. "1234" or
-/// "1234, 5678"; `None` when they cannot be told.
-fn lock_holders(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = fs::metadata(path).ok()?.ino();
-    let locks = fs::read_to_string("/proc/locks").ok()?;
-    let mut pids: Vec<String> = locks
-        .lines()
-        .filter_map(|line| {
-            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; an OFD lock shows pid -1.
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (pid, dev_ino) = if f.get(1) == Some(&"->") {
-                (f.get(5)?, f.get(6)?)
-            } else {
-                (f.get(4)?, f.get(5)?)
-            };
-            let lock_ino: u64 = dev_ino.rsplit(':').next()?.parse().ok()?;
-            (lock_ino == ino && *pid != "-1").then(|| (*pid).to_owned())
-        })
-        .collect();
-    pids.sort();
-    pids.dedup();
-    (!pids.is_empty()).then(|| pids.join(", "))
 }
 
 /// Whether the root is marked read-only: no write permission bit on the directory or on

@@ -82,7 +82,7 @@ pub(crate) struct IngestRecord {
     /// The expected digest as a string (validated when it was stored).
     pub expected: Option<String>,
     pub started: Nanos,
-    /// Directory name under `ingest/`.
+    /// File id: the data is `ingest/<id>.data`.
     pub id: String,
 }
 

@@ -7,7 +7,7 @@
 //! │                                          "created" → u64 LE nanoseconds
 //! ├── blobs         &str → BlobRecord       digest string → {size, created, updated, labels}
 //! ├── blob_labels   (&str, &str, &str) → () (label key, label value, digest): the label index
-//! ├── ingests       &str → IngestRecord     reference → {total, expected, started, dir id}
+//! ├── ingests       &str → IngestRecord     reference → {total, expected, started, file id}
 //! │                                                                     (v2 and later:)
 //! ├── names         &str → NameRecord       normalised reference → {descriptor JSON, created,
 //! │                                          updated, labels}
@@ -19,11 +19,15 @@
 //! ```
 //!
 //! Records are encoded by `records.rs` (a format byte, then bincode).
+//!
+//! Version 3 changed no table: it moved each ingest's bytes from `ingest/<id>/data` (locked
+//! through `ingest/<id>/lock`) to `ingest/<id>.data` (locked itself). The version keeps a
+//! v2 binary, which would lock the old path, from writing a v3 store.
 
 use redb::TableDefinition;
 
 /// The schema version this code writes and understands.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// Key of the schema version in [`META`].
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";

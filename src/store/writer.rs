@@ -1,6 +1,6 @@
 //! The writer of one ingest, and its commit.
 //!
-//! Bytes are hashed as they arrive and appended to `ingest/<id>/data` through a [`Pipe`]
+//! Bytes are hashed as they arrive and appended to `ingest/<id>.data` through a [`Pipe`]
 //! (large positional writes on a second thread, overlapping the hashing); no database
 //! transaction is open while they flow. Commit checks size and digest,
 //! then hands the fsynced file to [`Store::commit_ingest`].
@@ -44,15 +44,14 @@ impl StoreWriter {
         store: Store,
         reference: String,
         lock: RefLock,
-        file: File,
-        data_path: PathBuf,
         hasher: Hasher,
         offset: u64,
         record: IngestRecord,
         expected: Option<Digest>,
         recorded: bool,
     ) -> Self {
-        let file = Arc::new(file);
+        let file = Arc::clone(lock.file());
+        let data_path = lock.path().to_path_buf();
         let pipe = store.pipe(Arc::clone(&file), data_path.clone(), offset);
         StoreWriter {
             pipe,
@@ -202,7 +201,6 @@ impl Writer for StoreWriter {
         let committed = w.store.commit_ingest(
             &w.reference,
             &w.lock,
-            &w.data_path,
             &actual,
             written,
             labels,
