@@ -71,21 +71,22 @@ pub fn copy(
     labels: Labels,
 ) -> Result<Committed> {
     let offset = writer.status()?.offset;
+    let remaining = size.map(|s| s.saturating_sub(offset));
     match source {
         Source::Stream(r) => {
             io::copy(&mut r.take(offset), &mut io::sink())
                 .map_err(|e| Error::from_io(e, "skip the resumed prefix of", "input"))?;
-            copy_stream(r, &mut *writer)?;
+            copy_stream(r, &mut *writer, remaining)?;
         }
         Source::Seekable(r) => {
             r.seek(SeekFrom::Start(offset))
                 .map_err(|e| Error::io("seek", "input", e))?;
-            copy_stream(r, &mut *writer)?;
+            copy_stream(r, &mut *writer, remaining)?;
         }
         Source::At(r) => {
             let mut at = AtReader::new(r);
             at.pos = offset;
-            copy_stream(&mut at, &mut *writer)?;
+            copy_stream(&mut at, &mut *writer, remaining)?;
         }
     }
     // What names the content if the commit finds it already there.
@@ -109,11 +110,25 @@ pub fn copy(
     }
 }
 
-/// Streams `reader` into `writer` with a 1 MiB buffer.
-fn copy_stream(reader: &mut dyn Read, writer: &mut dyn Writer) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
+/// Streams `reader` into `writer` through a buffer of up to 1 MiB: sized to `expected`
+/// bytes (plus one, to see the end in one read) when known, else starting at 64 KiB and
+/// doubling while reads fill it. A small blob so costs no 1 MiB allocation to zero.
+fn copy_stream(
+    reader: &mut dyn Read,
+    writer: &mut dyn Writer,
+    expected: Option<u64>,
+) -> Result<u64> {
+    const MAX: usize = 1 << 20;
+    let first = expected
+        .and_then(|e| usize::try_from(e.saturating_add(1)).ok())
+        .unwrap_or(64 << 10)
+        .clamp(4 << 10, MAX);
+    let mut buf = vec![0u8; first];
     let mut n = 0u64;
     loop {
+        if buf.len() < MAX && n >= buf.len() as u64 {
+            buf.resize((buf.len() * 2).min(MAX), 0);
+        }
         let k = match reader.read(&mut buf) {
             Ok(0) => return Ok(n),
             Ok(k) => k,

@@ -10,8 +10,6 @@
 //! An operation returns `Ok` for every outcome it can decide itself (it reads before it
 //! writes); an `Err` aborts the whole group, and every member gets the error.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,8 +22,6 @@ type Op = Box<dyn FnOnce(&WriteTransaction) -> Result<()> + Send>;
 
 struct Job {
     op: Op,
-    /// Directories whose entries must be durable before the transaction commits.
-    sync_dirs: Vec<PathBuf>,
     slot: Arc<Mutex<Option<Result<()>>>>,
 }
 
@@ -49,18 +45,6 @@ impl Store {
         action: &str,
         op: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.group_write_synced(action, Vec::new(), op)
-    }
-
-    /// [`Store::group_write`], with directories to fsync before the commit: the leader
-    /// fsyncs each distinct directory of its group once, so that blobs published into the
-    /// same shard by concurrent commits share one directory fsync.
-    pub(crate) fn group_write_synced<T: Send + 'static>(
-        &self,
-        action: &str,
-        sync_dirs: Vec<PathBuf>,
-        op: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
         self.writable(action)?;
         let out: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
         let slot = Arc::new(Mutex::new(None));
@@ -71,7 +55,6 @@ impl Store {
                 *sink.lock() = Some(v);
                 Ok(())
             }),
-            sync_dirs,
             slot: slot.clone(),
         };
         let committer = self.committer();
@@ -88,27 +71,12 @@ impl Store {
 
     /// Runs `jobs` in one transaction and fills every slot.
     fn settle(&self, action: &str, jobs: Vec<Job>) {
-        let dirs: BTreeSet<PathBuf> = jobs
-            .iter()
-            .flat_map(|j| j.sync_dirs.iter().cloned())
-            .collect();
         let (ops, slots): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.slot)).unzip();
         // Which job failed (None: the transaction itself), and how.
         let mut failed: Option<(Option<usize>, Error)> = None;
-        for d in &dirs {
-            if let Err(e) = crate::blobs::sync_dir(d) {
-                failed = Some((None, e));
-                break;
-            }
-        }
-        match if failed.is_some() {
-            None
-        } else {
-            Some(self.write_txn(action))
-        } {
-            None => {}
-            Some(Err(e)) => failed = Some((None, e)),
-            Some(Ok(txn)) => {
+        match self.write_txn(action) {
+            Err(e) => failed = Some((None, e)),
+            Ok(txn) => {
                 for (i, op) in ops.into_iter().enumerate() {
                     if let Err(e) = op(&txn) {
                         failed = Some((Some(i), e));
