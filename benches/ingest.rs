@@ -5,7 +5,7 @@
 //!   rest, best of each;
 //! - 10,000 × 4 KiB blobs, durable, through the batch API, through 8 concurrent writers, and
 //!   one transaction per blob, vs create + write + fsync + rename of as many files with one
-//!   directory fsync per shard.
+//!   directory fsync per shard; five rounds in rotating order, the median of each.
 //!
 //! Run: `cargo bench --bench ingest` (`OCISTORE_BENCH_SCALE=0.1` for a quick pass). Prints
 //! figures and ratios; asserts nothing.
@@ -112,17 +112,15 @@ fn large_blob(dir: &Path) {
     );
 }
 
-fn small_blobs(dir: &Path) {
-    let n = ((10_000f64 * scale()) as usize).max(100);
-    let blobs: Vec<Vec<u8>> = (0..n).map(|i| data(4096, i as u64 + 7)).collect();
-    // Baseline: files sharded like the store, one fsync per file, one per shard directory.
-    let base = dir.join("baseline-small");
-    settle();
-    let t = Instant::now();
+/// One way of putting the small blobs, timed from a fresh directory.
+type Side = fn(&Path, &[Vec<u8>]);
+
+fn baseline_files(dir: &Path, blobs: &[Vec<u8>]) {
+    // Files sharded like the store, one fsync per file, one per shard directory at the end.
     let mut shards = std::collections::BTreeSet::new();
-    for b in &blobs {
+    for b in blobs {
         let d = Algorithm::Sha256.digest(b);
-        let shard = base.join(&d.hex()[..2]);
+        let shard = dir.join(&d.hex()[..2]);
         if shards.insert(shard.clone()) {
             fs::create_dir_all(&shard).unwrap();
         }
@@ -135,40 +133,51 @@ fn small_blobs(dir: &Path) {
     for s in &shards {
         File::open(s).unwrap().sync_all().unwrap();
     }
-    let baseline = t.elapsed();
-    let rate = |d: Duration| n as f64 / secs(d);
-    println!("put {n} x 4 KiB blobs, durable");
-    println!(
-        "  baseline files: {:.3}s = {:.0} files/s",
-        secs(baseline),
-        rate(baseline)
-    );
+}
 
-    // Batch API.
-    let store = Store::open(dir.join("store-batch")).unwrap();
-    settle();
-    let t = Instant::now();
+/// What durability per blob costs the file system alone: 8 threads each making every file
+/// durable before the next (fsync the file, rename, fsync its directory), as a commit must.
+fn eight_threads_files_durable_each(dir: &Path, blobs: &[Vec<u8>]) {
+    for b in blobs.iter().take(256) {
+        let d = Algorithm::Sha256.digest(b);
+        fs::create_dir_all(dir.join(&d.hex()[..2])).unwrap();
+    }
+    std::thread::scope(|s| {
+        for w in 0..8 {
+            s.spawn(move || {
+                for b in blobs.iter().skip(w).step_by(8) {
+                    let d = Algorithm::Sha256.digest(b);
+                    let shard = dir.join(&d.hex()[..2]);
+                    fs::create_dir_all(&shard).unwrap();
+                    let tmp = shard.join(format!("{}.tmp", d.hex()));
+                    let mut f = File::create(&tmp).unwrap();
+                    f.write_all(b).unwrap();
+                    f.sync_all().unwrap();
+                    fs::rename(&tmp, shard.join(d.hex())).unwrap();
+                    File::open(&shard).unwrap().sync_all().unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn batch_api(dir: &Path, blobs: &[Vec<u8>]) {
+    let store = Store::open(dir).unwrap();
     let mut b = store.batch().unwrap();
-    for blob in &blobs {
+    for blob in blobs {
         b.stage(&mut &blob[..], None, None, Labels::new()).unwrap();
     }
     b.commit().unwrap();
-    let batch = t.elapsed();
-    println!(
-        "  batch API:      {:.3}s = {:.0} blobs/s   ratio {:.2}x baseline rate (target >= 0.9x)",
-        secs(batch),
-        rate(batch),
-        rate(batch) / rate(baseline)
-    );
+}
 
-    // 8 concurrent writers.
-    let store = Store::open(dir.join("store-writers")).unwrap();
-    settle();
-    let t = Instant::now();
+/// Most transactions an 8-writer round took (its smallest groups).
+static WRITER_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn eight_writers(dir: &Path, blobs: &[Vec<u8>]) {
+    let store = Store::open(dir).unwrap();
     std::thread::scope(|s| {
         for w in 0..8 {
             let store = &store;
-            let blobs = &blobs;
             s.spawn(move || {
                 for (i, blob) in blobs.iter().enumerate().skip(w).step_by(8) {
                     helpers::write_blob(
@@ -184,18 +193,14 @@ fn small_blobs(dir: &Path) {
             });
         }
     });
-    let writers = t.elapsed();
-    println!(
-        "  8 writers:      {:.3}s = {:.0} blobs/s   ratio {:.2}x baseline rate (target >= 0.9x)",
-        secs(writers),
-        rate(writers),
-        rate(writers) / rate(baseline)
-    );
+    // The store's commit counter: how many transactions the 8 writers' commits took.
+    let g = fs::read(dir.join("meta.gen")).unwrap();
+    let commits = u64::from_le_bytes(g[..8].try_into().unwrap());
+    WRITER_COMMITS.fetch_max(commits, std::sync::atomic::Ordering::Relaxed);
+}
 
-    // One writer, one transaction per blob.
-    let store = Store::open(dir.join("store-serial")).unwrap();
-    settle();
-    let t = Instant::now();
+fn txn_per_blob(dir: &Path, blobs: &[Vec<u8>]) {
+    let store = Store::open(dir).unwrap();
     for (i, blob) in blobs.iter().enumerate() {
         helpers::write_blob(
             &store,
@@ -207,12 +212,81 @@ fn small_blobs(dir: &Path) {
         )
         .unwrap();
     }
-    let serial = t.elapsed();
+}
+
+fn small_blobs(dir: &Path) {
+    let n = ((10_000f64 * scale()) as usize).max(100);
+    let blobs: Vec<Vec<u8>> = (0..n).map(|i| data(4096, i as u64 + 7)).collect();
+    let sides: [(&str, Side); 5] = [
+        ("baseline files", baseline_files),
+        ("batch API", batch_api),
+        ("8 writers", eight_writers),
+        ("1 txn per blob", txn_per_blob),
+        (
+            "8 threads, files durable each",
+            eight_threads_files_durable_each,
+        ),
+    ];
+    // Five rounds, each side from a fresh directory after a sync and a rest, the order
+    // rotated every round so that no side always follows the same one; the median of each
+    // is compared (fastest and slowest beside it): runs of a few seconds on this disk
+    // swing by 1.5x, and a best-of would compare each side's luckiest run. The serial side is slow and only
+    // reported, so it runs once. The last side is a second, report-only reference: plain
+    // files made durable one by one from 8 threads, the file system's own price for what a
+    // writer's commit promises (the baseline makes its files durable only at the end).
+    const ROUNDS: usize = 5;
+    let mut times = vec![Vec::new(); sides.len()];
+    for round in 0..ROUNDS {
+        for k in 0..sides.len() {
+            let i = (k + round) % sides.len();
+            if i == 3 && round > 0 {
+                continue;
+            }
+            let (name, side) = sides[i];
+            let target = dir.join(format!("small-{round}-{}", name.replace(' ', "-")));
+            settle();
+            let t = Instant::now();
+            side(&target, &blobs);
+            times[i].push(t.elapsed());
+            fs::remove_dir_all(&target).unwrap();
+        }
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    let median = |i: usize| times[i][times[i].len() / 2];
+    let fastest = |i: usize| times[i][0];
+    let slowest = |i: usize| times[i][times[i].len() - 1];
+    let rate = |d: Duration| n as f64 / secs(d);
+    let base = rate(median(0));
+    println!("put {n} x 4 KiB blobs, durable (median of {ROUNDS}; [fastest, slowest] rates)");
     println!(
-        "  1 txn per blob: {:.3}s = {:.0} blobs/s   ratio {:.2}x baseline rate (what grouping buys)",
-        secs(serial),
-        rate(serial),
-        rate(serial) / rate(baseline)
+        "  baseline files: {:.3}s = {:.0} files/s  [{:.0}, {:.0}]",
+        secs(median(0)),
+        base,
+        rate(fastest(0)),
+        rate(slowest(0))
+    );
+    for (i, (name, _)) in sides.iter().enumerate().skip(1) {
+        let goal = match i {
+            3 => "what grouping buys",
+            4 => "reference: durable per file, no database",
+            _ => "target >= 0.9x",
+        };
+        println!(
+            "  {:<31} {:.3}s = {:.0} blobs/s  [{:.0}, {:.0}]   ratio {:.2}x baseline rate ({goal})",
+            format!("{name}:"),
+            secs(median(i)),
+            rate(median(i)),
+            rate(fastest(i)),
+            rate(slowest(i)),
+            rate(median(i)) / base
+        );
+    }
+    let commits = WRITER_COMMITS.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "  8 writers' commits: {commits} transactions in the slowest-grouping round = {:.1} blobs per commit",
+        n as f64 / commits.max(1) as f64
     );
 }
 

@@ -1,18 +1,20 @@
 //! Group commit: small write transactions from concurrent threads share one redb commit.
 //!
-//! A caller queues its operation and then takes the leader lock. If, by the time it has the
-//! lock, a previous leader already ran its operation, it returns that result; otherwise it
-//! becomes the leader, drains the queue and runs every queued operation in one write
-//! transaction with one durable commit. While one group commits (fsyncs), the next one
-//! gathers. Durability is unchanged: nobody returns before the commit that holds its
-//! operation is durable.
+//! A caller queues its operation. When no group is committing, it becomes the leader: it
+//! drains the queue and runs every queued operation in one write transaction with one
+//! durable commit. Otherwise it sleeps until the group under way is settled, and then either
+//! finds its result (its operation was in that group) or leads the next group. While one
+//! group commits (fsyncs), the next one gathers; when it is done, every waiter wakes at
+//! once, so the next leader starts at once instead of after a hand-over of a lock from one
+//! settled member to the next. Durability is unchanged: nobody returns before the commit
+//! that holds its operation is durable.
 //!
 //! An operation returns `Ok` for every outcome it can decide itself (it reads before it
 //! writes); an `Err` aborts the whole group, and every member gets the error.
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use redb::WriteTransaction;
 
 use crate::error::{Error, Result};
@@ -25,11 +27,27 @@ struct Job {
     slot: Arc<Mutex<Option<Result<()>>>>,
 }
 
-/// The queue and the leader lock of one store.
+/// The queue of one store and whether a group is committing.
 #[derive(Default)]
 pub(crate) struct Committer {
-    pending: Mutex<Vec<Job>>,
-    leader: Mutex<()>,
+    queue: Mutex<Queue>,
+    settled: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Job>,
+    leading: bool,
+}
+
+/// Ends a leader's turn, also when its group panicked: clears `leading` and wakes everyone.
+struct Turn<'a>(&'a Committer);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().leading = false;
+        self.0.settled.notify_all();
+    }
 }
 
 /// The error a group member gets when another member's operation failed the group.
@@ -58,12 +76,22 @@ impl Store {
             slot: slot.clone(),
         };
         let committer = self.committer();
-        committer.pending.lock().push(job);
-        let _leader = committer.leader.lock();
-        if slot.lock().is_none() {
-            let jobs = std::mem::take(&mut *committer.pending.lock());
+        let mut queue = committer.queue.lock();
+        queue.pending.push(job);
+        while slot.lock().is_none() {
+            if queue.leading {
+                committer.settled.wait(&mut queue);
+                continue;
+            }
+            queue.leading = true;
+            let jobs = std::mem::take(&mut queue.pending);
+            drop(queue);
+            let turn = Turn(committer);
             self.settle(action, jobs);
+            drop(turn);
+            queue = committer.queue.lock();
         }
+        drop(queue);
         let result = slot.lock().take().expect("a leader settled this job");
         result?;
         Ok(out.lock().take().expect("a settled job produced its value"))
