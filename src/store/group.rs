@@ -9,10 +9,17 @@
 //! settled member to the next. Durability is unchanged: nobody returns before the commit
 //! that holds its operation is durable.
 //!
+//! A blob's commit is announced before its last fsyncs (its data, its shard directory),
+//! about a millisecond before it queues. A new leader waits for announced commits to queue,
+//! at most [`GATHER`]: with 8 concurrent writers of small blobs this doubles the blobs per
+//! transaction (3 to 6; `cargo bench --bench ingest -- small` prints it) and halves the
+//! commits' fsyncs, for at most a millisecond more latency per group.
+//!
 //! An operation returns `Ok` for every outcome it can decide itself (it reads before it
 //! writes); an `Err` aborts the whole group, and every member gets the error.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use redb::WriteTransaction;
@@ -32,12 +39,36 @@ struct Job {
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
     settled: Condvar,
+    /// Signalled when an announced commit arrives (or gives up), for a gathering leader.
+    arrived: Condvar,
 }
 
 #[derive(Default)]
 struct Queue {
     pending: Vec<Job>,
     leading: bool,
+    /// Commits announced and on their way (fsyncing their files) but not queued yet.
+    arriving: usize,
+}
+
+/// How long a new leader waits at most for announced commits to join its group.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// A commit on its way to the group, announced before its last file syncs so that a new
+/// leader can wait for it rather than commit without it. Dropped unused, it withdraws.
+pub(crate) struct Arrival {
+    store: Store,
+    pending: bool,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        if self.pending {
+            let c = self.store.committer();
+            c.queue.lock().arriving -= 1;
+            c.arrived.notify_all();
+        }
+    }
 }
 
 /// Ends a leader's turn, also when its group panicked: clears `leading` and wakes everyone.
@@ -63,6 +94,25 @@ impl Store {
         action: &str,
         op: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.group_write_announced(action, None, op)
+    }
+
+    /// Announces a commit that will reach [`Store::group_write_announced`] shortly.
+    pub(crate) fn announce(&self) -> Arrival {
+        self.committer().queue.lock().arriving += 1;
+        Arrival {
+            store: self.clone(),
+            pending: true,
+        }
+    }
+
+    /// [`Store::group_write`] for an announced commit.
+    pub(crate) fn group_write_announced<T: Send + 'static>(
+        &self,
+        action: &str,
+        mut arrival: Option<Arrival>,
+        op: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.writable(action)?;
         let out: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
         let slot = Arc::new(Mutex::new(None));
@@ -78,12 +128,27 @@ impl Store {
         let committer = self.committer();
         let mut queue = committer.queue.lock();
         queue.pending.push(job);
+        if let Some(a) = arrival.as_mut() {
+            a.pending = false;
+            queue.arriving -= 1;
+            committer.arrived.notify_all();
+        }
         while slot.lock().is_none() {
             if queue.leading {
                 committer.settled.wait(&mut queue);
                 continue;
             }
             queue.leading = true;
+            let deadline = Instant::now() + GATHER;
+            while queue.arriving > 0 {
+                if committer
+                    .arrived
+                    .wait_until(&mut queue, deadline)
+                    .timed_out()
+                {
+                    break;
+                }
+            }
             let jobs = std::mem::take(&mut queue.pending);
             drop(queue);
             let turn = Turn(committer);
@@ -140,5 +205,41 @@ impl Store {
             };
             *s.lock() = Some(Err(e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arriving(store: &Store) -> usize {
+        store.committer().queue.lock().arriving
+    }
+
+    #[test]
+    fn announcements_are_counted_until_they_queue_or_withdraw() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.announce();
+        let b = store.announce();
+        assert_eq!(arriving(&store), 2);
+        // A commit that fails before queueing (a digest mismatch) withdraws.
+        drop(a);
+        assert_eq!(arriving(&store), 1);
+        store
+            .group_write_announced("test", Some(b), |_| Ok(()))
+            .unwrap();
+        assert_eq!(arriving(&store), 0);
+    }
+
+    #[test]
+    fn an_announcement_that_never_arrives_does_not_hold_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let _stuck = store.announce();
+        // The leader gathers for at most GATHER, then commits without it.
+        let v = store.group_write("test", |_| Ok(7)).unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(arriving(&store), 1);
     }
 }

@@ -83,6 +83,7 @@ impl Store {
         size: u64,
         labels: Labels,
         children: Vec<Digest>,
+        arrival: crate::store::group::Arrival,
     ) -> Result<()> {
         if self.blob_record(digest)?.is_some() {
             self.remove_ingest(reference, lock)?;
@@ -102,7 +103,7 @@ impl Store {
             data.to_path_buf(),
             reference.to_owned(),
         );
-        let existed = self.group_write("commit a blob", move |txn| {
+        let existed = self.group_write_announced("commit a blob", Some(arrival), move |txn| {
             let mut blobs = txn
                 .open_table(BLOBS)
                 .map_err(|e| Error::db("open the blobs table", e))?;

@@ -20,7 +20,7 @@
 
 pub mod batch;
 pub(crate) mod graph;
-mod group;
+pub(crate) mod group;
 pub mod images;
 mod ingest;
 pub mod interchange;

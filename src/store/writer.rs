@@ -171,10 +171,14 @@ impl Writer for StoreWriter {
         // it leaves bytes without a record, which the next writer of the reference discards.
         // A blob still whole in the buffer is parsed for references from there.
         let buffered_children = w.pipe.whole().map(crate::refs::children);
+        // Announced to the group commit now when only small syncs remain; a large blob's
+        // sync may take seconds, so it announces itself after it.
+        let early = buffered_children.is_some().then(|| w.store.announce());
         w.pipe.flush()?;
         w.file
             .sync_data()
             .map_err(|e| Error::io("fsync ingest data", &w.data_path, e))?;
+        let arrival = early.unwrap_or_else(|| w.store.announce());
         let written = w.pipe.end();
         if let Some(want) = size.or(w.record.total)
             && want != written
@@ -205,6 +209,7 @@ impl Writer for StoreWriter {
             written,
             labels,
             children.unwrap_or_default(),
+            arrival,
         );
         if committed.is_ok()
             || committed
