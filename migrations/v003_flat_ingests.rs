@@ -1,22 +1,28 @@
 //! Schema version 3: no table changes; each ingest's bytes move from `ingest/<id>/data`
 //! (whose lock was `ingest/<id>/lock`) to `ingest/<id>.data`, which is its own lock.
 //!
-//! Every old lock is taken first and held until the moves are done: an ingest still written
-//! by an older ocistore refuses the migration (`StoreInUse`, naming the process) and leaves
-//! every file where it was. Batch staging directories (`ingest/batch-…`) keep their layout.
+//! An older ocistore that has the store open would go on using the old paths, so that two
+//! writers of one reference could run at once: the step refuses (`StoreInUse`, naming the
+//! processes) while any process holds `meta.redb` without holding `layout-v3.lock`, which
+//! every process of this version takes before opening the database. It also refuses while
+//! an old writer holds an ingest's lock. Every old lock is taken first and held until the
+//! moves are done, so a refusal moves nothing. Batch staging directories (`ingest/batch-…`)
+//! keep their layout.
 
 use std::fs;
 use std::path::Path;
 
 use redb::WriteTransaction;
 
-use crate::error::{Error, Result};
-use crate::store::locks::RefLock;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::locks::{self, RefLock};
 
 pub(crate) fn apply(_txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
-    let Some(ingest_root) = blobs_root.parent().map(|root| root.join("ingest")) else {
+    let Some(root) = blobs_root.parent() else {
         return Ok(());
     };
+    refuse_older_processes(root)?;
+    let ingest_root = root.join("ingest");
     let entries = match fs::read_dir(&ingest_root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -34,10 +40,10 @@ pub(crate) fn apply(_txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
         let dir = entry.path();
         let lock = match RefLock::acquire_existing(&dir.join("lock"), id) {
             Ok(lock) => lock,
-            Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
                 return Err(Error::StoreInUse(format!(
-                    "an older ocistore is writing to '{}' ({e}); let it finish, then open \
-                     the store again",
+                    "an older ocistore is writing the ingest in '{}'; let it finish (or stop \
+                     it), then open the store again to move it to the new layout",
                     dir.display()
                 )));
             }
@@ -61,4 +67,26 @@ pub(crate) fn apply(_txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
         crate::blobs::sync_dir(&ingest_root)?;
     }
     Ok(())
+}
+
+/// `StoreInUse` when a process holds `meta.redb` but not the layout lock of this version.
+fn refuse_older_processes(root: &Path) -> Result<()> {
+    let me = std::process::id().to_string();
+    let Some(holders) = locks::holder_pids(&root.join("meta.redb")) else {
+        return Ok(());
+    };
+    let current = locks::holder_pids(&root.join(locks::LAYOUT_LOCK)).unwrap_or_default();
+    let older: Vec<String> = holders
+        .into_iter()
+        .filter(|pid| *pid != me && !current.contains(pid))
+        .collect();
+    if older.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StoreInUse(format!(
+        "'{}' is open in process {} of an older ocistore; its ingests would clash with the \
+         new layout: stop it, then open the store again",
+        root.display(),
+        older.join(", ")
+    )))
 }

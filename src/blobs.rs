@@ -52,7 +52,17 @@ impl BlobDir {
     pub fn link(&self, data: &Path, digest: &Digest, size: u64) -> Result<PathBuf> {
         let target = self.path_for(digest);
         let shard = target.parent().expect("a blob path has a shard directory");
-        fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
+        if !shard.is_dir() {
+            // A new shard (or algorithm) directory: its own name must be durable too, or a
+            // power cut could lose every blob linked into it.
+            let alg_dir = shard.parent().expect("a shard has an algorithm directory");
+            let new_alg = !alg_dir.is_dir();
+            fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
+            sync_dir(alg_dir)?;
+            if new_alg {
+                sync_dir(&self.root)?;
+            }
+        }
         match fs::hard_link(data, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

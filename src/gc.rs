@@ -11,6 +11,7 @@
 //! written for `ingest_expiry`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime};
 
 use redb::ReadableTable;
@@ -62,6 +63,10 @@ pub struct Outcome {
     /// Bytes freed (or that would be).
     pub bytes_freed: u64,
 }
+
+/// Files under `ingest/` younger than this are never debris: a writer or batch creates its
+/// file or directory a moment before it locks it.
+const DEBRIS_GRACE: Duration = Duration::from_secs(60);
 
 fn db<E: std::error::Error + Send + Sync + 'static>(
     action: &'static str,
@@ -201,7 +206,14 @@ impl Store {
                     continue;
                 }
                 let path = self.ingest_data(&reference);
-                match RefLock::acquire(&path, &reference) {
+                // A dry run creates nothing; a real one creates a missing file to hold its
+                // lock, so that no writer can take up the reference while it decides.
+                let acquired = if opts.dry_run {
+                    RefLock::acquire_existing(&path, &reference)
+                } else {
+                    RefLock::acquire(&path, &reference).map(Some)
+                };
+                match acquired {
                     Ok(lock) => held_locks.push((reference.clone(), lock)),
                     Err(e) if e.kind() == ErrorKind::Unavailable => continue,
                     Err(e) => return Err(e),
@@ -224,7 +236,7 @@ impl Store {
             txn.abort().map_err(db("end the dry run"))?;
         } else {
             txn.commit().map_err(db("commit the collection"))?;
-            for (_, lock) in &held_locks {
+            for lock in held_locks.iter().filter_map(|(_, l)| l.as_ref()) {
                 lock.remove_file();
             }
             self.remove_unrecorded_files(&doomed_digests)?;
@@ -269,6 +281,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("list ingests", root, e)),
         };
+        let recorded = self.recorded_ingest_ids()?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
             let path = entry.path();
@@ -277,27 +290,37 @@ impl Store {
             let (lock_path, bytes) = if meta.is_dir() {
                 (path.join("lock"), tree_bytes(&path))
             } else if let Some(id) = name.strip_suffix(".data") {
-                if self.ingest_id_recorded(id)? {
+                if recorded.contains(id) {
                     continue;
                 }
-                (path.clone(), meta.len())
+                // A name left on a committed blob's file frees nothing.
+                (path.clone(), if meta.nlink() > 1 { 0 } else { meta.len() })
             } else {
                 continue;
             };
+            let idle = now
+                .duration_since(meta.modified().unwrap_or(now))
+                .unwrap_or_default();
+            // A file or batch directory created this instant may not be locked yet.
+            if idle < DEBRIS_GRACE {
+                continue;
+            }
             let lock = match RefLock::acquire_existing(&lock_path, &name) {
                 Ok(lock) => lock,
                 Err(e) if e.kind() == ErrorKind::Unavailable => continue,
                 Err(e) => return Err(e),
             };
-            let idle = now
-                .duration_since(meta.modified().unwrap_or(now))
-                .unwrap_or_default();
-            // A directory without its lock yet may be a batch starting this instant.
-            if lock.is_none() && idle < opts.ingest_expiry {
-                continue;
-            }
-            // Recorded while we looked (a writer that closed before we took the lock)?
-            if !meta.is_dir() && self.ingest_id_recorded(&name[..name.len() - 5])? {
+            if meta.is_dir() {
+                // A directory without a lock file: a batch that died before taking it, or
+                // one still starting; only an old one is taken for debris.
+                if lock.is_none() && idle < opts.ingest_expiry {
+                    continue;
+                }
+            } else if lock.is_none()
+                // Gone meanwhile, or recorded while we looked (a writer that closed between
+                // our listing and our lock).
+                || self.recorded_ingest_ids()?.contains(&name[..name.len() - 5])
+            {
                 continue;
             }
             out.bytes_freed += bytes;
@@ -323,20 +346,19 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an ingest record names the data file `id`.
-    fn ingest_id_recorded(&self, id: &str) -> Result<bool> {
+    /// The file ids every ingest record names.
+    fn recorded_ingest_ids(&self) -> Result<BTreeSet<String>> {
         let txn = self.read_txn()?;
         let ingests = txn
             .open_table(INGESTS)
             .map_err(db("open the ingests table"))?;
+        let mut ids = BTreeSet::new();
         for entry in ingests.iter().map_err(db("read ingests"))? {
             let (k, v) = entry.map_err(db("read ingests"))?;
             let rec: IngestRecord = records::decode(v.value(), k.value())?;
-            if rec.id == id {
-                return Ok(true);
-            }
+            ids.insert(rec.id);
         }
-        Ok(false)
+        Ok(ids)
     }
 }
 

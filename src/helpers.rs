@@ -112,7 +112,8 @@ pub fn copy(
 
 /// Streams `reader` into `writer` through a buffer of up to 1 MiB: sized to `expected`
 /// bytes (plus one, to see the end in one read) when known, else starting at 64 KiB and
-/// doubling while reads fill it. A small blob so costs no 1 MiB allocation to zero.
+/// doubling each time as many bytes as it holds have gone through. A small blob so costs
+/// no 1 MiB allocation to zero.
 fn copy_stream(
     reader: &mut dyn Read,
     writer: &mut dyn Writer,

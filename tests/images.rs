@@ -369,24 +369,30 @@ fn gc_removes_crash_debris() {
     assert!(!path.exists());
 }
 
-/// Under `ingest/`: a data file with no record (a writer that died before recording), a
-/// batch directory whose process died, and a live batch and a live unrecorded writer, which
-/// stay. Debris whose lock is held is never touched.
+/// Under `ingest/`: a data file with no record (a writer that died before recording) and a
+/// batch directory whose process died go; a live batch, a live unrecorded writer and a file
+/// created a moment ago (its writer may not have locked it yet) stay.
 #[test]
 fn gc_removes_ingest_debris_but_not_live_ingests() {
     use ocistore::Ingester;
     use std::io::Write as _;
     let (_d, store) = fresh();
     let ingest = store.root().join("ingest");
-    std::fs::write(
-        ingest.join("0123456789abcdef0123456789abcdef.data"),
-        b"orphan",
-    )
-    .unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let orphan = ingest.join("0123456789abcdef0123456789abcdef.data");
+    std::fs::write(&orphan, b"orphan").unwrap();
     let dead_batch = ingest.join("batch-1-1");
     std::fs::create_dir_all(&dead_batch).unwrap();
     std::fs::write(dead_batch.join("lock"), b"").unwrap();
     std::fs::write(dead_batch.join("000001"), b"staged by the dead").unwrap();
+    for old in [&orphan, &dead_batch] {
+        std::fs::File::open(old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    }
+    let newborn = ingest.join("fedcba9876543210fedcba9876543210.data");
+    std::fs::write(&newborn, b"").unwrap();
     let live_batch = store.batch().unwrap();
     let mut live = store.writer("live-unrecorded", None, None).unwrap();
     live.write_all(b"in the buffer").unwrap();
@@ -411,11 +417,8 @@ fn gc_removes_ingest_debris_but_not_live_ingests() {
     let out = store.gc(&Options::default()).unwrap();
     assert_eq!(out.removed.iter().filter(|r| r.kind == "debris").count(), 2);
     assert!(!dead_batch.exists());
-    assert!(
-        !ingest
-            .join("0123456789abcdef0123456789abcdef.data")
-            .exists()
-    );
+    assert!(!orphan.exists());
+    assert!(newborn.exists(), "too young to be debris");
     let d = live.commit(None, None, Labels::new()).unwrap();
     assert_eq!(
         helpers::read_blob_verified(&store, &d).unwrap(),

@@ -180,6 +180,54 @@ fn migration_waits_for_an_old_writer() {
     assert_eq!(store.status("fixture-ingest").unwrap().offset, 5);
 }
 
+/// An older ocistore with the store open (here: another process holding a lock on
+/// `meta.redb`, as redb's processes do, but not this version's layout lock) would keep
+/// writing ingests at the old paths: the migration refuses, naming it, and moves nothing.
+#[test]
+fn migration_refuses_while_an_older_process_has_the_store_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(2), tmp.path());
+    let mut old = std::process::Command::new("flock")
+        // --no-fork: the lock holder is the process we kill, not a child left behind.
+        .args(["--shared", "--no-fork"])
+        .arg(tmp.path().join("meta.redb"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    // Until the child holds its lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        match Store::open(tmp.path()) {
+            Err(e) => break e,
+            Ok(s) => {
+                drop(s);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the child never locked"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::StoreInUse, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&old.id().to_string()) && msg.contains("older"),
+        "{msg}"
+    );
+    assert!(
+        tmp.path()
+            .join("ingest/9b83af6a5c796e474da9fa41fc56a385/data")
+            .exists(),
+        "nothing moved"
+    );
+    old.kill().unwrap();
+    old.wait().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), store_version());
+    assert_eq!(store.status("fixture-ingest").unwrap().offset, 5);
+}
+
 #[test]
 fn newer_schema_is_refused() {
     const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");

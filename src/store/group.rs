@@ -9,8 +9,10 @@
 //! settled member to the next. Durability is unchanged: nobody returns before the commit
 //! that holds its operation is durable.
 //!
-//! A blob's commit is announced before its last fsyncs (its data, its shard directory),
-//! about a millisecond before it queues. A new leader waits for announced commits to queue,
+//! A blob's commit is announced before its last fsyncs, about a millisecond before it
+//! queues: before the data file's fsync when the blob is small enough to be still whole in
+//! its writer's buffer, after it (before the shard directory's) for larger blobs, whose data
+//! sync can take seconds. A new leader waits for announced commits to queue,
 //! at most [`GATHER`]: with 8 concurrent writers of small blobs this doubles the blobs per
 //! transaction (3 to 6; `cargo bench --bench ingest -- small` prints it) and halves the
 //! commits' fsyncs, for at most a millisecond more latency per group.
@@ -31,7 +33,7 @@ type Op = Box<dyn FnOnce(&WriteTransaction) -> Result<()> + Send>;
 
 struct Job {
     op: Op,
-    slot: Arc<Mutex<Option<Result<()>>>>,
+    slot: Slot,
 }
 
 /// The queue of one store and whether a group is committing.
@@ -71,13 +73,30 @@ impl Drop for Arrival {
     }
 }
 
-/// Ends a leader's turn, also when its group panicked: clears `leading` and wakes everyone.
-struct Turn<'a>(&'a Committer);
+/// Ends a leader's turn, also when its group panicked: fails every member still without a
+/// result (they would otherwise lead empty groups forever), clears `leading`, wakes everyone.
+struct Turn<'a> {
+    committer: &'a Committer,
+    slots: Vec<Slot>,
+}
+
+type Slot = Arc<Mutex<Option<Result<()>>>>;
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.queue.lock().leading = false;
-        self.0.settled.notify_all();
+        for slot in &self.slots {
+            let mut slot = slot.lock();
+            if slot.is_none() {
+                *slot = Some(Err(Error::Database {
+                    action: "commit a group of writes",
+                    source: Box::new(GroupFailed(
+                        "the thread committing the group panicked".to_owned(),
+                    )),
+                }));
+            }
+        }
+        self.committer.queue.lock().leading = false;
+        self.committer.settled.notify_all();
     }
 }
 
@@ -151,7 +170,10 @@ impl Store {
             }
             let jobs = std::mem::take(&mut queue.pending);
             drop(queue);
-            let turn = Turn(committer);
+            let turn = Turn {
+                committer,
+                slots: jobs.iter().map(|j| Arc::clone(&j.slot)).collect(),
+            };
             self.settle(action, jobs);
             drop(turn);
             queue = committer.queue.lock();
@@ -230,6 +252,37 @@ mod tests {
             .group_write_announced("test", Some(b), |_| Ok(()))
             .unwrap();
         assert_eq!(arriving(&store), 0);
+    }
+
+    #[test]
+    fn a_panicking_group_fails_its_members_and_the_next_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let slot: Slot = Arc::new(Mutex::new(None));
+        let other = Job {
+            op: Box::new(|_| Ok(())),
+            slot: Arc::clone(&slot),
+        };
+        let boom = Job {
+            op: Box::new(|_| panic!("an operation that panics")),
+            slot: Arc::new(Mutex::new(None)),
+        };
+        let committer = store.committer();
+        committer.queue.lock().leading = true;
+        let jobs = vec![boom, other];
+        let turn = Turn {
+            committer,
+            slots: jobs.iter().map(|j| Arc::clone(&j.slot)).collect(),
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.settle("test", jobs);
+            drop(turn);
+        }));
+        assert!(caught.is_err());
+        let err = slot.lock().take().unwrap().unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert!(!committer.queue.lock().leading);
+        assert_eq!(store.group_write("test", |_| Ok(1)).unwrap(), 1);
     }
 
     #[test]

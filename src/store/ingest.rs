@@ -2,8 +2,10 @@
 //!
 //! An ingest is a record in `ingests` (reference → total, expected, started, file id) plus
 //! its data file `ingest/<id>.data`, whose length is the offset and whose `flock` is the
-//! reference's lock. The record is written when a writer first puts bytes in the file (or
-//! closes); bytes are then appended without touching the database.
+//! reference's lock. A writer records its ingest before it first flushes bytes to the file
+//! for resuming (or when it closes); a writer that commits at once never records it, and
+//! bytes left without a record by a crash are discarded by the next writer or by gc.
+//! Bytes are appended without touching the database.
 
 use std::fs::{self, File};
 use std::io;
@@ -77,6 +79,8 @@ impl Store {
     fn status_of(&self, reference: &str, record: &IngestRecord) -> Result<Status> {
         let data = self.ingest_data(reference);
         let (offset, updated) = match fs::metadata(&data) {
+            // A file that also names a blob is not resumed (the next writer starts anew).
+            Ok(m) if m.nlink() > 1 => (0, record.started),
             Ok(m) => (
                 m.len(),
                 m.modified().map(Nanos::from).unwrap_or(record.started),
@@ -122,29 +126,36 @@ impl Ingester for Store {
             return Err(Error::AlreadyExists(format!("content {d}")));
         }
         let data_path = self.ingest_data(reference);
-        let mut lock = RefLock::acquire(&data_path, reference)?;
-        let existing = self.ingest_record(reference)?;
-        let fresh = existing.is_none();
         // Bytes without a record are not an ingest (a writer that crashed before its record
         // landed), and a file that also names a blob (a commit that crashed after publishing
         // it) must never be written to, not even by root, whom the blob's read-only mode does
-        // not stop: unlink the name and lock a new file. Never truncated in place.
-        for _ in 0..8 {
+        // not stop: unlink the name and lock a new file. Never truncated in place. The record
+        // is read under each lock taken, as gc may drop it while no lock is held.
+        let mut attempts = 0;
+        let (lock, existing) = loop {
+            let lock = RefLock::acquire(&data_path, reference)?;
+            let existing = self.ingest_record(reference)?;
             if lock.created() {
-                break;
+                break (lock, existing);
             }
             let nlink = lock
                 .file()
                 .metadata()
                 .map_err(|e| Error::io("stat ingest data", &data_path, e))?
                 .nlink();
-            if !fresh && nlink == 1 {
-                break;
+            if existing.is_some() && nlink == 1 {
+                break (lock, existing);
+            }
+            attempts += 1;
+            if attempts == 8 {
+                return Err(Error::Unavailable(format!(
+                    "ingest ref {reference:?}: its file keeps being replaced under us"
+                )));
             }
             fs::remove_file(&data_path)
                 .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
-            lock = RefLock::acquire(&data_path, reference)?;
-        }
+        };
+        let fresh = existing.is_none();
         let record = match existing {
             Some(mut rec) => {
                 let want_expected = expected.map(ToString::to_string);

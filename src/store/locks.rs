@@ -114,6 +114,26 @@ impl RefLock {
     }
 }
 
+/// The file every process that has the store open read-write holds a shared lock on, from
+/// schema 3 on: a holder of `meta.redb` without it is an older ocistore.
+pub(crate) const LAYOUT_LOCK: &str = "layout-v3.lock";
+
+/// Opens (creating) `<root>/layout-v3.lock` and takes a shared lock on it, kept as long as
+/// the returned file is open.
+pub(crate) fn hold_layout_lock(root: &Path) -> Result<File> {
+    let path = root.join(LAYOUT_LOCK);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open the layout lock", &path, e))?;
+    file.lock_shared()
+        .map_err(|e| Error::io("lock the layout lock", &path, e))?;
+    Ok(file)
+}
+
 /// The pids holding file locks on `path`, from `/proc/locks` (Linux), e.g. "1234" or
 /// "1234, 5678"; `None` when they cannot be told.
 pub(crate) fn lock_holders(path: &Path) -> Option<String> {
@@ -121,7 +141,9 @@ pub(crate) fn lock_holders(path: &Path) -> Option<String> {
     (!pids.is_empty()).then(|| pids.join(", "))
 }
 
-fn holder_pids(path: &Path) -> Option<Vec<String>> {
+/// The pids holding file locks on `path`, sorted; `None` when they cannot be told. Open file
+/// description locks (which `/proc/locks` shows without a pid) are not counted.
+pub(crate) fn holder_pids(path: &Path) -> Option<Vec<String>> {
     let ino = fs::metadata(path).ok()?.ino();
     let locks = fs::read_to_string("/proc/locks").ok()?;
     let mut pids: Vec<String> = locks

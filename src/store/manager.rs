@@ -86,6 +86,8 @@ impl Store {
         arrival: crate::store::group::Arrival,
     ) -> Result<()> {
         if self.blob_record(digest)?.is_some() {
+            // Not joining a group with this commit: withdraw, or a leader waits for it.
+            drop(arrival);
             self.remove_ingest(reference, lock)?;
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }

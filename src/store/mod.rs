@@ -108,6 +108,10 @@ pub(crate) struct Inner {
     db: Db,
     blobs: BlobDir,
     ingest_root: PathBuf,
+    /// A shared lock on `layout-v3.lock`, held while open read-write: it tells a migrating
+    /// process which holders of `meta.redb` already use this layout (see
+    /// `migrations/v003_flat_ingests.rs`).
+    _layout: Option<fs::File>,
 }
 
 enum Db {
@@ -306,6 +310,13 @@ impl Inner {
         let meta = root.join("meta.redb");
         let blobs = root.join("blobs");
         let ingest_root = root.join("ingest");
+        // Taken before the database, so that a process migrating meanwhile counts us as
+        // current. A root we cannot write fails below, at the database, with its own error.
+        let layout = if read_only {
+            None
+        } else {
+            locks::hold_layout_lock(&root).ok()
+        };
         let mut builder = redb::Builder::new();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
         let deadline = Instant::now() + wait;
@@ -341,8 +352,17 @@ impl Inner {
         };
         match &db {
             Db::ReadWrite(db) => {
+                let mut created = false;
                 for dir in [&blobs, &ingest_root] {
-                    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+                    if !dir.is_dir() {
+                        fs::create_dir_all(dir)
+                            .map_err(|e| Error::io("create directory", dir, e))?;
+                        created = true;
+                    }
+                }
+                if created {
+                    // The new names (and meta.redb's) durable before anything is put in them.
+                    crate::blobs::sync_dir(&root)?;
                 }
                 migrate::migrate(db, &blobs)?;
             }
@@ -369,6 +389,7 @@ impl Inner {
             ingest_root,
             root,
             db,
+            _layout: layout,
         })
     }
 

@@ -21,8 +21,9 @@
 //! Records are encoded by `records.rs` (a format byte, then bincode).
 //!
 //! Version 3 changed no table: it moved each ingest's bytes from `ingest/<id>/data` (locked
-//! through `ingest/<id>/lock`) to `ingest/<id>.data` (locked itself). The version keeps a
-//! v2 binary, which would lock the old path, from writing a v3 store.
+//! through `ingest/<id>/lock`) to `ingest/<id>.data` (locked itself). The version makes a
+//! v2 binary, which would lock the old path, refuse a v3 store; the migration refuses while
+//! a v2 process has the store open (see `migrations/v003_flat_ingests.rs`).
 
 use redb::TableDefinition;
 

@@ -31,8 +31,9 @@ pub(crate) struct StoreWriter {
     record: IngestRecord,
     expected: Option<Digest>,
     updated: Nanos,
-    /// Whether the ingest's record is in the database (written before the first byte
-    /// reaches the file, so that bytes on disk always belong to a recorded ingest).
+    /// Whether the ingest's record is in the database: written before bytes reach the file
+    /// other than in a commit, so that what a writer leaves to resume is always recorded.
+    /// A commit writes without it (its transaction drops the record anyway).
     recorded: bool,
     /// Committed (or found committed): the ingest is gone, drop must not bring it back.
     finished: bool,
