@@ -194,21 +194,20 @@ fn migration_refuses_while_an_older_process_has_the_store_open() {
         .args(["sleep", "60"])
         .spawn()
         .expect("flock(1) from util-linux");
-    // Until the child holds its lock.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let err = loop {
-        match Store::open(tmp.path()) {
-            Err(e) => break e,
-            Ok(s) => {
-                drop(s);
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the child never locked"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
-    };
+    // Until the child holds its lock (an exclusive try fails then). Opening before that
+    // would migrate the store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let meta = std::fs::File::open(tmp.path().join("meta.redb")).unwrap();
+    while meta.try_lock().is_ok() {
+        meta.unlock().unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(meta);
+    let err = Store::open(tmp.path()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StoreInUse, "{err}");
     let msg = err.to_string();
     assert!(
