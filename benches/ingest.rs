@@ -124,6 +124,15 @@ fn large_blob(dir: &Path) {
 /// One way of putting the small blobs, timed from a fresh directory.
 type Side = fn(&Path, &[Vec<u8>]);
 
+/// Writes `bytes` as `shard/name` the plain way: a temporary file, fsynced, renamed.
+fn put_file(shard: &Path, name: &str, bytes: &[u8]) {
+    let tmp = shard.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+    fs::rename(&tmp, shard.join(name)).unwrap();
+}
+
 fn baseline_files(dir: &Path, blobs: &[Vec<u8>]) {
     // Files sharded like the store, one fsync per file, one per shard directory at the end.
     let mut shards = std::collections::BTreeSet::new();
@@ -133,11 +142,7 @@ fn baseline_files(dir: &Path, blobs: &[Vec<u8>]) {
         if shards.insert(shard.clone()) {
             fs::create_dir_all(&shard).unwrap();
         }
-        let tmp = shard.join(format!("{}.tmp", d.hex()));
-        let mut f = File::create(&tmp).unwrap();
-        f.write_all(b).unwrap();
-        f.sync_all().unwrap();
-        fs::rename(&tmp, shard.join(d.hex())).unwrap();
+        put_file(&shard, d.hex(), b);
     }
     for s in &shards {
         File::open(s).unwrap().sync_all().unwrap();
@@ -147,10 +152,6 @@ fn baseline_files(dir: &Path, blobs: &[Vec<u8>]) {
 /// What durability per blob costs the file system alone: 8 threads each making every file
 /// durable before the next (fsync the file, rename, fsync its directory), as a commit must.
 fn eight_threads_files_durable_each(dir: &Path, blobs: &[Vec<u8>]) {
-    for b in blobs.iter().take(256) {
-        let d = Algorithm::Sha256.digest(b);
-        fs::create_dir_all(dir.join(&d.hex()[..2])).unwrap();
-    }
     std::thread::scope(|s| {
         for w in 0..8 {
             s.spawn(move || {
@@ -158,11 +159,7 @@ fn eight_threads_files_durable_each(dir: &Path, blobs: &[Vec<u8>]) {
                     let d = Algorithm::Sha256.digest(b);
                     let shard = dir.join(&d.hex()[..2]);
                     fs::create_dir_all(&shard).unwrap();
-                    let tmp = shard.join(format!("{}.tmp", d.hex()));
-                    let mut f = File::create(&tmp).unwrap();
-                    f.write_all(b).unwrap();
-                    f.sync_all().unwrap();
-                    fs::rename(&tmp, shard.join(d.hex())).unwrap();
+                    put_file(&shard, d.hex(), b);
                     File::open(&shard).unwrap().sync_all().unwrap();
                 }
             });

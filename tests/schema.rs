@@ -49,16 +49,12 @@ fn fixture_blobs() -> Vec<(Algorithm, &'static [u8], Labels)> {
     ]
 }
 
-#[test]
-#[ignore = "run by hand to regenerate tests/fixtures/v1 (only while v1 is the current schema)"]
-fn regenerate_v1_fixture() {
-    let root = fixture(1);
-    let _ = std::fs::remove_dir_all(&root);
-    let store = Store::open(&root).unwrap();
+/// Writes [`fixture_blobs`] into `store`.
+fn put_fixture_blobs(store: &Store) {
     for (alg, bytes, labels) in fixture_blobs() {
         let d = alg.digest(bytes);
         helpers::write_blob(
-            &store,
+            store,
             &format!("fx-{alg}"),
             &mut &bytes[..],
             None,
@@ -67,6 +63,15 @@ fn regenerate_v1_fixture() {
         )
         .unwrap();
     }
+}
+
+#[test]
+#[ignore = "run by hand to regenerate tests/fixtures/v1 (only while v1 is the current schema)"]
+fn regenerate_v1_fixture() {
+    let root = fixture(1);
+    let _ = std::fs::remove_dir_all(&root);
+    let store = Store::open(&root).unwrap();
+    put_fixture_blobs(&store);
     let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
     w.write_all(b"12345").unwrap();
     w.close().unwrap();
@@ -80,18 +85,7 @@ fn regenerate_v2_fixture() {
     let root = fixture(2);
     let _ = std::fs::remove_dir_all(&root);
     let store = Store::open(&root).unwrap();
-    for (alg, bytes, labels) in fixture_blobs() {
-        let d = alg.digest(bytes);
-        helpers::write_blob(
-            &store,
-            &format!("fx-{alg}"),
-            &mut &bytes[..],
-            None,
-            Some(&d),
-            labels,
-        )
-        .unwrap();
-    }
+    put_fixture_blobs(&store);
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
     store
         .import_path(&sample, ocistore::oci::import::Options::default())
