@@ -10,6 +10,27 @@ use std::path::{Path, PathBuf};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 
+/// How long a blob file linked without a record may belong to a commit in flight; see
+/// [`in_flight`].
+pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the file at `path`, which has no record, may be a blob that a commit in another
+/// process is publishing: a commit hard-links its ingest or staging file into the tree and
+/// unlinks that other name only after its transaction, so such a file has a second name and
+/// was linked (its ctime) within [`IN_FLIGHT_GRACE`]. A file with one name is never in
+/// flight. `None` when the file is gone.
+pub(crate) fn in_flight(path: &Path, now: std::time::SystemTime) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path).ok()?;
+    let ctime = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            m.ctime().max(0) as u64,
+            m.ctime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    let age = now.duration_since(ctime).unwrap_or_default();
+    Some(m.nlink() > 1 && age < IN_FLIGHT_GRACE)
+}
+
 /// The blob tree of one store.
 #[derive(Debug, Clone)]
 pub struct BlobDir {

@@ -65,8 +65,8 @@ pub struct Outcome {
 }
 
 /// Files under `ingest/` younger than this are never debris: a writer or batch creates its
-/// file or directory a moment before it locks it.
-const DEBRIS_GRACE: Duration = Duration::from_secs(60);
+/// file or directory a moment before it locks it. (Blob files: see `blobs::in_flight`.)
+const DEBRIS_GRACE: Duration = crate::blobs::IN_FLIGHT_GRACE;
 
 fn db<E: std::error::Error + Send + Sync + 'static>(
     action: &'static str,
@@ -242,7 +242,12 @@ impl Store {
             self.remove_unrecorded_files(&doomed_digests)?;
         }
         drop(held_locks);
-        // Debris: files nobody recorded (a crash between publish and commit).
+        // Ingest debris first: a crashed writer's leftover name on a published file goes here,
+        // and the blob file it shared is then plain debris below.
+        self.sweep_ingest_debris(opts, now, &mut out)?;
+        // Debris: blob files nobody recorded (a crash between publish and commit). One that
+        // may be a commit in flight in another process is left alone; the decision is made
+        // again inside the removal's write transaction.
         let swept: BTreeSet<&Digest> = doomed_digests.iter().collect();
         let scan = self.blob_dir().scan()?;
         let mut debris = Vec::new();
@@ -250,18 +255,27 @@ impl Store {
             if swept.contains(&d) || self.blob_record(&d)?.is_some() {
                 continue;
             }
+            let in_flight = crate::blobs::in_flight(&self.blob_dir().path_for(&d), now);
+            if in_flight == Some(false) {
+                debris.push((d, len));
+            }
+        }
+        let gone: BTreeSet<Digest> = if opts.dry_run {
+            debris.iter().map(|(d, _)| *d).collect()
+        } else {
+            let digests: Vec<Digest> = debris.iter().map(|(d, _)| *d).collect();
+            self.remove_unrecorded_files_if(&digests, true)?
+                .into_iter()
+                .collect()
+        };
+        for (d, len) in debris.into_iter().filter(|(d, _)| gone.contains(d)) {
             out.bytes_freed += len;
             out.removed.push(Removed {
                 kind: "debris",
                 id: self.blob_dir().path_for(&d).display().to_string(),
                 bytes: len,
             });
-            debris.push(d);
         }
-        if !opts.dry_run && !debris.is_empty() {
-            self.remove_unrecorded_files(&debris)?;
-        }
-        self.sweep_ingest_debris(opts, now, &mut out)?;
         Ok(out)
     }
 

@@ -270,10 +270,15 @@ impl Batch {
         let blobs = self.store.blob_dir().clone();
         let mut shards = BTreeSet::new();
         let mut children = BTreeMap::new();
-        for (digest, (path, size, _)) in &self.staged {
+        // Every file durable before any is linked: the links then land together, just before
+        // the transaction, which keeps the window in which another process sees a published
+        // file without its record (and counts it as a commit in flight) short.
+        for (path, _, _) in self.staged.values() {
             File::open(path)
                 .and_then(|f| f.sync_data())
                 .map_err(|e| Error::io("fsync staged blob", path, e))?;
+        }
+        for (digest, (path, size, _)) in &self.staged {
             let target = blobs.link(path, digest, *size)?;
             shards.insert(
                 target

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 
@@ -132,6 +132,110 @@ pub(crate) fn hold_layout_lock(root: &Path) -> Result<File> {
     file.lock_shared()
         .map_err(|e| Error::io("lock the layout lock", &path, e))?;
     Ok(file)
+}
+
+/// The file every open of the store holds a shared lock on, and `fsck --rebuild` an
+/// exclusive one: a rebuild, which replaces `meta.redb`, runs only when no other process has
+/// the store open, and no process opens it while a rebuild runs.
+pub(crate) const STORE_LOCK: &str = "store.lock";
+
+/// Takes a shared lock on `<root>/store.lock` for as long as the returned file is open,
+/// waiting at most `wait` while a rebuild holds it (then `StoreInUse` naming the rebuild).
+/// `None` when the file can be neither opened nor created (a read-only root that never had
+/// one: no rebuild can be running on it).
+pub(crate) fn hold_store_lock(root: &Path, wait: Duration) -> Result<Option<File>> {
+    let path = root.join(STORE_LOCK);
+    let file = match open_lock_file(&path) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            match File::open(&path) {
+                Ok(f) => f,
+                Err(_) => return Ok(None),
+            }
+        }
+        Err(e) => return Err(Error::io("open the store lock", &path, e)),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::StoreInUse(format!(
+                    "'{}' is being rebuilt (fsck --rebuild) by {}; waited {wait:?}",
+                    root.display(),
+                    describe_pids(&path).unwrap_or_else(|| "another process".into())
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock the store lock", &path, e));
+            }
+        }
+    }
+}
+
+/// Takes the exclusive lock on `<root>/store.lock` that a rebuild needs, waiting at most
+/// `wait` for the processes that have the store open to close it; then `StoreInUse` naming
+/// them (pid and command).
+pub(crate) fn exclusive_store_lock(root: &Path, wait: Duration) -> Result<File> {
+    let path = root.join(STORE_LOCK);
+    let file = open_lock_file(&path).map_err(|e| Error::io("open the store lock", &path, e))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::StoreInUse(format!(
+                    "'{}' is open in {}; a rebuild replaces meta.redb and must be alone \
+                     (waited {wait:?}; close them and try again)",
+                    root.display(),
+                    describe_pids(&path).unwrap_or_else(|| "another process".into())
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock the store lock", &path, e));
+            }
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// "pid 123 (ocistore), pid 456 (this process)": every holder of a lock on `path`, with its
+/// command name; `None` when none can be told.
+pub(crate) fn describe_pids(path: &Path) -> Option<String> {
+    let pids = holder_pids(path)?;
+    let me = std::process::id().to_string();
+    let named: Vec<String> = pids
+        .iter()
+        .map(|pid| {
+            if *pid == me {
+                format!("pid {pid} (this process)")
+            } else if let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) {
+                format!("pid {pid} ({})", comm.trim())
+            } else {
+                format!("pid {pid}")
+            }
+        })
+        .collect();
+    (!named.is_empty()).then(|| named.join(", "))
 }
 
 /// The pids holding file locks on `path`, from `/proc/locks` (Linux), e.g. "1234" or

@@ -171,7 +171,23 @@ impl Store {
     /// Removes the file of `digest` if, inside a write transaction, it has no record. Deletes
     /// and gc use this so that a file is never removed under a concurrent commit.
     pub(crate) fn remove_unrecorded_files(&self, digests: &[Digest]) -> Result<()> {
+        self.remove_unrecorded_files_if(digests, false).map(drop)
+    }
+
+    /// [`Store::remove_unrecorded_files`], with `spare_in_flight`: of the files that may be a
+    /// commit in flight (see `blobs::in_flight`) none is removed. Returns the digests whose
+    /// files went.
+    pub(crate) fn remove_unrecorded_files_if(
+        &self,
+        digests: &[Digest],
+        spare_in_flight: bool,
+    ) -> Result<Vec<Digest>> {
+        let mut removed = Vec::new();
+        if digests.is_empty() {
+            return Ok(removed);
+        }
         let txn = self.write_txn("remove blob files")?;
+        let now = std::time::SystemTime::now();
         {
             let blobs = txn
                 .open_table(BLOBS)
@@ -181,14 +197,19 @@ impl Store {
                     .get(d.to_string().as_str())
                     .map_err(|e| Error::db("read a blob record", e))?
                     .is_some();
-                if !recorded {
+                let path = self.blob_dir().path_for(d);
+                let spared =
+                    spare_in_flight && crate::blobs::in_flight(&path, now).unwrap_or(false);
+                if !recorded && !spared {
                     self.blob_dir().remove(d)?;
+                    removed.push(*d);
                 }
             }
         }
         // Nothing was written: abort instead of paying a commit.
         txn.abort()
-            .map_err(|e| Error::db("end the file-removal transaction", e))
+            .map_err(|e| Error::db("end the file-removal transaction", e))?;
+        Ok(removed)
     }
 
     /// Removes the record of `key` and its label index entries inside `txn`; whether it

@@ -112,6 +112,23 @@ pub(crate) struct Inner {
     /// process which holders of `meta.redb` already use this layout (see
     /// `migrations/v003_flat_ingests.rs`).
     _layout: Option<fs::File>,
+    /// A shared lock on `store.lock`, held while open: a rebuild waits for it (see
+    /// `locks::STORE_LOCK`). `None` for the rebuild's own opens, which hold it exclusively.
+    _store_lock: Option<fs::File>,
+    /// The leftover of a rebuild that was killed before it replaced `meta.redb`.
+    interrupted_rebuild: Option<PathBuf>,
+}
+
+/// Where a rebuild builds the new metadata before it atomically replaces `meta.redb`.
+pub(crate) const REBUILD_FILE: &str = "meta.redb.new";
+
+/// How [`Inner::open`] opens: which metadata file, and whether to take the store lock.
+pub(crate) struct OpenAt<'a> {
+    pub(crate) meta: &'a str,
+    pub(crate) read_only: bool,
+    pub(crate) wait: Duration,
+    /// `false` only for a rebuild, which already holds the store lock exclusively.
+    pub(crate) store_lock: bool,
 }
 
 enum Db {
@@ -170,18 +187,32 @@ impl Store {
             Some(ro) => ro,
             None => looks_read_only(&canonical),
         };
-        let inner = match Inner::open(canonical.clone(), read_only, opts.wait) {
+        let at = |read_only| OpenAt {
+            meta: "meta.redb",
+            read_only,
+            wait: opts.wait,
+            store_lock: true,
+        };
+        let inner = match Inner::open(canonical.clone(), &at(read_only)) {
             // Not ours to write (another user's cache): read it.
             Err(Error::Database { source, .. })
                 if opts.read_only.is_none() && !read_only && is_permission_denied(&*source) =>
             {
-                Inner::open(canonical.clone(), true, opts.wait)?
+                Inner::open(canonical.clone(), &at(true))?
             }
             other => other?,
         };
         let inner = Arc::new(inner);
         open.insert(canonical, Arc::downgrade(&inner));
         Ok(Store { inner })
+    }
+
+    /// Opens `root` outside the per-process registry: a rebuild's own handles on the old and
+    /// the new metadata file, which must not be shared with (or block) ordinary opens.
+    pub(crate) fn open_private(root: &Path, at: &OpenAt<'_>) -> Result<Store> {
+        Ok(Store {
+            inner: Arc::new(Inner::open(root.to_path_buf(), at)?),
+        })
     }
 
     /// The store's root directory.
@@ -197,6 +228,14 @@ impl Store {
     /// The blob tree.
     pub fn blob_dir(&self) -> &BlobDir {
         &self.inner.blobs
+    }
+
+    /// The metadata a rebuild killed halfway left beside `meta.redb` (`meta.redb.new`), if
+    /// any. The store still runs on its old metadata, which that rebuild did not touch;
+    /// `fsck --rebuild` (or [`crate::verify::rebuild`]) finishes the job, and deleting the
+    /// file abandons it.
+    pub fn interrupted_rebuild(&self) -> Option<&Path> {
+        self.inner.interrupted_rebuild.as_deref()
     }
 
     /// The schema version recorded in the store.
@@ -306,10 +345,29 @@ impl WriteTxn {
 }
 
 impl Inner {
-    fn open(root: PathBuf, read_only: bool, wait: Duration) -> Result<Inner> {
-        let meta = root.join("meta.redb");
+    pub(crate) fn open(root: PathBuf, at: &OpenAt<'_>) -> Result<Inner> {
+        let (read_only, wait) = (at.read_only, at.wait);
+        let meta = root.join(at.meta);
         let blobs = root.join("blobs");
         let ingest_root = root.join("ingest");
+        // First of all: no open while a rebuild replaces meta.redb (it waits, bounded).
+        let store_lock = if at.store_lock {
+            locks::hold_store_lock(&root, wait)?
+        } else {
+            None
+        };
+        let leftover = root.join(REBUILD_FILE);
+        let interrupted_rebuild = (at.store_lock && leftover.exists()).then_some(leftover);
+        if let Some(new) = &interrupted_rebuild
+            && !meta.exists()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "store '{}' has no meta.redb: a rebuild was killed before it put its new \
+                 metadata ({}) in place; run `ocistore fsck --rebuild` to finish it",
+                root.display(),
+                new.display()
+            )));
+        }
         // Taken before the database, so that a process migrating meanwhile counts us as
         // current. A root we cannot write fails below, at the database, with its own error.
         let layout = if read_only {
@@ -390,6 +448,8 @@ impl Inner {
             root,
             db,
             _layout: layout,
+            _store_lock: store_lock,
+            interrupted_rebuild,
         })
     }
 

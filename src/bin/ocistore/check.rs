@@ -17,16 +17,40 @@ pub struct FsckArgs {
     /// names are kept when the old file can still be read, else reported lost)
     #[arg(long)]
     rebuild: bool,
+    /// With --rebuild: how long to wait for other processes to close the store before
+    /// refusing (seconds)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10.0,
+        requires = "rebuild"
+    )]
+    wait: f64,
 }
 
 pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
     if args.rebuild {
-        let out = verify::rebuild(ctx.root())?;
+        if !(args.wait.is_finite() && args.wait >= 0.0) {
+            return Err(ocistore::Error::InvalidArgument(format!(
+                "--wait {}: expected a number of seconds, 0 or more",
+                args.wait
+            ))
+            .into());
+        }
+        let out = verify::rebuild_with(
+            ctx.root(),
+            &verify::RebuildOptions {
+                wait: std::time::Duration::from_secs_f64(args.wait),
+            },
+        )?;
         if ctx.json {
             print_json(&serde_json::to_value(&out).unwrap_or_default());
         } else {
+            if out.resumed_interrupted {
+                println!("discarded the metadata of an interrupted rebuild and started over");
+            }
             if let Some(old) = &out.old_metadata {
-                println!("old metadata moved to {}", old.display());
+                println!("old metadata kept as {}", old.display());
             }
             println!(
                 "recovered {} blob(s), {} name(s); quarantined {} blob(s)",
@@ -51,6 +75,7 @@ pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
             "blobs_checked": out.blobs_checked,
             "bytes_checked": out.bytes_checked,
             "names_checked": out.names_checked,
+            "in_flight": out.in_flight,
             "problems": out.problems,
             "remaining": remaining,
         }));
@@ -73,8 +98,16 @@ pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
                 .collect();
             table(&["PROBLEM", "ID", "PATH", "DETAIL", "REPAIRED"], &rows);
         }
+        let in_flight = if out.in_flight > 0 {
+            format!(
+                " ({} commit(s) of other processes in flight, not problems)",
+                out.in_flight
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "checked {} blobs ({}), {} names: {} problem(s), {} remaining",
+            "checked {} blobs ({}), {} names: {} problem(s), {} remaining{in_flight}",
             out.blobs_checked,
             human_size(out.bytes_checked),
             out.names_checked,

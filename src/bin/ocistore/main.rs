@@ -63,7 +63,16 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the store (read-write when possible).
     pub fn open(&self) -> ocistore::Result<Store> {
-        Store::open(&self.root)
+        let store = Store::open(&self.root)?;
+        if let Some(new) = store.interrupted_rebuild() {
+            eprintln!(
+                "ocistore: warning: a rebuild was killed before it replaced meta.redb; the \
+                 store runs on its old metadata ('{}' is the unfinished new one: run \
+                 `ocistore fsck --rebuild` to finish, or delete it)",
+                new.display()
+            );
+        }
+        Ok(store)
     }
 
     /// The store's root directory.

@@ -1,0 +1,414 @@
+//! fsck: re-hash every blob, reconcile records with files, check names and references; with
+//! `repair`, put right what can be put right.
+//!
+//! Without `repair` nothing on disk changes (the CLI opens the store read-only for it).
+//! Repair quarantines blobs whose bytes no longer match their digest (moved to
+//! `<root>/quarantine/`, their records dropped, so the next put or import fetches them again),
+//! drops records whose file is gone, removes blob files without a record (crash debris) and
+//! references whose parent is gone. Names pointing at missing content are reported, not
+//! removed: re-importing or pulling the content mends them.
+//!
+//! # Beside other processes
+//!
+//! fsck runs while other processes write. What it reads from a snapshot is only a suspicion:
+//! a file without a record may be a commit in flight (published, its transaction not yet
+//! committed), a record without a file may have been deleted meanwhile. Every suspicion is
+//! checked again against a newer snapshot before it is reported, and a blob file that may be
+//! being published (see `blobs::in_flight`: a second name, linked within
+//! [`IN_FLIGHT_GRACE`]) is counted as in flight, not reported. Repair decides each removal, quarantine and record drop inside the
+//! write transaction that performs it, against what that transaction sees; committers
+//! re-check their file under their own transaction, so nothing committed is lost either way.
+
+mod rebuild;
+
+pub use rebuild::{RebuildOptions, RebuildOutcome, rebuild, rebuild_with};
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::digest::{Digest, hash_reader};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::records::{self, BlobRecord, NameRecord};
+use crate::store::schema::{BLOBS, NAMES, REFS};
+
+/// How to check.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Put right what can be put right (see the module docs).
+    pub repair: bool,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `corrupt` (bytes do not match the digest), `size` (file length differs from the
+    /// record), `missing` (record without file), `debris` (blob file without record),
+    /// `stray` (a file in the blob tree that is not a blob), `dangling-name` (a name whose
+    /// target is missing), `dangling-ref` (a reference whose parent is gone),
+    /// `interrupted-rebuild` (a rebuild killed before it put its new metadata in place).
+    pub kind: &'static str,
+    /// The digest or name concerned.
+    pub id: String,
+    /// The file concerned, when there is one.
+    pub path: Option<PathBuf>,
+    /// What is wrong, with both sides of a mismatch.
+    pub detail: String,
+    /// What repair did about it; `None` when nothing was done.
+    pub repaired: Option<String>,
+}
+
+/// What fsck found (and did).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Blobs re-hashed.
+    pub blobs_checked: u64,
+    /// Bytes re-hashed.
+    pub bytes_checked: u64,
+    /// Names checked.
+    pub names_checked: u64,
+    /// Blob files of commits in flight in other processes (or that landed while fsck ran):
+    /// not problems.
+    pub in_flight: u64,
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl Outcome {
+    /// Problems that repair did not put right.
+    pub fn remaining(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.repaired.is_none())
+            .count()
+    }
+}
+
+pub use crate::blobs::IN_FLIGHT_GRACE;
+
+/// A record a snapshot showed wrong, checked again before it is reported or acted on.
+struct Suspect {
+    digest: Digest,
+    /// The file as it was hashed (device, inode); `None` when it was missing.
+    file: Option<(u64, u64)>,
+}
+
+fn recorded_in(txn: &redb::WriteTransaction, key: &str) -> Result<bool> {
+    Ok(txn
+        .open_table(BLOBS)
+        .map_err(|e| Error::db("open the blobs table", e))?
+        .get(key)
+        .map_err(|e| Error::db("read a blob record", e))?
+        .is_some())
+}
+
+impl Store {
+    /// Checks the store; see the module docs. Reads every blob once. Safe beside other
+    /// processes writing: their commits in flight are counted in `in_flight`, not reported.
+    pub fn fsck(&self, opts: &Options) -> Result<Outcome> {
+        if opts.repair {
+            self.writable("repair")?;
+        }
+        let mut out = Outcome::default();
+        if let Some(new) = self.interrupted_rebuild() {
+            out.problems.push(Problem {
+                kind: "interrupted-rebuild",
+                id: new.display().to_string(),
+                path: Some(new.to_path_buf()),
+                detail: "a rebuild was killed before it replaced meta.redb: the store runs on \
+                         its old metadata; `ocistore fsck --rebuild` finishes it, deleting \
+                         this file abandons it"
+                    .into(),
+                repaired: None,
+            });
+        }
+        let mut recorded: BTreeSet<Digest> = BTreeSet::new();
+        let mut suspects = Vec::new();
+        self.check_snapshot(&mut out, &mut recorded, &mut suspects)?;
+        // What a newer snapshot no longer shows was deleted (or replaced) meanwhile.
+        let mut bad = Vec::new();
+        for (problem, suspect) in suspects {
+            let fresh = self.read_txn()?;
+            let still = crate::store::lookup_blob(&fresh, &suspect.digest)?.is_some();
+            let missing_now = !self.blob_dir().exists(&suspect.digest);
+            if still && (suspect.file.is_some() || missing_now) {
+                out.problems.push(problem);
+                bad.push(suspect);
+            } else {
+                out.in_flight += 1;
+            }
+        }
+        let now = SystemTime::now();
+        let scan = self.blob_dir().scan()?;
+        let mut debris = Vec::new();
+        for (d, len) in scan.blobs {
+            if recorded.contains(&d) {
+                continue;
+            }
+            let path = self.blob_dir().path_for(&d);
+            let Some(in_flight) = crate::blobs::in_flight(&path, now) else {
+                continue; // removed meanwhile
+            };
+            if in_flight || crate::store::lookup_blob(&*self.read_txn()?, &d)?.is_some() {
+                out.in_flight += 1;
+                continue;
+            }
+            out.problems.push(Problem {
+                kind: "debris",
+                id: d.to_string(),
+                path: Some(path),
+                detail: format!("{len}-byte file without a record"),
+                repaired: None,
+            });
+            debris.push(d);
+        }
+        let mut strays = Vec::new();
+        for stray in scan.strays {
+            // A publish's temporary link, in flight, or gone meanwhile.
+            if crate::blobs::in_flight(&stray, now).is_none_or(|f| f) {
+                continue;
+            }
+            out.problems.push(Problem {
+                kind: "stray",
+                id: stray.display().to_string(),
+                path: Some(stray.clone()),
+                detail: "file in the blob tree that is not a blob".into(),
+                repaired: None,
+            });
+            strays.push(stray);
+        }
+        if opts.repair {
+            self.repair(&mut out, &bad, &debris, &strays)?;
+        }
+        Ok(out)
+    }
+
+    /// The checks made on one snapshot: every record against its file, names and references
+    /// against the records. Record problems are returned as suspects, to be confirmed.
+    fn check_snapshot(
+        &self,
+        out: &mut Outcome,
+        recorded: &mut BTreeSet<Digest>,
+        suspects: &mut Vec<(Problem, Suspect)>,
+    ) -> Result<()> {
+        let txn = self.read_txn()?;
+        let blobs = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?;
+        for entry in blobs.iter().map_err(|e| Error::db("walk blobs", e))? {
+            let (k, v) = entry.map_err(|e| Error::db("walk blobs", e))?;
+            let key = k.value();
+            let Ok(digest) = Digest::parse(key) else {
+                out.problems.push(Problem {
+                    kind: "corrupt",
+                    id: key.to_owned(),
+                    path: None,
+                    detail: "record under a malformed digest".into(),
+                    repaired: None,
+                });
+                continue;
+            };
+            let rec: BlobRecord = records::decode(v.value(), key)?;
+            recorded.insert(digest);
+            let path = self.blob_dir().path_for(&digest);
+            let problem = |kind, detail: String| Problem {
+                kind,
+                id: key.to_owned(),
+                path: Some(path.clone()),
+                detail,
+                repaired: None,
+            };
+            let mut file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    suspects.push((
+                        problem("missing", "recorded, but its file is missing".into()),
+                        Suspect { digest, file: None },
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(Error::io("open blob", path, e)),
+            };
+            let id = file
+                .metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|e| Error::io("stat blob", &path, e))?;
+            let (actual, len) = hash_reader(digest.algorithm(), &mut file)
+                .map_err(|e| Error::io("read blob", &path, e))?;
+            out.blobs_checked += 1;
+            out.bytes_checked += len;
+            let found = if len != rec.size {
+                Some(problem(
+                    "size",
+                    format!("file is {len} bytes, the record says {}", rec.size),
+                ))
+            } else if actual != digest {
+                Some(problem("corrupt", format!("bytes hash to {actual}")))
+            } else {
+                None
+            };
+            if let Some(p) = found {
+                suspects.push((
+                    p,
+                    Suspect {
+                        digest,
+                        file: Some(id),
+                    },
+                ));
+            }
+        }
+        let names = txn
+            .open_table(NAMES)
+            .map_err(|e| Error::db("open the names table", e))?;
+        for entry in names.iter().map_err(|e| Error::db("walk names", e))? {
+            let (k, v) = entry.map_err(|e| Error::db("walk names", e))?;
+            let rec: NameRecord = records::decode(v.value(), k.value())?;
+            out.names_checked += 1;
+            let target: serde_json::Value = serde_json::from_str(&rec.target).unwrap_or_default();
+            let digest = target
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .and_then(|d| Digest::parse(d).ok());
+            let detail = match digest {
+                Some(d) if recorded.contains(&d) => continue,
+                Some(d) => format!("points at {d}, which is not in the store"),
+                None => "its descriptor has no valid digest".into(),
+            };
+            out.problems.push(Problem {
+                kind: "dangling-name",
+                id: k.value().to_owned(),
+                path: None,
+                detail,
+                repaired: None,
+            });
+        }
+        let refs = txn
+            .open_table(REFS)
+            .map_err(|e| Error::db("open the refs table", e))?;
+        let mut last = String::new();
+        for entry in refs.iter().map_err(|e| Error::db("walk references", e))? {
+            let (k, _) = entry.map_err(|e| Error::db("walk references", e))?;
+            let (parent, _) = k.value();
+            if parent == last {
+                continue;
+            }
+            last = parent.to_owned();
+            if !Digest::parse(parent).is_ok_and(|d| recorded.contains(&d)) {
+                out.problems.push(Problem {
+                    kind: "dangling-ref",
+                    id: parent.to_owned(),
+                    path: None,
+                    detail: "references recorded for a blob that is not in the store".into(),
+                    repaired: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts right what fsck found, in one write transaction that decides every step against
+    /// what it sees (see the module docs).
+    fn repair(
+        &self,
+        out: &mut Outcome,
+        bad: &[Suspect],
+        debris: &[Digest],
+        strays: &[PathBuf],
+    ) -> Result<()> {
+        let quarantine = self.root().join("quarantine");
+        let txn = self.write_txn("repair")?;
+        let now = SystemTime::now();
+        let mut wrote = false;
+        let mut done: Vec<(String, String)> = Vec::new();
+        for s in bad {
+            let key = s.digest.to_string();
+            let path = self.blob_dir().path_for(&s.digest);
+            let what = if !recorded_in(&txn, &key)? {
+                "no longer recorded: nothing to do".to_owned()
+            } else {
+                let on_disk = fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+                match (s.file, on_disk) {
+                    (None, Some(_)) => "its file is back: nothing to do".to_owned(),
+                    (Some(hashed), Some(now_id)) if hashed != now_id => {
+                        continue; // replaced since it was hashed: the next fsck judges it
+                    }
+                    (Some(_), Some(_)) => {
+                        fs::create_dir_all(&quarantine)
+                            .map_err(|e| Error::io("create directory", &quarantine, e))?;
+                        let dest = quarantine.join(format!(
+                            "{}-{}-{}",
+                            s.digest.algorithm(),
+                            s.digest.hex(),
+                            crate::store::records::Nanos::now().0
+                        ));
+                        // Inside the transaction: no commit can re-publish it meanwhile.
+                        fs::rename(&path, &dest)
+                            .map_err(|e| Error::io("quarantine blob", &path, e))?;
+                        self.remove_blob_in(&txn, &key)?;
+                        crate::store::graph::forget(&txn, &key)?;
+                        wrote = true;
+                        format!("record dropped, file moved to {}", dest.display())
+                    }
+                    (_, None) => {
+                        self.remove_blob_in(&txn, &key)?;
+                        crate::store::graph::forget(&txn, &key)?;
+                        wrote = true;
+                        "record dropped".to_owned()
+                    }
+                }
+            };
+            done.push((key, what));
+        }
+        for p in out.problems.iter().filter(|p| p.kind == "dangling-ref") {
+            if !recorded_in(&txn, &p.id)? {
+                crate::store::graph::forget(&txn, &p.id)?;
+                wrote = true;
+                done.push((p.id.clone(), "references removed".into()));
+            }
+        }
+        for d in debris {
+            let key = d.to_string();
+            let path = self.blob_dir().path_for(d);
+            let what = if recorded_in(&txn, &key)? {
+                "recorded meanwhile: kept".to_owned()
+            } else if crate::blobs::in_flight(&path, now).unwrap_or(false) {
+                "linked again meanwhile (a commit in flight): kept".to_owned()
+            } else {
+                self.blob_dir().remove(d)?;
+                "file removed".to_owned()
+            };
+            done.push((key, what));
+        }
+        for stray in strays {
+            match fs::remove_file(stray) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove a stray file", stray, e)),
+            }
+            done.push((stray.display().to_string(), "file removed".into()));
+        }
+        if wrote {
+            txn.commit()
+                .map_err(|e| Error::db("commit the repair", e))?;
+        } else {
+            txn.abort()
+                .map_err(|e| Error::db("end the repair transaction", e))?;
+        }
+        for (id, what) in done {
+            for p in out
+                .problems
+                .iter_mut()
+                .filter(|p| p.id == id && p.repaired.is_none() && p.kind != "dangling-name")
+            {
+                p.repaired = Some(what.clone());
+            }
+        }
+        Ok(())
+    }
+}
