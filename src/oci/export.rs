@@ -225,7 +225,9 @@ pub fn export_dir(
 }
 
 /// Writes an archive or a directory at `path`, as [`Options::format`] says. An archive file
-/// must not exist yet (`Io` otherwise).
+/// must not exist yet (`Io` otherwise); a directory must not exist or be empty. On failure
+/// nothing is left behind: the archive file, or what was written into the directory, is
+/// removed.
 pub fn export_path(
     provider: &dyn Provider,
     images: &[ExportImage],
@@ -233,16 +235,32 @@ pub fn export_path(
     path: &Path,
 ) -> Result<Outcome> {
     match opts.format {
-        Format::OciDir => export_dir(provider, images, opts, path),
+        Format::OciDir => {
+            let existed = path.exists();
+            let outcome = export_dir(provider, images, opts, path);
+            if outcome.is_err() && !matches!(&outcome, Err(Error::AlreadyExists(_))) {
+                let _ = fs::remove_dir_all(path);
+                if existed {
+                    let _ = fs::create_dir(path);
+                }
+            }
+            outcome
+        }
         Format::OciArchive => {
             let file = File::create_new(path).map_err(|e| Error::io("create", path, e))?;
-            let mut out = io::BufWriter::with_capacity(1 << 20, file);
-            let outcome = export_archive(provider, images, opts, &mut out)?;
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io("write", path, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
-            Ok(outcome)
+            let written = (|| {
+                let mut out = io::BufWriter::with_capacity(1 << 20, file);
+                let outcome = export_archive(provider, images, opts, &mut out)?;
+                let file = out
+                    .into_inner()
+                    .map_err(|e| Error::io("write", path, e.into_error()))?;
+                file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+                Ok(outcome)
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(path);
+            }
+            written
         }
     }
 }

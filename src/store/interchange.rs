@@ -140,6 +140,7 @@ impl Store {
         out: &mut dyn Write,
     ) -> Result<export::Outcome> {
         let images = self.export_images(references)?;
+        let _lease = self.lease_exported(&images)?;
         export::export_archive(self, &images, opts, out)
     }
 
@@ -151,6 +152,20 @@ impl Store {
         path: &Path,
     ) -> Result<export::Outcome> {
         let images = self.export_images(references)?;
+        let _lease = self.lease_exported(&images)?;
         export::export_path(self, &images, opts, path)
+    }
+
+    /// Keeps the exported images' content from a concurrent `image rm` + `gc` until the
+    /// export is done (gc marks from a leased root through everything it references).
+    fn lease_exported(
+        &self,
+        images: &[export::ExportImage],
+    ) -> Result<Option<crate::store::lease::ReadLease>> {
+        let roots = images
+            .iter()
+            .map(|i| crate::names::descriptor_digest(&i.descriptor))
+            .collect::<Result<Vec<_>>>()?;
+        self.lease_for_reading("export", &roots)
     }
 }

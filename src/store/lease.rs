@@ -10,7 +10,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::records::{self, LeaseRecord, Nanos};
-use crate::store::schema::{LEASE_RESOURCES, LEASES};
+use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES};
 
 /// A lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,77 @@ fn lease_of(id: &str, rec: LeaseRecord) -> Lease {
     }
 }
 
+/// A lease that keeps content from gc while this process reads it (an export), released when
+/// dropped. Should the process die first, it expires by itself after a day.
+pub(crate) struct ReadLease {
+    store: Store,
+    id: String,
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.delete_lease(&self.id) {
+            tracing::warn!(lease = %self.id, error = %e, "could not drop a reader's lease; it expires in 24h");
+        }
+    }
+}
+
 impl Store {
+    /// Leases `digests` (and so everything they reference) for reading, in one transaction
+    /// that first checks each is still committed: `NotFound` naming the first that is not
+    /// (removed since the caller looked it up; nothing is leased then). `None` on a
+    /// read-only store, which cannot hold leases.
+    pub(crate) fn lease_for_reading(
+        &self,
+        what: &str,
+        digests: &[Digest],
+    ) -> Result<Option<ReadLease>> {
+        if self.is_read_only() {
+            return Ok(None);
+        }
+        let now = Nanos::now();
+        let id = format!("ocistore.{what}/{}-{}", std::process::id(), now.0);
+        let rec = LeaseRecord {
+            created: now,
+            expires: Some(Nanos::from(
+                SystemTime::now() + std::time::Duration::from_secs(24 * 3600),
+            )),
+            labels: Labels::new(),
+        };
+        let txn = self.write_txn("lease content for reading")?;
+        {
+            let blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
+            let mut resources = txn
+                .open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?;
+            for d in digests {
+                if blobs
+                    .get(d.as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_none()
+                {
+                    return Err(Error::NotFound(format!(
+                        "content {d} (removed as the {what} started)"
+                    )));
+                }
+                resources
+                    .insert((id.as_str(), "content", d.as_str()), ())
+                    .map_err(|e| Error::db("add a lease resource", e))?;
+            }
+            txn.open_table(LEASES)
+                .map_err(|e| Error::db("open the leases table", e))?
+                .insert(id.as_str(), records::encode(&rec).as_slice())
+                .map_err(|e| Error::db("write a lease", e))?;
+        }
+        txn.commit().map_err(|e| Error::db("commit a lease", e))?;
+        Ok(Some(ReadLease {
+            store: self.clone(),
+            id,
+        }))
+    }
+
     /// Creates a lease; `AlreadyExists` when the id is taken, `InvalidArgument` for an empty
     /// id or bad labels. Durable on return.
     pub fn create_lease(
