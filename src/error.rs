@@ -30,6 +30,8 @@ pub enum ErrorKind {
     StoreInUse,
     /// The store was opened read-only and a mutation was asked for.
     ReadOnly,
+    /// A registry refused the credentials, or asked for credentials there are none of.
+    Unauthorized,
     /// An operating-system I/O error.
     Io,
     /// The metadata database failed.
@@ -72,6 +74,9 @@ pub enum Error {
         /// The newest version this code knows.
         supported: u32,
     },
+    /// A registry refused the credentials, or none were found for it.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// Another process holds the store exclusively.
     #[error("store in use: {0}")]
     StoreInUse(String),
@@ -117,6 +122,7 @@ impl Error {
             Error::Corrupted(_) => ErrorKind::Corrupted,
             Error::IncompatibleSchema { .. } => ErrorKind::IncompatibleSchema,
             Error::StoreInUse(_) => ErrorKind::StoreInUse,
+            Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::ReadOnly { .. } => ErrorKind::ReadOnly,
             Error::Io { .. } => ErrorKind::Io,
             Error::Database { .. } => ErrorKind::Database,

@@ -166,6 +166,6 @@ impl Store {
             .iter()
             .map(|i| crate::names::descriptor_digest(&i.descriptor))
             .collect::<Result<Vec<_>>>()?;
-        self.lease_for_reading("export", &roots)
+        self.lease_content("export", &roots, true)
     }
 }

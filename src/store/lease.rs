@@ -100,8 +100,8 @@ fn lease_of(id: &str, rec: LeaseRecord) -> Lease {
     }
 }
 
-/// A lease that keeps content from gc while this process reads it (an export), released when
-/// dropped. Should the process die first, it expires by itself after a day.
+/// A lease that keeps content from gc while this process reads or writes it (an export, a
+/// pull), released when dropped. Should the process die first, it expires by itself after a day.
 pub(crate) struct ReadLease {
     store: Store,
     id: String,
@@ -116,14 +116,16 @@ impl Drop for ReadLease {
 }
 
 impl Store {
-    /// Leases `digests` (and so everything they reference) for reading, in one transaction
-    /// that first checks each is still committed: `NotFound` naming the first that is not
-    /// (removed since the caller looked it up; nothing is leased then). `None` on a
-    /// read-only store, which cannot hold leases.
-    pub(crate) fn lease_for_reading(
+    /// Leases `digests` (and so everything they reference) for the length of an operation
+    /// (`what`: "export", "pull"), in one transaction. With `require_present`, each must be
+    /// committed: `NotFound` naming the first that is not (removed since the caller looked
+    /// it up; nothing is leased then); without, the lease protects content yet to be
+    /// written. `None` on a read-only store, which cannot hold leases.
+    pub(crate) fn lease_content(
         &self,
         what: &str,
         digests: &[Digest],
+        require_present: bool,
     ) -> Result<Option<ReadLease>> {
         if self.is_read_only() {
             return Ok(None);
@@ -146,10 +148,11 @@ impl Store {
                 .open_table(LEASE_RESOURCES)
                 .map_err(|e| Error::db("open the lease resources", e))?;
             for d in digests {
-                if blobs
-                    .get(d.as_str())
-                    .map_err(|e| Error::db("read a blob record", e))?
-                    .is_none()
+                if require_present
+                    && blobs
+                        .get(d.as_str())
+                        .map_err(|e| Error::db("read a blob record", e))?
+                        .is_none()
                 {
                     return Err(Error::NotFound(format!(
                         "content {d} (removed as the {what} started)"

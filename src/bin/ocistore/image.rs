@@ -78,6 +78,10 @@ pub enum ImageCmd {
         #[arg(long)]
         last: Option<String>,
     },
+    /// Pull an image from its registry (only what the store lacks)
+    Pull(crate::registry::PullArgs),
+    /// Push an image to a registry (mounting what the registry has elsewhere)
+    Push(crate::registry::PushArgs),
     /// Check an image is complete for a platform (exit 1 when not)
     Check {
         /// The image name
@@ -103,6 +107,8 @@ pub fn image_json(i: &Image) -> Value {
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
     let store = ctx.open()?;
     match cmd {
+        ImageCmd::Pull(a) => crate::registry::pull(&store, ctx, a)?,
+        ImageCmd::Push(a) => crate::registry::push(&store, ctx, a)?,
         ImageCmd::Import {
             path,
             name,

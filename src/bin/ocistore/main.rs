@@ -9,6 +9,7 @@ mod image;
 mod ingest;
 mod lease;
 mod output;
+mod registry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     Fsck(check::FsckArgs),
     /// Disk usage: blobs, ingests, metadata, total
     Du,
+    /// Ask a registry: inspect a reference, list tags, remove a manifest
+    #[command(subcommand)]
+    Remote(registry::RemoteCmd),
 }
 
 /// What a command needs from the command line at large.
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => lease::gc(&ctx, a),
         Command::Fsck(a) => check::fsck(&ctx, a),
         Command::Du => check::du(&ctx),
+        Command::Remote(c) => registry::run(&ctx, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,300 @@
+//! `ocistore image pull|push` and `ocistore remote ...`: the store and registries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use ocistore::names::parse_platform;
+use ocistore::registry::pull::{Progress, PullOptions};
+use ocistore::registry::push::PushOptions;
+use ocistore::registry::{Registry, RegistryOptions, Repository};
+use ocistore::{Digest, Error, Name};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::output::print_json;
+use crate::{Ctx, Failure};
+
+/// Options every registry command takes.
+#[derive(Args, Clone)]
+pub struct RemoteArgs {
+    /// Speak plain HTTP to the registry (loopback hosts always do)
+    #[arg(long)]
+    plain_http: bool,
+}
+
+impl RemoteArgs {
+    fn registry(&self) -> Registry {
+        Registry::new(RegistryOptions {
+            plain_http: self.plain_http,
+            ..RegistryOptions::default()
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// Reference, e.g. alpine:3.19, 127.0.0.1:5000/lab/app@sha256:…
+    reference: String,
+    /// Fetch the layers of this platform (os/arch[/variant], repeatable); default: this
+    /// machine's. Every manifest and config of an index is kept either way
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<String>,
+    /// Fetch the layers of every platform
+    #[arg(long, conflicts_with = "platforms")]
+    all_platforms: bool,
+    /// Make no request at all when the image is present and complete
+    #[arg(long)]
+    if_missing: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The image to push
+    name: String,
+    /// Where to push it (default: NAME)
+    target: Option<String>,
+    /// Push only this platform of a multi-platform image (repeatable)
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Digest, media type and size of a reference on its registry (exit 1 when absent)
+    Inspect {
+        /// Reference
+        reference: String,
+        /// With an index: the manifest of this platform
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// A repository's tags, one per line, in the registry's order
+    Tags {
+        /// Repository, e.g. 127.0.0.1:5000/lab/app
+        repository: String,
+        /// At most this many
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this tag
+        #[arg(long)]
+        last: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Remove a manifest from its registry, by tag or digest (its tags go too)
+    Rm {
+        /// Reference
+        reference: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+fn platforms(list: &[String]) -> Result<Vec<oci_spec::image::Platform>, Error> {
+    list.iter().map(|p| parse_platform(p)).collect()
+}
+
+/// Bars on a terminal, one per blob and one for the total, like `docker pull`.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    total: indicatif::ProgressBar,
+    bars: Mutex<HashMap<Digest, indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    fn new(what: &str) -> Option<Arc<Bars>> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let multi = indicatif::MultiProgress::new();
+        let total = multi.add(indicatif::ProgressBar::new_spinner());
+        total.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        total.set_message(what.to_owned());
+        total.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(Arc::new(Bars {
+            multi,
+            total,
+            bars: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn done(&self) {
+        for bar in self.bars.lock().values() {
+            bar.finish_and_clear();
+        }
+        self.total.finish_and_clear();
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, digest: &Digest, size: u64, offset: u64) {
+        let bar = self.multi.add(indicatif::ProgressBar::new(size));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(digest.hex()[..12].to_owned());
+        bar.set_position(offset);
+        self.bars.lock().insert(*digest, bar);
+    }
+    fn advance(&self, digest: &Digest, bytes: u64) {
+        if let Some(bar) = self.bars.lock().get(digest) {
+            bar.inc(bytes);
+        }
+        self.total.inc(bytes);
+    }
+    fn finish(&self, digest: &Digest) {
+        if let Some(bar) = self.bars.lock().remove(digest) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Failure> {
+    let bars = Bars::new("pulling");
+    let opts = PullOptions {
+        platforms: platforms(&args.platforms)?,
+        all_platforms: args.all_platforms,
+        if_missing: args.if_missing,
+        progress: bars.clone().map(|b| b as Arc<dyn Progress>),
+    };
+    let out = store.pull(&args.remote.registry(), &args.reference, &opts);
+    if let Some(b) = &bars {
+        b.done();
+    }
+    let out = out?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&out).unwrap_or_default());
+    } else {
+        println!(
+            "pulled {} ({}): {} blob(s) fetched ({}), {} present",
+            out.name,
+            out.digest,
+            out.blobs_fetched,
+            crate::output::human_size(out.bytes_fetched),
+            out.blobs_present
+        );
+    }
+    Ok(())
+}
+
+pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Failure> {
+    let bars = Bars::new("pushing");
+    let opts = PushOptions {
+        platforms: platforms(&args.platforms)?,
+        progress: bars.clone().map(|b| b as Arc<dyn Progress>),
+    };
+    let out = store.push(
+        &args.remote.registry(),
+        &args.name,
+        args.target.as_deref(),
+        &opts,
+    );
+    if let Some(b) = &bars {
+        b.done();
+    }
+    let out = out?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&out).unwrap_or_default());
+    } else {
+        println!(
+            "pushed {} ({}): {} blob(s) uploaded ({}), {} mounted, {} already there",
+            out.target,
+            out.digest,
+            out.blobs_pushed,
+            crate::output::human_size(out.bytes_pushed),
+            out.blobs_mounted,
+            out.blobs_skipped
+        );
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
+    match cmd {
+        RemoteCmd::Inspect {
+            reference,
+            platform,
+            remote,
+        } => {
+            let platform = platform.as_deref().map(parse_platform).transpose()?;
+            let name = Name::parse(&reference)?;
+            let found = remote
+                .registry()
+                .image_in_registry(&reference, platform.as_ref())?;
+            let Some(d) = found else {
+                return Err(Error::NotFound(format!("{name} in its registry")).into());
+            };
+            if ctx.json {
+                print_json(&json!({
+                    "name": name.to_string(),
+                    "digest": d.digest.to_string(),
+                    "media_type": d.media_type,
+                    "size": d.size,
+                }));
+            } else {
+                println!("{}\t{}\t{}\t{}", name, d.digest, d.media_type, d.size);
+            }
+        }
+        RemoteCmd::Tags {
+            repository,
+            limit,
+            last,
+            remote,
+        } => {
+            let name = Name::parse(&repository)?;
+            let tagged = repository
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains([':', '@']));
+            if name.digest.is_some() || tagged {
+                return Err(Error::InvalidArgument(format!(
+                    "{repository:?} is a reference; give a repository (without a tag or digest)"
+                ))
+                .into());
+            }
+            let repo = Repository::of(&name);
+            let tags = remote.registry().tags(&repo, limit, last.as_deref())?;
+            if ctx.json {
+                print_json(&json!(tags));
+            } else {
+                for t in tags {
+                    println!("{t}");
+                }
+            }
+        }
+        RemoteCmd::Rm { reference, remote } => {
+            let name = Name::parse(&reference)?;
+            let repo = Repository::of(&name);
+            let registry = remote.registry();
+            let digest = match name.digest {
+                Some(d) => d,
+                None => {
+                    let tag = ocistore::registry::reference_of(&name);
+                    registry
+                        .manifest_head(&repo, &tag)?
+                        .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {tag}")))?
+                        .digest
+                }
+            };
+            registry.manifest_delete(&repo, &digest)?;
+            if !ctx.json {
+                println!("removed {repo}@{digest}");
+            } else {
+                print_json(&json!({"removed": format!("{repo}@{digest}")}));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,544 @@
+//! The HTTP side of a [`Registry`](super::Registry): schemes per host, authentication,
+//! retries. Blocking (ureq): the store is sync, and a blocking client cannot deadlock or
+//! panic inside a caller's async runtime.
+//!
+//! Retried: connection errors, timeouts and 408/429/500/502/503/504, up to
+//! [`RetryPolicy::attempts`] attempts with exponential backoff and jitter; a `Retry-After`
+//! (seconds or an HTTP date) is honoured, capped at [`RetryPolicy::max_wait`]. A 401 fetches
+//! a token (or sends basic credentials) and retries once.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use ureq::http::{self, Response};
+
+use super::auth::{Credential, Credentials, basic_header, parse_challenges};
+use crate::error::{Error, Result};
+
+/// How failed requests are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (default 5).
+    pub attempts: u32,
+    /// The first backoff (default 200 ms); doubled each attempt, with jitter.
+    pub base: Duration,
+    /// The longest single wait, `Retry-After` included (default 30 s).
+    pub max_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(200),
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a request is about: names the host, repository and object in every error, and gives
+/// the token scope.
+#[derive(Debug, Clone)]
+pub(crate) struct Target<'a> {
+    /// The registry host as the user names it (`docker.io`, `127.0.0.1:5000`).
+    pub host: &'a str,
+    /// The repository within it (`library/alpine`).
+    pub repository: &'a str,
+    /// `pull`, `pull,push` or `delete`, for the token scope.
+    pub actions: &'a str,
+    /// What was asked, for messages ("manifest latest", "blob sha256:…").
+    pub what: String,
+}
+
+impl Target<'_> {
+    pub(crate) fn describe(&self) -> String {
+        format!("{}/{}: {}", self.host, self.repository, self.what)
+    }
+}
+
+/// A request body that can be made again for a retry.
+pub(crate) enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    /// A file, re-opened for each attempt (streamed, never held in memory).
+    File(&'a std::path::Path),
+}
+
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    credentials: Credentials,
+    plain_http: bool,
+    retry: RetryPolicy,
+    /// `Authorization` values by (host, scope).
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+/// Whether `host` (with or without a port) is a loopback address or `localhost`.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+    };
+    bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host that serves the API of `host`: Docker Hub's names live on another.
+pub(crate) fn api_host(host: &str) -> &str {
+    if host == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        host
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        credentials: Credentials,
+        plain_http: bool,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_per_read(Some(timeout))
+            .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections_per_host(16)
+            .build()
+            .into();
+        Client {
+            agent,
+            credentials,
+            plain_http,
+            retry,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `http://host` or `https://host` for the API of `host` (loopback and `--plain-http`:
+    /// plain HTTP, as containerd does).
+    pub(crate) fn base(&self, host: &str) -> String {
+        let scheme = if self.plain_http || is_loopback(host) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", api_host(host))
+    }
+
+    /// Sends a request, authenticating and retrying as the module docs say. Every status
+    /// comes back as a response (callers judge 404 and friends); `Err` only when the
+    /// attempts ran out or authentication failed.
+    pub(crate) fn send(
+        &self,
+        t: &Target<'_>,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<Response<ureq::Body>> {
+        let scope = format!("repository:{}:{}", t.repository, t.actions);
+        let key = (t.host.to_owned(), scope.clone());
+        let mut reauthed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let auth = self.tokens.lock().get(&key).cloned();
+            let mut req = http::Request::builder().method(method.clone()).uri(url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            let result = match &body {
+                Body::None => req.body(()).map(|r| self.agent.run(r)),
+                Body::Bytes(b) => req.body(*b).map(|r| self.agent.run(r)),
+                Body::File(path) => {
+                    let file = std::fs::File::open(path)
+                        .map_err(|e| Error::io("open for upload", path, e))?;
+                    req.body(file).map(|r| self.agent.run(r))
+                }
+            }
+            .map_err(|e| Error::InvalidArgument(format!("{}: bad request: {e}", t.describe())))?;
+            let wait = match result {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if status == 401 && !reauthed {
+                        reauthed = true;
+                        let challenge = resp
+                            .headers()
+                            .get("www-authenticate")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let value = self.authenticate(t, &challenge, &scope)?;
+                        self.tokens.lock().insert(key.clone(), value);
+                        attempt -= 1; // re-authentication is not a failed attempt
+                        continue;
+                    }
+                    if status == 401 {
+                        return Err(Error::Unauthorized(format!(
+                            "{}: {} (HTTP 401 with the credentials{})",
+                            t.describe(),
+                            "the registry refused the credentials",
+                            self.cred_source_hint(t.host)
+                        )));
+                    }
+                    if !matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
+                        return Ok(resp);
+                    }
+                    if attempt >= self.retry.attempts {
+                        return Err(Error::Unavailable(format!(
+                            "{}: HTTP {status} after {attempt} attempts",
+                            t.describe()
+                        )));
+                    }
+                    retry_after(&resp).unwrap_or_else(|| self.backoff(attempt))
+                }
+                Err(e) => {
+                    if attempt >= self.retry.attempts || !transient(&e) {
+                        return Err(network_error(t, &e, attempt));
+                    }
+                    self.backoff(attempt)
+                }
+            };
+            tracing::debug!(target = %t.describe(), attempt, ?wait, "retrying");
+            std::thread::sleep(wait.min(self.retry.max_wait));
+        }
+    }
+
+    /// Exponential backoff with jitter: base × 2^(attempt-1), ±50 %.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.retry.base.saturating_mul(1 << (attempt - 1).min(16));
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let jitter = 0.5 + f64::from(nanos % 1000) / 1000.0;
+        base.mul_f64(jitter).min(self.retry.max_wait)
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    fn cred_source_hint(&self, host: &str) -> String {
+        match self.credentials.lookup(host) {
+            Ok(Some(_)) => " found for it".to_owned(),
+            _ => format!(": none in config.json for {host}"),
+        }
+    }
+
+    /// Answers a 401's challenge: the `Authorization` value to send from now on.
+    fn authenticate(&self, t: &Target<'_>, header: &str, scope: &str) -> Result<String> {
+        let unauthorized = |why: String| Error::Unauthorized(format!("{}: {why}", t.describe()));
+        if header.is_empty() {
+            return Err(unauthorized(
+                "HTTP 401 without a WWW-Authenticate challenge".into(),
+            ));
+        }
+        let challenges = parse_challenges(header)?;
+        let credential = self.credentials.lookup(t.host)?;
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let realm = bearer
+                .params
+                .get("realm")
+                .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
+            return self.fetch_token(t, realm, bearer.params.get("service"), scope, credential);
+        }
+        if challenges.iter().any(|c| c.scheme == "basic") {
+            return match credential {
+                Some(Credential::Basic { username, password }) => {
+                    Ok(basic_header(&username, &password))
+                }
+                Some(Credential::IdentityToken(_)) => Err(unauthorized(
+                    "the registry asks for basic auth; config.json holds only an identity token"
+                        .into(),
+                )),
+                None => Err(unauthorized(format!(
+                    "authentication required (HTTP 401): no credentials in config.json for {}",
+                    t.host
+                ))),
+            };
+        }
+        Err(unauthorized(format!(
+            "unsupported authentication scheme {:?}",
+            challenges[0].scheme
+        )))
+    }
+
+    /// Fetches a bearer token from `realm` for `scope`.
+    fn fetch_token(
+        &self,
+        t: &Target<'_>,
+        realm: &str,
+        service: Option<&String>,
+        scope: &str,
+        credential: Option<Credential>,
+    ) -> Result<String> {
+        let enc = |s: &str| percent_encode(s);
+        let mut query = format!("scope={}", enc(scope));
+        if let Some(s) = service {
+            query.push_str(&format!("&service={}", enc(s)));
+        }
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let result = match &credential {
+            Some(Credential::IdentityToken(token)) => {
+                let form = format!(
+                    "grant_type=refresh_token&refresh_token={}&client_id=ocistore&{query}",
+                    enc(token)
+                );
+                let req = http::Request::post(realm)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(form.into_bytes());
+                req.map(|r| self.agent.run(r))
+            }
+            other => {
+                let mut req = http::Request::get(format!("{realm}{sep}{query}"));
+                if let Some(Credential::Basic { username, password }) = other {
+                    req = req.header("Authorization", basic_header(username, password));
+                }
+                req.body(()).map(|r| self.agent.run(r))
+            }
+        }
+        .map_err(|e| Error::InvalidArgument(format!("token realm {realm:?}: {e}")))?;
+        let mut resp = result.map_err(|e| network_error(t, &e, 1))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let hint = if credential.is_none() {
+                format!(" (no credentials in config.json for {})", t.host)
+            } else {
+                String::new()
+            };
+            return Err(Error::Unauthorized(format!(
+                "{}: the token server {realm} answered HTTP {status}{hint}",
+                t.describe()
+            )));
+        }
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(|e| network_error(t, &e, 1))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::Unauthorized(format!(
+                "{}: token server answered non-JSON: {e}",
+                t.describe()
+            ))
+        })?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthorized(format!("{}: the token server sent no token", t.describe()))
+            })?;
+        Ok(format!("Bearer {token}"))
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a transport error is worth another attempt.
+fn transient(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+    )
+}
+
+/// A transport error as the library's: names host, repository and what was asked.
+pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> Error {
+    let what = match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS failure",
+        ureq::Error::HostNotFound => "host not found",
+        ureq::Error::ConnectionFailed => "connection failed",
+        ureq::Error::Timeout(_) => "timed out",
+        _ => "network failure",
+    };
+    let tries = if attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    };
+    Error::Unavailable(format!("{}: {what}{tries}: {e}", t.describe()))
+}
+
+/// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
+fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
+    let v = resp.headers().get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_parse(v)?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers send.
+fn httpdate_parse(s: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as u64
+        + 1;
+    let year: u64 = parts[3].parse().ok()?;
+    let hms: Vec<u64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 || !(1..=31).contains(&day) || year < 1970 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe;
+    let days = days.checked_sub(719_468)?;
+    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The URL of the `rel="next"` entry of a `Link` header, resolved against `base`
+/// (`http://host`); `None` when there is none. Malformed input gives `None`.
+pub fn parse_link_next(header: &str, base: &str) -> Option<String> {
+    for part in header.split(',') {
+        let part = part.trim();
+        let (target, params) = part.split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        if is_next {
+            return Some(
+                if target.starts_with("http://") || target.starts_with("https://") {
+                    target.to_owned()
+                } else if target.starts_with('/') {
+                    format!("{base}{target}")
+                } else {
+                    return None;
+                },
+            );
+        }
+    }
+    None
+}
+
+/// A `Content-Range: bytes START-END/TOTAL` header: (start, end inclusive, total if known).
+/// Malformed input gives `None`.
+pub fn parse_content_range(header: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = header.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.trim().split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => {
+            let t: u64 = t.parse().ok()?;
+            if end >= t {
+                return None;
+            }
+            Some(t)
+        }
+    };
+    Some((start, end, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "::1",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "ghcr.io",
+            "localhost.example.com",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(
+            parse_link_next(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#, "http://h").as_deref(),
+            Some("http://h/v2/a/tags/list?n=2&last=b")
+        );
+        assert_eq!(parse_link_next("garbage", "http://h"), None);
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, 99, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, 99, None)));
+        for bad in [
+            "bytes 10-9/100",
+            "bytes 0-100/100",
+            "items 0-1/2",
+            "bytes x-1/2",
+            "",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+        assert_eq!(
+            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(httpdate_parse("yesterday"), None);
+    }
+}

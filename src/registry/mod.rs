@@ -1,0 +1,653 @@
+//! Registries: the OCI distribution API on a repository, and pull and push between a
+//! registry and the store.
+//!
+//! A [`Registry`] is a sync value (cheap to clone, `Send + Sync`) holding the HTTP client,
+//! credentials and policies. Its methods are the registry API itself, after regclient's
+//! scheme API: blob get (streamed, from an offset), head, put (streamed), mount, delete;
+//! manifest get, head, put, delete; tag list (one page, or all following `Link`).
+//! [`Store::pull`](crate::Store::pull) and [`Store::push`](crate::Store::push) build on it.
+//!
+//! Hosts: loopback hosts (localhost, 127.0.0.0/8, ::1) are spoken to over plain HTTP, as
+//! containerd does, others over HTTPS with the webpki roots; [`RegistryOptions::plain_http`]
+//! forces plain HTTP. `docker.io` names go to Docker Hub's API host.
+
+pub mod auth;
+mod client;
+pub mod pull;
+pub mod push;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::http::Method;
+
+pub use auth::{Credential, Credentials};
+use client::{Body, Client, Target};
+pub use client::{RetryPolicy, parse_content_range, parse_link_next};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::names::Name;
+
+/// The manifest media types a pull accepts, in order of preference.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.oci.artifact.manifest.v1+json";
+
+/// Manifests and indexes larger than this are refused (distribution's own limit is 4 MiB).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+/// How to build a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Where credentials come from (default: the environment's config files).
+    pub credentials: Credentials,
+    /// Plain HTTP for every host (`--plain-http`).
+    pub plain_http: bool,
+    /// Blob transfers at a time per pull or push (default 3).
+    pub concurrency: usize,
+    /// How failed requests are retried.
+    pub retry: RetryPolicy,
+    /// Connect, response and per-read timeout (default 30 s).
+    pub timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            credentials: Credentials::from_env(),
+            plain_http: false,
+            concurrency: 3,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A client of OCI registries. See the module docs.
+#[derive(Clone)]
+pub struct Registry {
+    client: Arc<Client>,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// A repository on a registry: `127.0.0.1:5000` + `lab/app`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// The registry host as names spell it (`docker.io`, `127.0.0.1:5000`).
+    pub host: String,
+    /// The repository path within it (`library/alpine`).
+    pub path: String,
+}
+
+impl Repository {
+    /// The repository of a normalised reference (`docker.io/library/alpine:3` →
+    /// `docker.io` + `library/alpine`).
+    pub fn of(name: &Name) -> Repository {
+        let (host, path) = name
+            .repository
+            .split_once('/')
+            .expect("a normalised name has a registry part");
+        Repository {
+            host: host.to_owned(),
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.path)
+    }
+}
+
+/// What a registry says of a manifest or blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDescriptor {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type (for blobs: what the registry sends, often `application/octet-stream`).
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A manifest or index as fetched: its exact bytes (verified against the digest when it was
+/// asked for by digest, or against `Docker-Content-Digest` when the registry sends it).
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Digest, media type, size.
+    pub descriptor: RemoteDescriptor,
+    /// The bytes, exactly as served.
+    pub bytes: Vec<u8>,
+}
+
+/// A blob body being received.
+pub struct BlobStream {
+    /// Where the body starts: the offset asked for when the registry honoured the `Range`
+    /// (206 with a matching `Content-Range`), else 0 (a 200 restarts the blob).
+    pub start: u64,
+    /// The body.
+    pub reader: Box<dyn Read + Send>,
+}
+
+/// One page of a tag listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagPage {
+    /// The tags, in the registry's order.
+    pub tags: Vec<String>,
+    /// The URL of the next page (from `Link`), when there is one.
+    pub next: Option<String>,
+}
+
+fn target<'a>(repo: &'a Repository, actions: &'a str, what: String) -> Target<'a> {
+    Target {
+        host: &repo.host,
+        repository: &repo.path,
+        actions,
+        what,
+    }
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// An error for an answer the operation does not expect.
+fn unexpected(t: &Target<'_>, resp: &mut ureq::http::Response<ureq::Body>) -> Error {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    // Distribution's error body: {"errors":[{"code":"…","message":"…"}]}.
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("errors")?.get(0)?.clone();
+            Some(format!(
+                "{}: {}",
+                e.get("code")?.as_str()?,
+                e.get("message").and_then(|m| m.as_str()).unwrap_or("")
+            ))
+        })
+        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let msg = format!("{}: HTTP {status} {detail}", t.describe());
+    match status {
+        401 | 403 => Error::Unauthorized(msg),
+        404 => Error::NotFound(msg),
+        400 | 405 | 409 | 412 | 416 => Error::FailedPrecondition(msg),
+        _ => Error::Unavailable(msg),
+    }
+}
+
+impl Registry {
+    /// A registry client with `opts`.
+    pub fn new(opts: RegistryOptions) -> Registry {
+        Registry {
+            client: Arc::new(Client::new(
+                opts.credentials,
+                opts.plain_http,
+                opts.retry,
+                opts.timeout,
+            )),
+            concurrency: opts.concurrency.max(1),
+        }
+    }
+
+    /// A registry client with the environment's defaults.
+    pub fn from_env() -> Registry {
+        Registry::new(RegistryOptions::default())
+    }
+
+    /// Blob transfers at a time.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn url(&self, repo: &Repository, rest: &str) -> String {
+        format!("{}/v2/{}/{rest}", self.client.base(&repo.host), repo.path)
+    }
+
+    /// HEAD of a manifest by tag or digest; `None` when the registry does not have it.
+    pub fn manifest_head(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<RemoteDescriptor>> {
+        let t = target(repo, "pull", format!("manifest {reference}"));
+        let mut resp = self.client.send(
+            &t,
+            Method::HEAD,
+            &self.url(repo, &format!("manifests/{reference}")),
+            &[("Accept", MANIFEST_ACCEPT)],
+            Body::None,
+        )?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(unexpected(&t, &mut resp)),
+        }
+        let digest = match header(&resp, "docker-content-digest") {
+            Some(d) => Digest::parse(&d).map_err(|_| {
+                Error::FailedPrecondition(format!(
+                    "{}: malformed Docker-Content-Digest {d:?}",
+                    t.describe()
+                ))
+            })?,
+            None => {
+                // No digest header: a GET tells (and verifies).
+                return self
+                    .manifest_get(repo, reference)
+                    .map(|m| m.map(|m| m.descriptor));
+            }
+        };
+        let size = header(&resp, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Some(RemoteDescriptor {
+            digest,
+            media_type: header(&resp, "content-type").unwrap_or_default(),
+            size,
+        }))
+    }
+
+    /// GET of a manifest by tag or digest; `None` when the registry does not have it. The
+    /// bytes are checked against the digest asked for, or against `Docker-Content-Digest`.
+    pub fn manifest_get(&self, repo: &Repository, reference: &str) -> Result<Option<Manifest>> {
+        let t = target(repo, "pull", format!("manifest {reference}"));
+        let mut resp = self.client.send(
+            &t,
+            Method::GET,
+            &self.url(repo, &format!("manifests/{reference}")),
+            &[("Accept", MANIFEST_ACCEPT)],
+            Body::None,
+        )?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(unexpected(&t, &mut resp)),
+        }
+        let media_type = header(&resp, "content-type").unwrap_or_default();
+        let claimed = header(&resp, "docker-content-digest");
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| client::network_error(&t, &e, 1))?;
+        let expected = match Digest::parse(reference) {
+            Ok(d) => Some(d),
+            Err(_) => claimed.as_deref().and_then(|c| Digest::parse(c).ok()),
+        };
+        let digest = match expected {
+            Some(d) => {
+                let actual = d.algorithm().digest(&bytes);
+                if actual != d {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{}: the registry sent bytes that hash to {actual}, expected {d}",
+                        t.describe()
+                    )));
+                }
+                d
+            }
+            None => crate::digest::Algorithm::Sha256.digest(&bytes),
+        };
+        let media_type = if media_type.is_empty() || media_type == "application/octet-stream" {
+            crate::store::images::sniff_media_type(&bytes)
+        } else {
+            media_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        Ok(Some(Manifest {
+            descriptor: RemoteDescriptor {
+                digest,
+                media_type,
+                size: bytes.len() as u64,
+            },
+            bytes,
+        }))
+    }
+
+    /// PUT of a manifest under `reference` (a tag, or its digest). Returns its digest.
+    pub fn manifest_put(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
+        let t = target(repo, "pull,push", format!("manifest {reference}"));
+        let mut resp = self.client.send(
+            &t,
+            Method::PUT,
+            &self.url(repo, &format!("manifests/{reference}")),
+            &[("Content-Type", media_type)],
+            Body::Bytes(bytes),
+        )?;
+        if !matches!(resp.status().as_u16(), 200..=202) {
+            return Err(unexpected(&t, &mut resp));
+        }
+        Ok(crate::digest::Algorithm::Sha256.digest(bytes))
+    }
+
+    /// DELETE of a manifest by digest (the registry drops every tag that names it). A
+    /// registry that does not allow deletes gives `FailedPrecondition` saying so.
+    pub fn manifest_delete(&self, repo: &Repository, digest: &Digest) -> Result<()> {
+        let t = target(repo, "delete", format!("manifest {digest}"));
+        self.delete(&t, &self.url(repo, &format!("manifests/{digest}")))
+    }
+
+    fn delete(&self, t: &Target<'_>, url: &str) -> Result<()> {
+        let mut resp = self.client.send(t, Method::DELETE, url, &[], Body::None)?;
+        match resp.status().as_u16() {
+            200 | 202 | 204 => Ok(()),
+            404 => Err(Error::NotFound(t.describe())),
+            405 => Err(Error::FailedPrecondition(format!(
+                "{}: the registry does not allow deletes (HTTP 405; distribution needs \
+                 storage.delete.enabled)",
+                t.describe()
+            ))),
+            _ => Err(unexpected(t, &mut resp)),
+        }
+    }
+
+    /// HEAD of a blob: its size, or `None` when the repository does not have it.
+    pub fn blob_head(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
+        let t = target(repo, "pull", format!("blob {digest}"));
+        let mut resp = self.client.send(
+            &t,
+            Method::HEAD,
+            &self.url(repo, &format!("blobs/{digest}")),
+            &[],
+            Body::None,
+        )?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(
+                header(&resp, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            404 => Ok(None),
+            _ => Err(unexpected(&t, &mut resp)),
+        }
+    }
+
+    /// GET of a blob from `offset` (a `Range` request when `offset > 0`). The body starts at
+    /// [`BlobStream::start`]: `offset` only for a 206 whose `Content-Range` starts there and
+    /// ends at `size - 1` (when `size` is given); a 200 starts at 0. Not verified here: the
+    /// caller hashes and counts (see [`Store::pull`](crate::Store::pull)).
+    pub fn blob_get(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<BlobStream> {
+        let t = target(repo, "pull", format!("blob {digest}"));
+        let range = format!("bytes={offset}-");
+        let headers: &[(&str, &str)] = if offset > 0 {
+            &[("Range", range.as_str())]
+        } else {
+            &[]
+        };
+        let mut resp = self.client.send(
+            &t,
+            Method::GET,
+            &self.url(repo, &format!("blobs/{digest}")),
+            headers,
+            Body::None,
+        )?;
+        let start = match resp.status().as_u16() {
+            200 => 0,
+            206 if offset > 0 => {
+                let cr = header(&resp, "content-range").and_then(|v| parse_content_range(&v));
+                match cr {
+                    Some((s, end, total))
+                        if s == offset
+                            && size
+                                .is_none_or(|n| end + 1 == n && total.is_none_or(|t| t == n)) =>
+                    {
+                        offset
+                    }
+                    _ => {
+                        // A range we did not ask for: start over from the beginning.
+                        drop(resp);
+                        return self.blob_get(repo, digest, 0, size);
+                    }
+                }
+            }
+            416 if offset > 0 => return self.blob_get(repo, digest, 0, size),
+            404 => return Err(Error::NotFound(t.describe())),
+            _ => return Err(unexpected(&t, &mut resp)),
+        };
+        let reader = resp.into_body().into_reader();
+        Ok(BlobStream {
+            start,
+            reader: Box::new(reader),
+        })
+    }
+
+    /// Uploads a blob streamed from the file at `path` (monolithic: POST, then one PUT with
+    /// the whole body; never held in memory). A retry restarts the upload.
+    pub fn blob_put_file(&self, repo: &Repository, digest: &Digest, path: &Path) -> Result<()> {
+        self.blob_put_with(repo, digest, Body::File(path))
+    }
+
+    /// Uploads a blob held in memory (small blobs: configs, manifests as blobs).
+    pub fn blob_put_bytes(&self, repo: &Repository, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.blob_put_with(repo, digest, Body::Bytes(bytes))
+    }
+
+    fn blob_put_with(&self, repo: &Repository, digest: &Digest, body: Body<'_>) -> Result<()> {
+        let t = target(repo, "pull,push", format!("blob {digest}"));
+        let location = self.start_upload(repo, &t, None)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("{}: the registry opened no upload", t.describe()))
+        })?;
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        let mut resp = self.client.send(
+            &t,
+            Method::PUT,
+            &url,
+            &[("Content-Type", "application/octet-stream")],
+            body,
+        )?;
+        match resp.status().as_u16() {
+            201 | 204 => Ok(()),
+            _ => Err(unexpected(&t, &mut resp)),
+        }
+    }
+
+    /// POSTs an upload (or, with `mount`, a cross-repository mount). `None` when a mount
+    /// was done (201); else the upload's absolute URL.
+    fn start_upload(
+        &self,
+        repo: &Repository,
+        t: &Target<'_>,
+        mount: Option<(&Digest, &str)>,
+    ) -> Result<Option<String>> {
+        let mut url = self.url(repo, "blobs/uploads/");
+        if let Some((d, from)) = mount {
+            url.push_str(&format!("?mount={d}&from={from}"));
+        }
+        let mut resp = self.client.send(
+            t,
+            Method::POST,
+            &url,
+            &[("Content-Length", "0")],
+            Body::Bytes(&[]),
+        )?;
+        let status = resp.status().as_u16();
+        if status == 201 && mount.is_some() {
+            return Ok(None);
+        }
+        if status != 202 {
+            return Err(unexpected(t, &mut resp));
+        }
+        let location = header(&resp, "location").ok_or_else(|| {
+            Error::FailedPrecondition(format!("{}: upload without a Location", t.describe()))
+        })?;
+        Ok(Some(if location.starts_with('/') {
+            format!("{}{location}", self.client.base(&repo.host))
+        } else {
+            location
+        }))
+    }
+
+    /// Mounts `digest` from repository `from` on the same registry into `repo`: `true` when
+    /// the registry mounted it, `false` when it did not (it then opened an upload, which is
+    /// cancelled).
+    pub fn blob_mount(&self, repo: &Repository, digest: &Digest, from: &str) -> Result<bool> {
+        let t = target(
+            repo,
+            "pull,push",
+            format!("blob {digest} (mount from {from})"),
+        );
+        match self.start_upload(repo, &t, Some((digest, from)))? {
+            None => Ok(true),
+            Some(upload) => {
+                let _ = self
+                    .client
+                    .send(&t, Method::DELETE, &upload, &[], Body::None);
+                Ok(false)
+            }
+        }
+    }
+
+    /// DELETE of a blob.
+    pub fn blob_delete(&self, repo: &Repository, digest: &Digest) -> Result<()> {
+        let t = target(repo, "delete", format!("blob {digest}"));
+        self.delete(&t, &self.url(repo, &format!("blobs/{digest}")))
+    }
+
+    /// One page of the repository's tags (`limit` → `n`, `last` → `last`), with the next
+    /// page's URL from `Link`. Pass a [`TagPage::next`] as `next_url` to follow it.
+    pub fn tags_page(
+        &self,
+        repo: &Repository,
+        limit: Option<usize>,
+        last: Option<&str>,
+        next_url: Option<&str>,
+    ) -> Result<TagPage> {
+        let t = target(repo, "pull", "tag list".into());
+        let url = match next_url {
+            Some(u) => u.to_owned(),
+            None => {
+                let mut q = Vec::new();
+                if let Some(n) = limit {
+                    q.push(format!("n={n}"));
+                }
+                if let Some(l) = last {
+                    q.push(format!("last={l}"));
+                }
+                let mut u = self.url(repo, "tags/list");
+                if !q.is_empty() {
+                    u.push('?');
+                    u.push_str(&q.join("&"));
+                }
+                u
+            }
+        };
+        let mut resp = self.client.send(&t, Method::GET, &url, &[], Body::None)?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Err(Error::NotFound(format!("repository {repo}"))),
+            _ => return Err(unexpected(&t, &mut resp)),
+        }
+        let next =
+            header(&resp, "link").and_then(|l| parse_link_next(&l, &self.client.base(&repo.host)));
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| client::network_error(&t, &e, 1))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::FailedPrecondition(format!("{}: not JSON: {e}", t.describe())))?;
+        let tags = v
+            .get("tags")
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TagPage { tags, next })
+    }
+
+    /// Tags of the repository: with `limit`, one page of at most that many after `last`;
+    /// without, every tag, following `Link` from page to page.
+    pub fn tags(
+        &self,
+        repo: &Repository,
+        limit: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut page = self.tags_page(repo, limit, last, None)?;
+        if limit.is_some() {
+            return Ok(page.tags);
+        }
+        let mut all = std::mem::take(&mut page.tags);
+        let mut guard = 0;
+        while let Some(next) = page.next.take() {
+            guard += 1;
+            if guard > 100_000 {
+                break;
+            }
+            page = self.tags_page(repo, None, None, Some(&next))?;
+            all.append(&mut page.tags);
+        }
+        Ok(all)
+    }
+
+    /// Whether the registry has `reference` (linuxkit's `ImageInRegistry`): its descriptor,
+    /// or, with `platform` and an index, the descriptor of that platform's manifest; `None`
+    /// when it is absent (or the index has no such platform).
+    pub fn image_in_registry(
+        &self,
+        reference: &str,
+        platform: Option<&oci_spec::image::Platform>,
+    ) -> Result<Option<RemoteDescriptor>> {
+        pull::remote_inspect(self, reference, platform)
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        self.client.retry_policy()
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        self.client.backoff(attempt)
+    }
+}
+
+/// The registry-side reference of `name`: its digest when it has one, else its tag.
+pub fn reference_of(name: &Name) -> String {
+    match (&name.digest, &name.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".to_owned(),
+    }
+}

@@ -1,0 +1,511 @@
+//! `Store::pull`: an image from a registry into the store.
+//!
+//! Resolve the reference (one manifest HEAD, then a GET by digest), keep every manifest and
+//! config of an index, fetch layers only for the asked platforms, skip every blob the store
+//! has. A lease taken before the first byte protects everything the pull writes from a
+//! concurrent gc until the name is published; it is dropped in the same step.
+//!
+//! Each blob downloads into an ingest whose reference is `pull-<digest>`, a few at a time,
+//! largest first, and is verified (size and digest) by its commit. A connection cut mid-blob
+//! resumes from the bytes written with `Range` (only a 206 whose `Content-Range` starts
+//! there continues; a 200 restarts the blob); a pull killed outright resumes from the bytes
+//! on disk at the next pull; a second process pulling the same blob waits for the first
+//! (the ingest's lock), takes over if it dies, and never downloads it twice. More bytes than
+//! the descriptor says, or bytes that do not hash to its digest, fail the blob and drop its
+//! ingest: nothing unverified is ever visible.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_spec::image::Platform;
+use parking_lot::Mutex;
+
+use super::{Registry, RemoteDescriptor, Repository, reference_of};
+use crate::content::{IngestManager, Ingester, Labels, Writer};
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+use crate::names::{self, Name, platform_matches};
+use crate::oci::{ChildKind, is_index};
+use crate::store::Store;
+
+/// Reports transfer progress (the CLI draws bars with it). Every method has a do-nothing
+/// default.
+pub trait Progress: Send + Sync {
+    /// A blob transfer starts; `offset` bytes are already there (a resumed download).
+    fn start(&self, _digest: &Digest, _size: u64, _offset: u64) {}
+    /// `bytes` more bytes of `digest` went across.
+    fn advance(&self, _digest: &Digest, _bytes: u64) {}
+    /// The blob is done (transferred, present, or mounted).
+    fn finish(&self, _digest: &Digest) {}
+}
+
+/// How to pull.
+#[derive(Clone, Default)]
+pub struct PullOptions {
+    /// Platforms whose layers to fetch (variant-aware); empty means this machine's.
+    pub platforms: Vec<Platform>,
+    /// Fetch the layers of every platform.
+    pub all_platforms: bool,
+    /// When the name is present and complete, make no request at all (linuxkit's "do not
+    /// pull if present").
+    pub if_missing: bool,
+    /// Where progress goes.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("platforms", &self.platforms)
+            .field("all_platforms", &self.all_platforms)
+            .field("if_missing", &self.if_missing)
+            .finish()
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PullOutcome {
+    /// The name written (normalised).
+    pub name: String,
+    /// The digest it points at.
+    pub digest: String,
+    /// The media type of that manifest or index.
+    pub media_type: String,
+    /// Blobs fetched (manifests included).
+    pub blobs_fetched: u64,
+    /// Blobs the store already had.
+    pub blobs_present: u64,
+    /// Bytes that crossed the wire for blobs (a resumed blob counts what was fetched now).
+    pub bytes_fetched: u64,
+}
+
+/// The label that records where a blob came from (containerd's convention): the value is
+/// the comma-separated repositories on that host.
+pub fn source_label(host: &str) -> String {
+    format!("containerd.io/distribution.source.{host}")
+}
+
+/// A blob to fetch.
+#[derive(Debug, Clone)]
+struct Job {
+    digest: Digest,
+    size: u64,
+}
+
+impl Store {
+    /// Pulls `reference` from its registry; see the module docs. Blocks until done; the
+    /// name and everything it needs for the asked platforms are durable on return.
+    ///
+    /// Errors: `InvalidArgument` for a malformed reference; `NotFound` when the registry
+    /// does not have it; `Unauthorized`; `Unavailable` for network failures once retries
+    /// are spent; `FailedPrecondition` for content that does not match its descriptor.
+    /// Each names host, repository and what was asked.
+    pub fn pull(
+        &self,
+        registry: &Registry,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<PullOutcome> {
+        self.writable("pull")?;
+        let name = Name::parse(reference)?;
+        let key = name.to_string();
+        let repo = Repository::of(&name);
+        let platforms = if opts.all_platforms {
+            Vec::new()
+        } else if opts.platforms.is_empty() {
+            vec![names::host_platform()]
+        } else {
+            opts.platforms.clone()
+        };
+        let local = self.image(&key).ok();
+        let complete = |store: &Store| -> Result<bool> {
+            if opts.all_platforms {
+                return Ok(false);
+            }
+            for p in &platforms {
+                if !store.check_image(&key, p)?.complete {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        if let Some(image) = local.as_ref().filter(|_| opts.if_missing)
+            && complete(self)?
+        {
+            return Ok(PullOutcome {
+                name: key,
+                digest: image.target.digest().to_string(),
+                media_type: image.target.media_type().to_string(),
+                ..PullOutcome::default()
+            });
+        }
+        let wanted = reference_of(&name);
+        let head = registry
+            .manifest_head(&repo, &wanted)?
+            .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?;
+        if let Some(image) = &local
+            && image.target.digest().to_string() == head.digest.to_string()
+            && complete(self)?
+        {
+            return Ok(PullOutcome {
+                name: key,
+                digest: head.digest.to_string(),
+                media_type: image.target.media_type().to_string(),
+                ..PullOutcome::default()
+            });
+        }
+        let root = registry
+            .manifest_get(&repo, head.digest.as_str())?
+            .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", head.digest)))?;
+        let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
+        let mut all: Vec<Digest> = plan.docs.iter().map(|(d, _)| d.digest).collect();
+        all.extend(plan.blobs.iter().map(|j| j.digest));
+        let _lease = self.lease_content("pull", &all, false)?;
+        let mut labels = Labels::new();
+        labels.insert(source_label(&repo.host), repo.path.clone());
+        let mut out = PullOutcome {
+            name: key.clone(),
+            digest: root.descriptor.digest.to_string(),
+            media_type: root.descriptor.media_type.clone(),
+            ..PullOutcome::default()
+        };
+        let fetched = self.fetch_all(registry, &repo, &plan.blobs, &labels, opts)?;
+        out.blobs_fetched += fetched.iter().filter(|f| f.is_some()).count() as u64;
+        out.blobs_present += fetched.iter().filter(|f| f.is_none()).count() as u64;
+        out.bytes_fetched += fetched.iter().flatten().sum::<u64>();
+        // Manifests after what they name, the root last.
+        for (desc, bytes) in plan.docs.iter().rev() {
+            if self.blob_record(&desc.digest)?.is_some() {
+                out.blobs_present += 1;
+                continue;
+            }
+            crate::helpers::write_blob(
+                self,
+                &format!("pull-{}", desc.digest),
+                &mut &bytes[..],
+                Some(desc.size),
+                Some(&desc.digest),
+                labels.clone(),
+            )?;
+            out.blobs_fetched += 1;
+            out.bytes_fetched += desc.size;
+        }
+        let target = names::descriptor(
+            &root.descriptor.media_type,
+            &root.descriptor.digest,
+            root.descriptor.size,
+        )?;
+        self.put_image(&key, target, None)?;
+        Ok(out)
+    }
+
+    /// Fetches every job, `registry.concurrency()` at a time, largest first. Per job: the
+    /// bytes fetched, or `None` when the store had it.
+    fn fetch_all(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        jobs: &[Job],
+        labels: &Labels,
+        opts: &PullOptions,
+    ) -> Result<Vec<Option<u64>>> {
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
+        let queue = Mutex::new(order.into_iter().collect::<VecDeque<usize>>());
+        let results: Mutex<Vec<Option<u64>>> = Mutex::new(vec![None; jobs.len()]);
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let workers = registry.concurrency().min(jobs.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        if failure.lock().is_some() {
+                            return;
+                        }
+                        let Some(i) = queue.lock().pop_front() else {
+                            return;
+                        };
+                        let job = &jobs[i];
+                        match self.fetch_blob(registry, repo, job, labels, opts) {
+                            Ok(r) => results.lock()[i] = r,
+                            Err(e) => {
+                                failure.lock().get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        Ok(results.into_inner())
+    }
+
+    /// Fetches one blob into its ingest and commits it; `None` when the store has it (or
+    /// another process committed it meanwhile).
+    fn fetch_blob(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        job: &Job,
+        labels: &Labels,
+        opts: &PullOptions,
+    ) -> Result<Option<u64>> {
+        let reference = format!("pull-{}", job.digest);
+        let Some(mut w) = self.claim_ingest(&reference, job)? else {
+            if let Some(p) = &opts.progress {
+                p.finish(&job.digest);
+            }
+            return Ok(None);
+        };
+        let mut offset = w.status()?.offset;
+        if offset > job.size {
+            w.truncate(0)?;
+            offset = 0;
+        }
+        if let Some(p) = &opts.progress {
+            p.start(&job.digest, job.size, offset);
+        }
+        let mut fetched = 0u64;
+        let mut attempt = 0u32;
+        let mut buf = vec![0u8; 256 << 10];
+        while offset < job.size {
+            attempt += 1;
+            let retry = |attempt: u32, e: Error| -> Result<()> {
+                if attempt >= registry.retry_policy().attempts
+                    || !matches!(e.kind(), ErrorKind::Unavailable)
+                {
+                    return Err(e);
+                }
+                std::thread::sleep(registry.backoff(attempt));
+                Ok(())
+            };
+            let stream = match registry.blob_get(repo, &job.digest, offset, Some(job.size)) {
+                Ok(s) => s,
+                Err(e) => {
+                    retry(attempt, e)?;
+                    continue;
+                }
+            };
+            if stream.start != offset {
+                w.truncate(0)?;
+                offset = 0;
+            }
+            let mut reader = stream.reader;
+            let cut = loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Some(e),
+                };
+                if offset + n as u64 > job.size {
+                    drop(w);
+                    self.drop_ingest(&reference);
+                    return Err(Error::FailedPrecondition(format!(
+                        "{repo}: blob {}: the registry sent more than the descriptor's {} bytes",
+                        job.digest, job.size
+                    )));
+                }
+                w.write_all(&buf[..n])
+                    .map_err(|e| Error::from_io(e, "write", "ingest"))?;
+                offset += n as u64;
+                fetched += n as u64;
+                if let Some(p) = &opts.progress {
+                    p.advance(&job.digest, n as u64);
+                }
+            };
+            if offset < job.size {
+                // Cut short: resume from here.
+                let why = cut.map_or_else(|| "the body ended early".to_owned(), |e| e.to_string());
+                retry(
+                    attempt,
+                    Error::Unavailable(format!(
+                        "{repo}: blob {}: connection cut at byte {offset} of {}: {why}",
+                        job.digest, job.size
+                    )),
+                )?;
+            }
+        }
+        match w.commit(Some(job.size), Some(&job.digest), labels.clone()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
+                // Wrong bytes: never resume from them.
+                self.drop_ingest(&reference);
+                return Err(Error::FailedPrecondition(format!(
+                    "{repo}: blob {}: the bytes the registry sent do not match: {e}",
+                    job.digest
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(p) = &opts.progress {
+            p.finish(&job.digest);
+        }
+        Ok(Some(fetched))
+    }
+
+    /// The writer of `reference`, or `None` when the blob is committed. While another
+    /// process (or thread) downloads it, waits for it, for as long as its ingest keeps
+    /// growing (up to a minute without progress), and takes over if its holder dies.
+    fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<Box<dyn Writer>>> {
+        let mut last_offset = None;
+        let mut idle_since = Instant::now();
+        loop {
+            if self.blob_record(&job.digest)?.is_some() {
+                return Ok(None);
+            }
+            match self.writer(reference, Some(job.size), Some(&job.digest)) {
+                Ok(w) => return Ok(Some(w)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    let offset = self.status(reference).ok().map(|s| s.offset);
+                    if offset != last_offset {
+                        last_offset = offset;
+                        idle_since = Instant::now();
+                    } else if idle_since.elapsed() > Duration::from_secs(60) {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn drop_ingest(&self, reference: &str) {
+        if let Err(e) = self.abort(reference)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::warn!(reference, error = %e, "could not drop a failed download");
+        }
+    }
+}
+
+/// See [`Registry::image_in_registry`].
+pub fn remote_inspect(
+    registry: &Registry,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Option<RemoteDescriptor>> {
+    let name = Name::parse(reference)?;
+    let repo = Repository::of(&name);
+    let Some(head) = registry.manifest_head(&repo, &reference_of(&name))? else {
+        return Ok(None);
+    };
+    let Some(platform) = platform else {
+        return Ok(Some(head));
+    };
+    let Some(root) = registry.manifest_get(&repo, head.digest.as_str())? else {
+        return Ok(None);
+    };
+    if !is_index(&root.descriptor.media_type) {
+        // A single manifest: its config says its platform.
+        return Ok(Some(root.descriptor));
+    }
+    let children = crate::oci::try_children(Some(&root.descriptor.media_type), &root.bytes)?
+        .unwrap_or_default();
+    Ok(children
+        .into_iter()
+        .find(|c| {
+            c.kind == ChildKind::Manifest
+                && c.platform
+                    .as_ref()
+                    .is_some_and(|p| platform_matches(platform, p))
+        })
+        .map(|c| RemoteDescriptor {
+            digest: c.digest,
+            media_type: c.media_type,
+            size: c.size,
+        }))
+}
+
+/// Everything a pull needs: manifests and indexes (fetched, root first) and the blobs to
+/// download.
+struct Plan {
+    docs: Vec<(RemoteDescriptor, Vec<u8>)>,
+    blobs: Vec<Job>,
+}
+
+impl Plan {
+    fn make(
+        registry: &Registry,
+        repo: &Repository,
+        root: &RemoteDescriptor,
+        bytes: Vec<u8>,
+        platforms: &[Platform],
+    ) -> Result<Plan> {
+        let mut plan = Plan {
+            docs: Vec::new(),
+            blobs: Vec::new(),
+        };
+        let mut seen: BTreeSet<Digest> = BTreeSet::new();
+        let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+        // (descriptor, bytes, depth, whether its layers are wanted)
+        let mut queue = VecDeque::from([(root.clone(), bytes, 0usize, true)]);
+        while let Some((desc, bytes, depth, wanted)) = queue.pop_front() {
+            if !seen.insert(desc.digest) {
+                continue;
+            }
+            if depth > 8 {
+                return Err(Error::FailedPrecondition(format!(
+                    "{repo}: indexes nested deeper than 8 at {}",
+                    desc.digest
+                )));
+            }
+            let children = crate::oci::try_children(Some(&desc.media_type), &bytes)
+                .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
+                .unwrap_or_default();
+            plan.docs.push((desc, bytes));
+            for c in children {
+                match c.kind {
+                    ChildKind::Manifest => {
+                        let keep_layers = platforms.is_empty()
+                            || c.platform
+                                .as_ref()
+                                .is_none_or(|p| platforms.iter().any(|w| platform_matches(w, p)));
+                        let m =
+                            registry
+                                .manifest_get(repo, c.digest.as_str())?
+                                .ok_or_else(|| {
+                                    Error::NotFound(format!(
+                                        "{repo}: manifest {} named by the index",
+                                        c.digest
+                                    ))
+                                })?;
+                        if m.descriptor.size != c.size {
+                            return Err(Error::FailedPrecondition(format!(
+                                "{repo}: manifest {} is {} bytes, its descriptor says {}",
+                                c.digest, m.descriptor.size, c.size
+                            )));
+                        }
+                        let mut d = m.descriptor;
+                        if !c.media_type.is_empty() {
+                            d.media_type = c.media_type.clone();
+                        }
+                        queue.push_back((d, m.bytes, depth + 1, keep_layers));
+                    }
+                    ChildKind::Config => {
+                        blobs.insert(c.digest, c.size);
+                    }
+                    ChildKind::Layer | ChildKind::Blob if wanted => {
+                        blobs.insert(c.digest, c.size);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        plan.blobs = blobs
+            .into_iter()
+            .filter(|(d, _)| !seen.contains(d))
+            .map(|(digest, size)| Job { digest, size })
+            .collect();
+        Ok(plan)
+    }
+}

@@ -1,0 +1,343 @@
+//! `Store::push`: an image from the store to a registry.
+//!
+//! Children before parents: every config and layer first (a few at a time), then the
+//! manifests, the index last, then the tag. For each blob: HEAD; if the repository lacks
+//! it, mount it from a repository on the same registry where it is known to be (from its
+//! `containerd.io/distribution.source.<host>` label), else upload it streamed from its file.
+//! A repeated push therefore makes only HEAD requests, and a push to a second repository
+//! mounts. After a push, every blob is labelled with the target repository, so the next push
+//! elsewhere on that registry can mount. `platforms` pushes a subset of an index as
+//! `image export --platform` does (a new index of the kept entries); without it, a
+//! multi-platform index keeps its digest.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use oci_spec::image::Platform;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::pull::{Progress, source_label};
+use super::{MAX_MANIFEST, Registry, Repository, reference_of};
+use crate::content::Manager;
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::names::{self, Name, platform_matches};
+use crate::oci::{ChildKind, is_index};
+use crate::store::Store;
+
+/// How to push.
+#[derive(Clone, Default)]
+pub struct PushOptions {
+    /// Push only these platforms of an index (empty: everything).
+    pub platforms: Vec<Platform>,
+    /// Where progress goes.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for PushOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOptions")
+            .field("platforms", &self.platforms)
+            .finish()
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PushOutcome {
+    /// The reference pushed to (normalised).
+    pub target: String,
+    /// The digest it points at on the registry.
+    pub digest: String,
+    /// Blobs and manifests uploaded.
+    pub blobs_pushed: u64,
+    /// Blobs mounted from another repository of the registry.
+    pub blobs_mounted: u64,
+    /// Blobs and manifests the repository had already.
+    pub blobs_skipped: u64,
+    /// Bytes uploaded.
+    pub bytes_pushed: u64,
+}
+
+/// A manifest or index to put: digest, media type, bytes.
+type Doc = (Digest, String, Vec<u8>);
+
+enum Sent {
+    Pushed(u64),
+    Mounted,
+    Skipped,
+}
+
+impl Store {
+    /// Pushes the image `name` to `target` (default: `name` itself); see the module docs.
+    /// Blocks until done.
+    ///
+    /// Errors: `NotFound` when the image or a blob it needs is not in the store (a pull of
+    /// one platform keeps every manifest of an index but not the other platforms' layers:
+    /// push those with `platforms`); registry errors as [`Store::pull`]'s.
+    pub fn push(
+        &self,
+        registry: &Registry,
+        name: &str,
+        target: Option<&str>,
+        opts: &PushOptions,
+    ) -> Result<PushOutcome> {
+        let image = self.image(name)?;
+        let target_name = Name::parse(target.unwrap_or(name))?;
+        let repo = Repository::of(&target_name);
+        let root_digest = names::descriptor_digest(&image.target)?;
+        let mut root_type = image.target.media_type().to_string();
+        let mut root_bytes = crate::helpers::read_blob_prefix(self, &root_digest, MAX_MANIFEST)?;
+        if !opts.platforms.is_empty() && is_index(&root_type) {
+            root_bytes = filter_index(&root_bytes, &opts.platforms, name)?;
+        }
+        if root_type.is_empty() {
+            root_type = crate::store::images::sniff_media_type(&root_bytes);
+        }
+        let root = (Algorithm::Sha256.digest(&root_bytes), root_type, root_bytes);
+        let (docs, blobs) = self.push_plan(&root, name)?;
+        let mut out = PushOutcome {
+            target: target_name.to_string(),
+            digest: root.0.to_string(),
+            ..PushOutcome::default()
+        };
+        for sent in self.send_blobs(registry, &repo, &blobs, opts)? {
+            out.count(sent);
+        }
+        // Manifests children first (the plan lists parents first), the root last, by tag.
+        for (digest, media_type, bytes) in docs.iter().rev() {
+            let is_root = *digest == root.0;
+            let reference = if is_root {
+                reference_of(&target_name)
+            } else {
+                digest.to_string()
+            };
+            let present = registry
+                .manifest_head(&repo, &reference)?
+                .is_some_and(|d| d.digest == *digest);
+            if present {
+                out.count(Sent::Skipped);
+                continue;
+            }
+            registry.manifest_put(&repo, &reference, media_type, bytes)?;
+            out.count(Sent::Pushed(bytes.len() as u64));
+        }
+        let mut all: Vec<Digest> = blobs.keys().copied().collect();
+        all.extend(docs.iter().map(|(d, _, _)| *d));
+        self.label_source(&repo, &all);
+        Ok(out)
+    }
+
+    /// The manifests (parents first) and the blobs (digest → size) under `root`.
+    fn push_plan(&self, root: &Doc, name: &str) -> Result<(Vec<Doc>, BTreeMap<Digest, u64>)> {
+        let mut docs: Vec<Doc> = Vec::new();
+        let mut blobs = BTreeMap::new();
+        let mut queue = VecDeque::from([(root.clone(), 0usize)]);
+        while let Some(((digest, media_type, bytes), depth)) = queue.pop_front() {
+            if depth > 8 {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {name}: indexes nested deeper than 8"
+                )));
+            }
+            let children = crate::oci::try_children(Some(&media_type), &bytes)?.unwrap_or_default();
+            docs.push((digest, media_type, bytes));
+            for c in children {
+                match c.kind {
+                    ChildKind::Manifest => {
+                        let missing = || {
+                            let platform = c.platform.as_ref().map_or_else(String::new, |p| {
+                                format!(" ({})", names::platform_string(p))
+                            });
+                            Error::NotFound(format!(
+                                "manifest {}{platform} of image {name} (not in the store: push \
+                                 the platforms you have with --platform)",
+                                c.digest
+                            ))
+                        };
+                        if self.blob_record(&c.digest)?.is_none() {
+                            return Err(missing());
+                        }
+                        let bytes =
+                            crate::helpers::read_blob_prefix(self, &c.digest, MAX_MANIFEST)?;
+                        let mt = if c.media_type.is_empty() {
+                            crate::store::images::sniff_media_type(&bytes)
+                        } else {
+                            c.media_type.clone()
+                        };
+                        queue.push_back(((c.digest, mt, bytes), depth + 1));
+                    }
+                    ChildKind::Config | ChildKind::Layer | ChildKind::Blob => {
+                        match self.blob_record(&c.digest)? {
+                            Some(rec) if rec.size == c.size => {
+                                blobs.insert(c.digest, c.size);
+                            }
+                            Some(rec) => {
+                                return Err(Error::FailedPrecondition(format!(
+                                    "image {name}: {} is {} bytes, its descriptor says {}",
+                                    c.digest, rec.size, c.size
+                                )));
+                            }
+                            None => {
+                                return Err(Error::NotFound(format!(
+                                    "content {} of image {name} (a layer of a platform that was \
+                                     not pulled? push the platforms you have with --platform)",
+                                    c.digest
+                                )));
+                            }
+                        }
+                    }
+                    ChildKind::Subject => {}
+                }
+            }
+        }
+        Ok((docs, blobs))
+    }
+
+    /// Sends every blob, `registry.concurrency()` at a time, largest first.
+    fn send_blobs(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        blobs: &BTreeMap<Digest, u64>,
+        opts: &PushOptions,
+    ) -> Result<Vec<Sent>> {
+        let mut order: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
+        order.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+        let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
+        let results = Mutex::new(Vec::new());
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let workers = registry.concurrency().min(blobs.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        if failure.lock().is_some() {
+                            return;
+                        }
+                        let Some((digest, size)) = queue.lock().pop_front() else {
+                            return;
+                        };
+                        match self.send_blob(registry, repo, &digest, size, opts) {
+                            Ok(sent) => results.lock().push(sent),
+                            Err(e) => {
+                                failure.lock().get_or_insert(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        Ok(results.into_inner())
+    }
+
+    fn send_blob(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        digest: &Digest,
+        size: u64,
+        opts: &PushOptions,
+    ) -> Result<Sent> {
+        let progress = |sent: Sent| {
+            if let Some(p) = &opts.progress {
+                p.finish(digest);
+            }
+            Ok(sent)
+        };
+        if registry.blob_head(repo, digest)?.is_some() {
+            return progress(Sent::Skipped);
+        }
+        let info = self.info(digest)?;
+        if let Some(sources) = info.labels.get(&source_label(&repo.host)) {
+            for from in sources
+                .split(',')
+                .filter(|r| !r.is_empty() && *r != repo.path)
+            {
+                if registry.blob_mount(repo, digest, from)? {
+                    return progress(Sent::Mounted);
+                }
+            }
+        }
+        if let Some(p) = &opts.progress {
+            p.start(digest, size, 0);
+        }
+        let path = self.blob_dir().path_for(digest);
+        registry.blob_put_file(repo, digest, &path)?;
+        if let Some(p) = &opts.progress {
+            p.advance(digest, size);
+        }
+        progress(Sent::Pushed(size))
+    }
+
+    /// Adds `repo` to the source label of each blob (best effort: a label that cannot be
+    /// written only costs a later mount).
+    fn label_source(&self, repo: &Repository, digests: &[Digest]) {
+        let key = source_label(&repo.host);
+        for d in digests {
+            let Ok(mut info) = self.info(d) else { continue };
+            let current = info.labels.get(&key).cloned().unwrap_or_default();
+            if current.split(',').any(|r| r == repo.path) {
+                continue;
+            }
+            let value = if current.is_empty() {
+                repo.path.clone()
+            } else {
+                format!("{current},{}", repo.path)
+            };
+            info.labels.insert(key.clone(), value);
+            let field = format!("labels.{key}");
+            if let Err(e) = self.update(&info, &[field.as_str()]) {
+                tracing::warn!(digest = %d, error = %e, "could not record a blob's source");
+            }
+        }
+    }
+}
+
+impl PushOutcome {
+    fn count(&mut self, sent: Sent) {
+        match sent {
+            Sent::Pushed(n) => {
+                self.blobs_pushed += 1;
+                self.bytes_pushed += n;
+            }
+            Sent::Mounted => self.blobs_mounted += 1,
+            Sent::Skipped => self.blobs_skipped += 1,
+        }
+    }
+}
+
+/// An index keeping only the entries for `platforms` (entries without a platform stay, as
+/// containerd does); the bytes unchanged when every entry stays. No entry left is
+/// `NotFound`.
+fn filter_index(bytes: &[u8], platforms: &[Platform], name: &str) -> Result<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Corrupted(format!("index of image {name}: {e}")))?;
+    let Some(list) = doc.get_mut("manifests").and_then(Value::as_array_mut) else {
+        return Ok(bytes.to_vec());
+    };
+    let before = list.len();
+    list.retain(|m| match m.get("platform") {
+        None => true,
+        Some(p) => serde_json::from_value::<Platform>(p.clone())
+            .is_ok_and(|p| platforms.iter().any(|w| platform_matches(w, &p))),
+    });
+    if list.is_empty() {
+        return Err(Error::NotFound(format!(
+            "a manifest of image {name} for {}",
+            platforms
+                .iter()
+                .map(names::platform_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if list.len() == before {
+        return Ok(bytes.to_vec());
+    }
+    Ok(crate::oci::canonical_json(doc))
+}
