@@ -8,6 +8,8 @@
 //! a token (or sends basic credentials) and retries once.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -65,12 +67,33 @@ pub(crate) enum Body<'a> {
     File(&'a std::path::Path),
 }
 
-pub(crate) struct Client {
+/// One place requests for a host go: a mirror or the server, with its own TLS settings.
+pub(crate) struct Endpoint {
+    /// The API root, `http://127.0.0.1:5000/v2`.
+    pub(crate) api: String,
+    /// `scheme://authority`, to resolve relative `Location` and `Link` URLs against.
+    pub(crate) origin: String,
+    /// Whose credentials to present: the registry's name for its server, the mirror's
+    /// authority for a mirror.
+    pub(crate) cred_host: String,
+    /// A mirror (pulls only) rather than the server.
+    pub(crate) mirror: bool,
+    /// What it may serve: `pull`, `resolve`, `push`.
+    pub(crate) capabilities: Vec<String>,
     agent: ureq::Agent,
+}
+
+pub(crate) struct Client {
     credentials: Credentials,
     plain_http: bool,
     retry: RetryPolicy,
-    /// `Authorization` values by (host, scope).
+    timeout: Duration,
+    hosts_dirs: Vec<PathBuf>,
+    /// Agents by TLS settings (CA files, skip_verify); the default one under `([], false)`.
+    agents: Mutex<HashMap<(Vec<PathBuf>, bool), ureq::Agent>>,
+    /// Endpoints by registry host, mirrors first, the server last.
+    endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
+    /// `Authorization` values by (credential host, scope).
     tokens: Mutex<HashMap<(String, String), String>>,
 }
 
@@ -107,34 +130,145 @@ impl Client {
         plain_http: bool,
         retry: RetryPolicy,
         timeout: Duration,
+        hosts_dirs: Vec<PathBuf>,
     ) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections_per_host(16)
-            .build()
-            .into();
         Client {
-            agent,
             credentials,
             plain_http,
             retry,
+            timeout,
+            hosts_dirs,
+            agents: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `http://host` or `https://host` for the API of `host` (loopback and `--plain-http`:
-    /// plain HTTP, as containerd does).
-    pub(crate) fn base(&self, host: &str) -> String {
-        let scheme = if self.plain_http || is_loopback(host) {
-            "http"
-        } else {
-            "https"
+    /// The agent for a TLS setting: trusting `ca` (PEM files) instead of the webpki roots
+    /// when given, or nothing at all with `skip_verify`.
+    fn agent(&self, ca: &[PathBuf], skip_verify: bool) -> Result<ureq::Agent> {
+        let key = (ca.to_vec(), skip_verify);
+        if let Some(a) = self.agents.lock().get(&key) {
+            return Ok(a.clone());
+        }
+        let mut tls = ureq::tls::TlsConfig::builder().disable_verification(skip_verify);
+        if !ca.is_empty() {
+            let mut certs = Vec::new();
+            for path in ca {
+                let pem =
+                    std::fs::read(path).map_err(|e| Error::io("read CA certificate", path, e))?;
+                for item in ureq::tls::parse_pem(&pem) {
+                    match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "CA certificate '{}': {e}",
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+            }
+            if certs.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "no PEM certificate in {}",
+                    ca.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let t = self.timeout;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(t))
+            .timeout_recv_response(Some(t))
+            .timeout_per_read(Some(t))
+            .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections_per_host(16)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        self.agents.lock().insert(key, agent.clone());
+        Ok(agent)
+    }
+
+    /// Where requests for `host` go: its mirrors (from `hosts.toml`) in order, then its
+    /// server. Loopback hosts and `--plain-http` use plain HTTP when no `hosts.toml` says
+    /// otherwise.
+    pub(crate) fn endpoints(&self, host: &str) -> Result<Arc<Vec<Arc<Endpoint>>>> {
+        if let Some(e) = self.endpoints.lock().get(host) {
+            return Ok(Arc::clone(e));
+        }
+        let config = super::hosts::load(&self.hosts_dirs, host)?.unwrap_or_default();
+        let mut list = Vec::new();
+        for m in &config.mirrors {
+            list.push(Arc::new(self.endpoint(&m.url, m, true, None)?));
+        }
+        let default_url = {
+            let scheme = if self.plain_http || is_loopback(host) {
+                "http"
+            } else {
+                "https"
+            };
+            format!("{scheme}://{}", api_host(host))
         };
-        format!("{scheme}://{}", api_host(host))
+        let server = match config.server {
+            Some(mut s) => {
+                if s.url.is_empty() {
+                    s.url = default_url;
+                }
+                if self.plain_http {
+                    s.url = s.url.replacen("https://", "http://", 1);
+                }
+                s
+            }
+            None => super::hosts::HostEntry {
+                url: default_url,
+                capabilities: ["pull", "resolve", "push"].map(String::from).to_vec(),
+                ca: Vec::new(),
+                skip_verify: false,
+            },
+        };
+        list.push(Arc::new(self.endpoint(
+            &server.url,
+            &server,
+            false,
+            Some(host),
+        )?));
+        let list = Arc::new(list);
+        self.endpoints
+            .lock()
+            .insert(host.to_owned(), Arc::clone(&list));
+        Ok(list)
+    }
+
+    fn endpoint(
+        &self,
+        url: &str,
+        entry: &super::hosts::HostEntry,
+        mirror: bool,
+        registry: Option<&str>,
+    ) -> Result<Endpoint> {
+        let url = url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let api = if url.ends_with("/v2") {
+            url.to_owned()
+        } else {
+            format!("{url}/v2")
+        };
+        Ok(Endpoint {
+            api,
+            origin: format!("{scheme}://{authority}"),
+            cred_host: registry.unwrap_or(authority).to_owned(),
+            mirror,
+            capabilities: entry.capabilities.clone(),
+            agent: self.agent(&entry.ca, entry.skip_verify)?,
+        })
     }
 
     /// Sends a request, authenticating and retrying as the module docs say. Every status
@@ -143,13 +277,14 @@ impl Client {
     pub(crate) fn send(
         &self,
         t: &Target<'_>,
+        ep: &Endpoint,
         method: http::Method,
         url: &str,
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> Result<Response<ureq::Body>> {
         let scope = format!("repository:{}:{}", t.repository, t.actions);
-        let key = (t.host.to_owned(), scope.clone());
+        let key = (ep.cred_host.clone(), scope.clone());
         let mut reauthed = false;
         let mut attempt = 0;
         loop {
@@ -163,12 +298,12 @@ impl Client {
                 req = req.header("Authorization", a);
             }
             let result = match &body {
-                Body::None => req.body(()).map(|r| self.agent.run(r)),
-                Body::Bytes(b) => req.body(*b).map(|r| self.agent.run(r)),
+                Body::None => req.body(()).map(|r| ep.agent.run(r)),
+                Body::Bytes(b) => req.body(*b).map(|r| ep.agent.run(r)),
                 Body::File(path) => {
                     let file = std::fs::File::open(path)
                         .map_err(|e| Error::io("open for upload", path, e))?;
-                    req.body(file).map(|r| self.agent.run(r))
+                    req.body(file).map(|r| ep.agent.run(r))
                 }
             }
             .map_err(|e| Error::InvalidArgument(format!("{}: bad request: {e}", t.describe())))?;
@@ -183,7 +318,7 @@ impl Client {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("")
                             .to_owned();
-                        let value = self.authenticate(t, &challenge, &scope)?;
+                        let value = self.authenticate(t, ep, &challenge, &scope)?;
                         self.tokens.lock().insert(key.clone(), value);
                         attempt -= 1; // re-authentication is not a failed attempt
                         continue;
@@ -193,7 +328,7 @@ impl Client {
                             "{}: {} (HTTP 401 with the credentials{})",
                             t.describe(),
                             "the registry refused the credentials",
-                            self.cred_source_hint(t.host)
+                            self.cred_source_hint(&ep.cred_host)
                         )));
                     }
                     if !matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
@@ -242,7 +377,13 @@ impl Client {
     }
 
     /// Answers a 401's challenge: the `Authorization` value to send from now on.
-    fn authenticate(&self, t: &Target<'_>, header: &str, scope: &str) -> Result<String> {
+    fn authenticate(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        header: &str,
+        scope: &str,
+    ) -> Result<String> {
         let unauthorized = |why: String| Error::Unauthorized(format!("{}: {why}", t.describe()));
         if header.is_empty() {
             return Err(unauthorized(
@@ -250,13 +391,20 @@ impl Client {
             ));
         }
         let challenges = parse_challenges(header)?;
-        let credential = self.credentials.lookup(t.host)?;
+        let credential = self.credentials.lookup(&ep.cred_host)?;
         if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
             let realm = bearer
                 .params
                 .get("realm")
                 .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
-            return self.fetch_token(t, realm, bearer.params.get("service"), scope, credential);
+            return self.fetch_token(
+                t,
+                ep,
+                realm,
+                bearer.params.get("service"),
+                scope,
+                credential,
+            );
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             return match credential {
@@ -269,7 +417,7 @@ impl Client {
                 )),
                 None => Err(unauthorized(format!(
                     "authentication required (HTTP 401): no credentials in config.json for {}",
-                    t.host
+                    ep.cred_host
                 ))),
             };
         }
@@ -283,6 +431,7 @@ impl Client {
     fn fetch_token(
         &self,
         t: &Target<'_>,
+        ep: &Endpoint,
         realm: &str,
         service: Option<&String>,
         scope: &str,
@@ -303,14 +452,14 @@ impl Client {
                 let req = http::Request::post(realm)
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(form.into_bytes());
-                req.map(|r| self.agent.run(r))
+                req.map(|r| ep.agent.run(r))
             }
             other => {
                 let mut req = http::Request::get(format!("{realm}{sep}{query}"));
                 if let Some(Credential::Basic { username, password }) = other {
                     req = req.header("Authorization", basic_header(username, password));
                 }
-                req.body(()).map(|r| self.agent.run(r))
+                req.body(()).map(|r| ep.agent.run(r))
             }
         }
         .map_err(|e| Error::InvalidArgument(format!("token realm {realm:?}: {e}")))?;
@@ -318,7 +467,7 @@ impl Client {
         let status = resp.status().as_u16();
         if status != 200 {
             let hint = if credential.is_none() {
-                format!(" (no credentials in config.json for {})", t.host)
+                format!(" (no credentials in config.json for {})", ep.cred_host)
             } else {
                 String::new()
             };

@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod client;
+pub mod hosts;
 pub mod pull;
 pub mod push;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 use ureq::http::Method;
 
 pub use auth::{Credential, Credentials};
-use client::{Body, Client, Target};
+use client::{Body, Client, Endpoint, Target};
 pub use client::{RetryPolicy, parse_content_range, parse_link_next};
 
 use crate::digest::Digest;
@@ -54,6 +55,8 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
     /// Connect, response and per-read timeout (default 30 s).
     pub timeout: Duration,
+    /// Where `<host>/hosts.toml` files are looked for (default: [`hosts::search_dirs`]).
+    pub hosts_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for RegistryOptions {
@@ -64,6 +67,7 @@ impl Default for RegistryOptions {
             concurrency: 3,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
+            hosts_dirs: hosts::search_dirs(),
         }
     }
 }
@@ -161,6 +165,19 @@ fn target<'a>(repo: &'a Repository, actions: &'a str, what: String) -> Target<'a
     }
 }
 
+fn url(ep: &Endpoint, repo: &Repository, rest: &str) -> String {
+    format!("{}/{}/{rest}", ep.api, repo.path)
+}
+
+/// `resolve` for a tag, `pull` for a digest (containerd's capabilities).
+fn capability_for(reference: &str) -> &'static str {
+    if Digest::parse(reference).is_ok() {
+        "pull"
+    } else {
+        "resolve"
+    }
+}
+
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
@@ -207,6 +224,7 @@ impl Registry {
                 opts.plain_http,
                 opts.retry,
                 opts.timeout,
+                opts.hosts_dirs,
             )),
             concurrency: opts.concurrency.max(1),
         }
@@ -222,112 +240,167 @@ impl Registry {
         self.concurrency
     }
 
-    fn url(&self, repo: &Repository, rest: &str) -> String {
-        format!("{}/v2/{}/{rest}", self.client.base(&repo.host), repo.path)
+    /// The server of `repo`'s registry: pushes, mounts, deletes and tag listings go there.
+    fn server(&self, repo: &Repository) -> Result<Arc<Endpoint>> {
+        let list = self.client.endpoints(&repo.host)?;
+        Ok(Arc::clone(
+            list.last().expect("the server is always listed"),
+        ))
+    }
+
+    /// Asks the mirrors that may serve `capability`, in order, then the server: the first
+    /// answer that is not a miss wins. A mirror's error or miss falls through to the next.
+    fn read_via<T>(
+        &self,
+        repo: &Repository,
+        capability: &str,
+        mut f: impl FnMut(&Endpoint) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let list = self.client.endpoints(&repo.host)?;
+        for ep in list.iter() {
+            if ep.mirror && !ep.capabilities.iter().any(|c| c == capability) {
+                continue;
+            }
+            match f(ep) {
+                Ok(Some(v)) => return Ok(Some(v)),
+                Ok(None) if !ep.mirror => return Ok(None),
+                Err(e) if !ep.mirror => return Err(e),
+                Ok(None) => tracing::debug!(mirror = %ep.origin, "mirror misses; next"),
+                Err(e) => tracing::debug!(mirror = %ep.origin, error = %e, "mirror fails; next"),
+            }
+        }
+        Ok(None)
     }
 
     /// HEAD of a manifest by tag or digest; `None` when the registry does not have it.
+    /// Mirrors (from `hosts.toml`) are asked first.
     pub fn manifest_head(
         &self,
         repo: &Repository,
         reference: &str,
     ) -> Result<Option<RemoteDescriptor>> {
+        self.manifest_head_via(repo, reference, true)
+    }
+
+    /// [`Registry::manifest_head`] of the server alone (what a push must ask: a mirror
+    /// having a manifest says nothing of the server).
+    pub fn manifest_head_on_server(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<RemoteDescriptor>> {
+        self.manifest_head_via(repo, reference, false)
+    }
+
+    fn manifest_head_via(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        mirrors: bool,
+    ) -> Result<Option<RemoteDescriptor>> {
         let t = target(repo, "pull", format!("manifest {reference}"));
-        let mut resp = self.client.send(
-            &t,
-            Method::HEAD,
-            &self.url(repo, &format!("manifests/{reference}")),
-            &[("Accept", MANIFEST_ACCEPT)],
-            Body::None,
-        )?;
-        match resp.status().as_u16() {
-            200 => {}
-            404 => return Ok(None),
-            _ => return Err(unexpected(&t, &mut resp)),
-        }
-        let digest = match header(&resp, "docker-content-digest") {
-            Some(d) => Digest::parse(&d).map_err(|_| {
+        let capability = if mirrors {
+            capability_for(reference)
+        } else {
+            "server only"
+        };
+        // Some(None): found, but without a digest header (a GET tells, and verifies).
+        let found = self.read_via(repo, capability, |ep| {
+            let mut resp = self.client.send(
+                &t,
+                ep,
+                Method::HEAD,
+                &url(ep, repo, &format!("manifests/{reference}")),
+                &[("Accept", MANIFEST_ACCEPT)],
+                Body::None,
+            )?;
+            match resp.status().as_u16() {
+                200 => {}
+                404 => return Ok(None),
+                _ => return Err(unexpected(&t, &mut resp)),
+            }
+            let Some(d) = header(&resp, "docker-content-digest") else {
+                return Ok(Some(None));
+            };
+            let digest = Digest::parse(&d).map_err(|_| {
                 Error::FailedPrecondition(format!(
                     "{}: malformed Docker-Content-Digest {d:?}",
                     t.describe()
                 ))
-            })?,
-            None => {
-                // No digest header: a GET tells (and verifies).
-                return self
-                    .manifest_get(repo, reference)
-                    .map(|m| m.map(|m| m.descriptor));
-            }
-        };
-        let size = header(&resp, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok(Some(RemoteDescriptor {
-            digest,
-            media_type: header(&resp, "content-type").unwrap_or_default(),
-            size,
-        }))
+            })?;
+            Ok(Some(Some(RemoteDescriptor {
+                digest,
+                media_type: media_type_of(header(&resp, "content-type")),
+                size: header(&resp, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            })))
+        })?;
+        match found {
+            None => Ok(None),
+            Some(Some(d)) => Ok(Some(d)),
+            Some(None) => Ok(self.manifest_get(repo, reference)?.map(|m| m.descriptor)),
+        }
     }
 
     /// GET of a manifest by tag or digest; `None` when the registry does not have it. The
     /// bytes are checked against the digest asked for, or against `Docker-Content-Digest`.
     pub fn manifest_get(&self, repo: &Repository, reference: &str) -> Result<Option<Manifest>> {
         let t = target(repo, "pull", format!("manifest {reference}"));
-        let mut resp = self.client.send(
-            &t,
-            Method::GET,
-            &self.url(repo, &format!("manifests/{reference}")),
-            &[("Accept", MANIFEST_ACCEPT)],
-            Body::None,
-        )?;
-        match resp.status().as_u16() {
-            200 => {}
-            404 => return Ok(None),
-            _ => return Err(unexpected(&t, &mut resp)),
-        }
-        let media_type = header(&resp, "content-type").unwrap_or_default();
-        let claimed = header(&resp, "docker-content-digest");
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_MANIFEST)
-            .read_to_vec()
-            .map_err(|e| client::network_error(&t, &e, 1))?;
-        let expected = match Digest::parse(reference) {
-            Ok(d) => Some(d),
-            Err(_) => claimed.as_deref().and_then(|c| Digest::parse(c).ok()),
-        };
-        let digest = match expected {
-            Some(d) => {
-                let actual = d.algorithm().digest(&bytes);
-                if actual != d {
-                    return Err(Error::FailedPrecondition(format!(
-                        "{}: the registry sent bytes that hash to {actual}, expected {d}",
-                        t.describe()
-                    )));
-                }
-                d
+        self.read_via(repo, capability_for(reference), |ep| {
+            let mut resp = self.client.send(
+                &t,
+                ep,
+                Method::GET,
+                &url(ep, repo, &format!("manifests/{reference}")),
+                &[("Accept", MANIFEST_ACCEPT)],
+                Body::None,
+            )?;
+            match resp.status().as_u16() {
+                200 => {}
+                404 => return Ok(None),
+                _ => return Err(unexpected(&t, &mut resp)),
             }
-            None => crate::digest::Algorithm::Sha256.digest(&bytes),
-        };
-        let media_type = if media_type.is_empty() || media_type == "application/octet-stream" {
-            crate::store::images::sniff_media_type(&bytes)
-        } else {
-            media_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        };
-        Ok(Some(Manifest {
-            descriptor: RemoteDescriptor {
-                digest,
-                media_type,
-                size: bytes.len() as u64,
-            },
-            bytes,
-        }))
+            let media_type = header(&resp, "content-type");
+            let claimed = header(&resp, "docker-content-digest");
+            let bytes = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_MANIFEST)
+                .read_to_vec()
+                .map_err(|e| client::network_error(&t, &e, 1))?;
+            let expected = match Digest::parse(reference) {
+                Ok(d) => Some(d),
+                Err(_) => claimed.as_deref().and_then(|c| Digest::parse(c).ok()),
+            };
+            let digest = match expected {
+                Some(d) => {
+                    let actual = d.algorithm().digest(&bytes);
+                    if actual != d {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{}: the registry sent bytes that hash to {actual}, expected {d}",
+                            t.describe()
+                        )));
+                    }
+                    d
+                }
+                None => crate::digest::Algorithm::Sha256.digest(&bytes),
+            };
+            let media_type = match media_type_of(media_type) {
+                m if m.is_empty() || m == "application/octet-stream" => {
+                    crate::store::images::sniff_media_type(&bytes)
+                }
+                m => m,
+            };
+            Ok(Some(Manifest {
+                descriptor: RemoteDescriptor {
+                    digest,
+                    media_type,
+                    size: bytes.len() as u64,
+                },
+                bytes,
+            }))
+        })
     }
 
     /// PUT of a manifest under `reference` (a tag, or its digest). Returns its digest.
@@ -339,10 +412,12 @@ impl Registry {
         bytes: &[u8],
     ) -> Result<Digest> {
         let t = target(repo, "pull,push", format!("manifest {reference}"));
+        let ep = self.server(repo)?;
         let mut resp = self.client.send(
             &t,
+            &ep,
             Method::PUT,
-            &self.url(repo, &format!("manifests/{reference}")),
+            &url(&ep, repo, &format!("manifests/{reference}")),
             &[("Content-Type", media_type)],
             Body::Bytes(bytes),
         )?;
@@ -356,11 +431,19 @@ impl Registry {
     /// registry that does not allow deletes gives `FailedPrecondition` saying so.
     pub fn manifest_delete(&self, repo: &Repository, digest: &Digest) -> Result<()> {
         let t = target(repo, "delete", format!("manifest {digest}"));
-        self.delete(&t, &self.url(repo, &format!("manifests/{digest}")))
+        self.delete(&t, repo, &format!("manifests/{digest}"))
     }
 
-    fn delete(&self, t: &Target<'_>, url: &str) -> Result<()> {
-        let mut resp = self.client.send(t, Method::DELETE, url, &[], Body::None)?;
+    fn delete(&self, t: &Target<'_>, repo: &Repository, rest: &str) -> Result<()> {
+        let ep = self.server(repo)?;
+        let mut resp = self.client.send(
+            t,
+            &ep,
+            Method::DELETE,
+            &url(&ep, repo, rest),
+            &[],
+            Body::None,
+        )?;
         match resp.status().as_u16() {
             200 | 202 | 204 => Ok(()),
             404 => Err(Error::NotFound(t.describe())),
@@ -376,10 +459,22 @@ impl Registry {
     /// HEAD of a blob: its size, or `None` when the repository does not have it.
     pub fn blob_head(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
         let t = target(repo, "pull", format!("blob {digest}"));
+        let ep = self.server(repo)?;
+        self.blob_head_at(&t, &ep, repo, digest)
+    }
+
+    fn blob_head_at(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let mut resp = self.client.send(
-            &t,
+            t,
+            ep,
             Method::HEAD,
-            &self.url(repo, &format!("blobs/{digest}")),
+            &url(ep, repo, &format!("blobs/{digest}")),
             &[],
             Body::None,
         )?;
@@ -390,14 +485,15 @@ impl Registry {
                     .unwrap_or(0),
             )),
             404 => Ok(None),
-            _ => Err(unexpected(&t, &mut resp)),
+            _ => Err(unexpected(t, &mut resp)),
         }
     }
 
-    /// GET of a blob from `offset` (a `Range` request when `offset > 0`). The body starts at
-    /// [`BlobStream::start`]: `offset` only for a 206 whose `Content-Range` starts there and
-    /// ends at `size - 1` (when `size` is given); a 200 starts at 0. Not verified here: the
-    /// caller hashes and counts (see [`Store::pull`](crate::Store::pull)).
+    /// GET of a blob from `offset` (a `Range` request when `offset > 0`), from a mirror
+    /// when one has it, else from the server. The body starts at [`BlobStream::start`]:
+    /// `offset` only for a 206 whose `Content-Range` starts there and ends at `size - 1`
+    /// (when `size` is given); a 200 starts at 0. Not verified here: the caller hashes and
+    /// counts (see [`Store::pull`](crate::Store::pull)).
     pub fn blob_get(
         &self,
         repo: &Repository,
@@ -406,6 +502,24 @@ impl Registry {
         size: Option<u64>,
     ) -> Result<BlobStream> {
         let t = target(repo, "pull", format!("blob {digest}"));
+        let got = self.read_via(repo, "pull", |ep| {
+            match self.blob_get_at(&t, ep, repo, digest, offset, size) {
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(None),
+                other => other.map(Some),
+            }
+        })?;
+        got.ok_or_else(|| Error::NotFound(t.describe()))
+    }
+
+    fn blob_get_at(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<BlobStream> {
         let range = format!("bytes={offset}-");
         let headers: &[(&str, &str)] = if offset > 0 {
             &[("Range", range.as_str())]
@@ -413,9 +527,10 @@ impl Registry {
             &[]
         };
         let mut resp = self.client.send(
-            &t,
+            t,
+            ep,
             Method::GET,
-            &self.url(repo, &format!("blobs/{digest}")),
+            &url(ep, repo, &format!("blobs/{digest}")),
             headers,
             Body::None,
         )?;
@@ -423,29 +538,23 @@ impl Registry {
             200 => 0,
             206 if offset > 0 => {
                 let cr = header(&resp, "content-range").and_then(|v| parse_content_range(&v));
-                match cr {
-                    Some((s, end, total))
-                        if s == offset
-                            && size
-                                .is_none_or(|n| end + 1 == n && total.is_none_or(|t| t == n)) =>
-                    {
-                        offset
-                    }
-                    _ => {
-                        // A range we did not ask for: start over from the beginning.
-                        drop(resp);
-                        return self.blob_get(repo, digest, 0, size);
-                    }
+                let matches = cr.is_some_and(|(s, end, total)| {
+                    s == offset && size.is_none_or(|n| end + 1 == n && total.is_none_or(|t| t == n))
+                });
+                if !matches {
+                    // A range we did not ask for: start over from the beginning.
+                    drop(resp);
+                    return self.blob_get_at(t, ep, repo, digest, 0, size);
                 }
+                offset
             }
-            416 if offset > 0 => return self.blob_get(repo, digest, 0, size),
+            416 if offset > 0 => return self.blob_get_at(t, ep, repo, digest, 0, size),
             404 => return Err(Error::NotFound(t.describe())),
-            _ => return Err(unexpected(&t, &mut resp)),
+            _ => return Err(unexpected(t, &mut resp)),
         };
-        let reader = resp.into_body().into_reader();
         Ok(BlobStream {
             start,
-            reader: Box::new(reader),
+            reader: Box::new(resp.into_body().into_reader()),
         })
     }
 
@@ -462,15 +571,17 @@ impl Registry {
 
     fn blob_put_with(&self, repo: &Repository, digest: &Digest, body: Body<'_>) -> Result<()> {
         let t = target(repo, "pull,push", format!("blob {digest}"));
-        let location = self.start_upload(repo, &t, None)?.ok_or_else(|| {
+        let ep = self.server(repo)?;
+        let location = self.start_upload(&ep, repo, &t, None)?.ok_or_else(|| {
             Error::FailedPrecondition(format!("{}: the registry opened no upload", t.describe()))
         })?;
         let sep = if location.contains('?') { '&' } else { '?' };
-        let url = format!("{location}{sep}digest={digest}");
+        let put = format!("{location}{sep}digest={digest}");
         let mut resp = self.client.send(
             &t,
+            &ep,
             Method::PUT,
-            &url,
+            &put,
             &[("Content-Type", "application/octet-stream")],
             body,
         )?;
@@ -484,18 +595,20 @@ impl Registry {
     /// was done (201); else the upload's absolute URL.
     fn start_upload(
         &self,
+        ep: &Endpoint,
         repo: &Repository,
         t: &Target<'_>,
         mount: Option<(&Digest, &str)>,
     ) -> Result<Option<String>> {
-        let mut url = self.url(repo, "blobs/uploads/");
+        let mut post = url(ep, repo, "blobs/uploads/");
         if let Some((d, from)) = mount {
-            url.push_str(&format!("?mount={d}&from={from}"));
+            post.push_str(&format!("?mount={d}&from={from}"));
         }
         let mut resp = self.client.send(
             t,
+            ep,
             Method::POST,
-            &url,
+            &post,
             &[("Content-Length", "0")],
             Body::Bytes(&[]),
         )?;
@@ -510,7 +623,7 @@ impl Registry {
             Error::FailedPrecondition(format!("{}: upload without a Location", t.describe()))
         })?;
         Ok(Some(if location.starts_with('/') {
-            format!("{}{location}", self.client.base(&repo.host))
+            format!("{}{location}", ep.origin)
         } else {
             location
         }))
@@ -525,12 +638,13 @@ impl Registry {
             "pull,push",
             format!("blob {digest} (mount from {from})"),
         );
-        match self.start_upload(repo, &t, Some((digest, from)))? {
+        let ep = self.server(repo)?;
+        match self.start_upload(&ep, repo, &t, Some((digest, from)))? {
             None => Ok(true),
             Some(upload) => {
                 let _ = self
                     .client
-                    .send(&t, Method::DELETE, &upload, &[], Body::None);
+                    .send(&t, &ep, Method::DELETE, &upload, &[], Body::None);
                 Ok(false)
             }
         }
@@ -539,7 +653,7 @@ impl Registry {
     /// DELETE of a blob.
     pub fn blob_delete(&self, repo: &Repository, digest: &Digest) -> Result<()> {
         let t = target(repo, "delete", format!("blob {digest}"));
-        self.delete(&t, &self.url(repo, &format!("blobs/{digest}")))
+        self.delete(&t, repo, &format!("blobs/{digest}"))
     }
 
     /// One page of the repository's tags (`limit` → `n`, `last` → `last`), with the next
@@ -552,7 +666,8 @@ impl Registry {
         next_url: Option<&str>,
     ) -> Result<TagPage> {
         let t = target(repo, "pull", "tag list".into());
-        let url = match next_url {
+        let ep = self.server(repo)?;
+        let list_url = match next_url {
             Some(u) => u.to_owned(),
             None => {
                 let mut q = Vec::new();
@@ -562,7 +677,7 @@ impl Registry {
                 if let Some(l) = last {
                     q.push(format!("last={l}"));
                 }
-                let mut u = self.url(repo, "tags/list");
+                let mut u = url(&ep, repo, "tags/list");
                 if !q.is_empty() {
                     u.push('?');
                     u.push_str(&q.join("&"));
@@ -570,14 +685,15 @@ impl Registry {
                 u
             }
         };
-        let mut resp = self.client.send(&t, Method::GET, &url, &[], Body::None)?;
+        let mut resp = self
+            .client
+            .send(&t, &ep, Method::GET, &list_url, &[], Body::None)?;
         match resp.status().as_u16() {
             200 => {}
             404 => return Err(Error::NotFound(format!("repository {repo}"))),
             _ => return Err(unexpected(&t, &mut resp)),
         }
-        let next =
-            header(&resp, "link").and_then(|l| parse_link_next(&l, &self.client.base(&repo.host)));
+        let next = header(&resp, "link").and_then(|l| parse_link_next(&l, &ep.origin));
         let text = resp
             .body_mut()
             .with_config()
@@ -641,6 +757,18 @@ impl Registry {
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         self.client.backoff(attempt)
     }
+}
+
+/// A `Content-Type` without its parameters.
+fn media_type_of(header: Option<String>) -> String {
+    header
+        .as_deref()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }
 
 /// The registry-side reference of `name`: its digest when it has one, else its tag.

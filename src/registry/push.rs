@@ -114,7 +114,7 @@ impl Store {
                 digest.to_string()
             };
             let present = registry
-                .manifest_head(&repo, &reference)?
+                .manifest_head_on_server(&repo, &reference)?
                 .is_some_and(|d| d.digest == *digest);
             if present {
                 out.count(Sent::Skipped);
