@@ -45,3 +45,8 @@ fn model_inputs() {
 fn import_inputs() {
     replay("import", fuzzing::import);
 }
+
+#[test]
+fn registry_inputs() {
+    replay("registry", fuzzing::registry_wire);
+}

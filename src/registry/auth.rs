@@ -159,21 +159,42 @@ fn keys_for(host: &str) -> Vec<String> {
     keys
 }
 
-/// The credential for `host` in one config file's text (`path` names it in errors).
+/// Where one config file says `host`'s credential is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// In the file itself.
+    Credential(Credential),
+    /// With the credential helper `docker-credential-<name>`.
+    Helper(String),
+}
+
+/// The credential for `host` in one config file's text (`path` names it in errors), asking
+/// a credential helper when the file names one.
 pub fn lookup_in(text: &str, path: &Path, host: &str) -> Result<Option<Credential>> {
+    match find_in(text, path, host)? {
+        None => Ok(None),
+        Some(Found::Credential(c)) => Ok(Some(c)),
+        Some(Found::Helper(h)) => ask_helper(&h, host),
+    }
+}
+
+/// Where one config file's text says `host`'s credential is, without running anything.
+pub fn find_in(text: &str, path: &Path, host: &str) -> Result<Option<Found>> {
     let cfg: ConfigFile = serde_json::from_str(text).map_err(|e| {
         Error::InvalidArgument(format!("credentials file '{}': {e}", path.display()))
     })?;
     let keys = keys_for(host);
     if let Some(helper) = keys.iter().find_map(|k| cfg.cred_helpers.get(k)) {
-        return ask_helper(helper, host);
+        return Ok(Some(Found::Helper(helper.clone())));
     }
     for key in &keys {
         let Some(entry) = cfg.auths.get(key) else {
             continue;
         };
         if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-            return Ok(Some(Credential::IdentityToken(token.clone())));
+            return Ok(Some(Found::Credential(Credential::IdentityToken(
+                token.clone(),
+            ))));
         }
         if let Some(auth) = entry.auth.as_ref().filter(|a| !a.is_empty()) {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -193,20 +214,20 @@ pub fn lookup_in(text: &str, path: &Path, host: &str) -> Result<Option<Credentia
                     path.display()
                 ))
             })?;
-            return Ok(Some(Credential::Basic {
+            return Ok(Some(Found::Credential(Credential::Basic {
                 username: username.to_owned(),
                 password: password.to_owned(),
-            }));
+            })));
         }
         if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-            return Ok(Some(Credential::Basic {
+            return Ok(Some(Found::Credential(Credential::Basic {
                 username: u.clone(),
                 password: p.clone(),
-            }));
+            })));
         }
     }
     match &cfg.creds_store {
-        Some(store) if !store.is_empty() => ask_helper(store, host),
+        Some(store) if !store.is_empty() => Ok(Some(Found::Helper(store.clone()))),
         _ => Ok(None),
     }
 }

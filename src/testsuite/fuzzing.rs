@@ -183,3 +183,71 @@ pub fn import(data: &[u8]) {
     }
     let _: &dyn ContentStore = &store;
 }
+
+/// What a registry or a config file hands us: the first byte picks the parser, the rest is
+/// its input. None may panic; what they accept must hold together.
+pub fn registry_wire(data: &[u8]) {
+    use crate::registry::{auth, hosts, parse_content_range, parse_link_next};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let path = std::path::Path::new("/fuzz/host/hosts.toml");
+    match which % 6 {
+        0 => {
+            if let Ok(list) = auth::parse_challenges(&text) {
+                assert!(!list.is_empty(), "an accepted header has a challenge");
+                for c in list {
+                    assert!(!c.scheme.is_empty(), "{text:?}");
+                    assert_eq!(c.scheme, c.scheme.to_ascii_lowercase());
+                }
+            }
+        }
+        1 => {
+            if let Some(url) = parse_link_next(&text, "http://h") {
+                assert!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{url:?}"
+                );
+            }
+        }
+        2 => {
+            if let Some((start, end, total)) = parse_content_range(&text) {
+                assert!(start <= end, "{text:?}");
+                assert!(total.is_none_or(|t| end < t), "{text:?}");
+            }
+        }
+        3 => {
+            if let Ok(c) = hosts::parse(&text, path) {
+                for e in c.mirrors.iter().chain(c.server.iter()) {
+                    assert!(
+                        e.url.is_empty()
+                            || e.url.starts_with("http://")
+                            || e.url.starts_with("https://")
+                    );
+                }
+            }
+        }
+        4 => {
+            // find_in: never runs a credential helper the input names.
+            let _ = auth::find_in(&text, path, "127.0.0.1:5000");
+            let _ = auth::find_in(&text, path, "docker.io");
+        }
+        _ => {
+            // A manifest or index from the wire, under every media type a registry may claim.
+            for mt in [
+                crate::oci::MEDIA_TYPE_OCI_INDEX,
+                crate::oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+                crate::oci::MEDIA_TYPE_OCI_MANIFEST,
+                crate::oci::MEDIA_TYPE_DOCKER_MANIFEST,
+                "application/octet-stream",
+            ] {
+                if let Ok(Some(children)) = crate::oci::try_children(Some(mt), rest) {
+                    for c in children {
+                        assert!(crate::Digest::parse(c.digest.as_str()).is_ok());
+                    }
+                }
+            }
+        }
+    }
+}
