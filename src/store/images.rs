@@ -387,6 +387,37 @@ impl Store {
         })
     }
 
+    /// The image's size for `platform`, as `ctr images ls` counts it: the index (if any),
+    /// the platform's manifest, its config and its layers, by their descriptors' sizes.
+    /// When no manifest for `platform` is in the store, the top descriptor's size.
+    pub fn image_size(&self, name: &str, platform: &Platform) -> Result<u64> {
+        let image = self.image(name)?;
+        let check = self.check_image(name, platform)?;
+        let Some(manifest) = check.manifest else {
+            return Ok(image.target.size());
+        };
+        let top = descriptor_digest(&image.target)?;
+        let mut total = if top == manifest {
+            0
+        } else {
+            image.target.size()
+        };
+        let bytes = crate::helpers::read_blob_prefix(self, &manifest, crate::refs::MAX_PARSED)?;
+        total += bytes.len() as u64;
+        let children = crate::oci::children(None, &bytes).unwrap_or_default();
+        total += children
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.kind,
+                    crate::oci::ChildKind::Config | crate::oci::ChildKind::Layer
+                )
+            })
+            .map(|c| c.size)
+            .sum::<u64>();
+        Ok(total)
+    }
+
     fn present_with_size(
         &self,
         d: &Digest,

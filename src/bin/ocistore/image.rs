@@ -211,8 +211,16 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
         ImageCmd::Ls { filters, quiet } => {
             let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
             let images = store.images(&filters)?;
+            let host = host_platform();
+            // ctr's SIZE: manifest, config and layers for this machine's platform.
+            let size_of = |i: &Image| store.image_size(&i.name, &host).unwrap_or(i.target.size());
             if ctx.json {
-                print_json(&Value::Array(images.iter().map(image_json).collect()));
+                let list = images.iter().map(|i| {
+                    let mut v = image_json(i);
+                    v["image_size"] = json!(size_of(i));
+                    v
+                });
+                print_json(&Value::Array(list.collect()));
             } else if quiet {
                 for i in &images {
                     println!("{}", i.name);
@@ -225,7 +233,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                             i.name.clone(),
                             i.target.digest().to_string(),
                             i.target.media_type().to_string(),
-                            i.target.size().to_string(),
+                            crate::output::human_size(size_of(i)),
                         ]
                     })
                     .collect();
