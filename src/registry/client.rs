@@ -537,7 +537,19 @@ pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> E
     } else {
         String::new()
     };
-    Error::Unavailable(format!("{}: {what}{tries}: {e}", t.describe()))
+    let text = e.to_string();
+    let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        format!(
+            " (certificate signed by an unknown authority: name its CA as `ca` in \
+             $OCISTORE_HOSTS_DIR/{}/hosts.toml, or set skip_verify there)",
+            t.host
+        )
+    } else if text.contains("NotValidForName") {
+        " (the certificate is not valid for this host name)".to_owned()
+    } else {
+        String::new()
+    };
+    Error::Unavailable(format!("{}: {what}{tries}: {text}{hint}", t.describe()))
 }
 
 /// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
