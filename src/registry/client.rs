@@ -80,6 +80,11 @@ pub(crate) struct Endpoint {
     pub(crate) mirror: bool,
     /// What it may serve: `pull`, `resolve`, `push`.
     pub(crate) capabilities: Vec<String>,
+    /// Plain HTTP only because the host is loopback (no hosts.toml, no `--plain-http`): a
+    /// server that turns out to speak TLS is asked again over HTTPS.
+    auto_http: bool,
+    /// A mirror that failed (not a miss): skipped for the rest of this client's life.
+    pub(crate) failed: std::sync::atomic::AtomicBool,
     agent: ureq::Agent,
 }
 
@@ -95,6 +100,8 @@ pub(crate) struct Client {
     endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
     /// `Authorization` values by (credential host, scope).
     tokens: Mutex<HashMap<(String, String), String>>,
+    /// Loopback hosts found to speak TLS.
+    tls_loopback: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whether `host` (with or without a port) is a loopback address or `localhost`.
@@ -141,6 +148,7 @@ impl Client {
             agents: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            tls_loopback: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -208,8 +216,12 @@ impl Client {
         for m in &config.mirrors {
             list.push(Arc::new(self.endpoint(&m.url, m, true, None)?));
         }
+        let auto_http = !self.plain_http
+            && is_loopback(host)
+            && !self.tls_loopback.lock().contains(host)
+            && config.server.as_ref().is_none_or(|s| s.url.is_empty());
         let default_url = {
-            let scheme = if self.plain_http || is_loopback(host) {
+            let scheme = if self.plain_http || auto_http {
                 "http"
             } else {
                 "https"
@@ -233,12 +245,9 @@ impl Client {
                 skip_verify: false,
             },
         };
-        list.push(Arc::new(self.endpoint(
-            &server.url,
-            &server,
-            false,
-            Some(host),
-        )?));
+        let mut server = self.endpoint(&server.url, &server, false, Some(host))?;
+        server.auto_http = auto_http;
+        list.push(Arc::new(server));
         let list = Arc::new(list);
         self.endpoints
             .lock()
@@ -267,6 +276,8 @@ impl Client {
             cred_host: registry.unwrap_or(authority).to_owned(),
             mirror,
             capabilities: entry.capabilities.clone(),
+            auto_http: false,
+            failed: std::sync::atomic::AtomicBool::new(false),
             agent: self.agent(&entry.ca, entry.skip_verify)?,
         })
     }
@@ -287,6 +298,8 @@ impl Client {
         let key = (ep.cred_host.clone(), scope.clone());
         let mut reauthed = false;
         let mut attempt = 0;
+        // A mirror is tried once per request: on failure the next place is asked instead.
+        let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
             attempt += 1;
             let auth = self.tokens.lock().get(&key).cloned();
@@ -310,6 +323,11 @@ impl Client {
             let wait = match result {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    if status == 400 && ep.auto_http && resp.headers().is_empty() {
+                        // Go's TLS server answering plain HTTP (a bare "400 Bad Request",
+                        // without a single header): ask again over HTTPS.
+                        return self.upgrade_to_tls(t, ep, method, url, headers, body);
+                    }
                     if status == 401 && !reauthed {
                         reauthed = true;
                         let challenge = resp
@@ -334,7 +352,7 @@ impl Client {
                     if !matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
                         return Ok(resp);
                     }
-                    if attempt >= self.retry.attempts {
+                    if attempt >= attempts {
                         return Err(Error::Unavailable(format!(
                             "{}: HTTP {status} after {attempt} attempts",
                             t.describe()
@@ -343,7 +361,7 @@ impl Client {
                     retry_after(&resp).unwrap_or_else(|| self.backoff(attempt))
                 }
                 Err(e) => {
-                    if attempt >= self.retry.attempts || !transient(&e) {
+                    if attempt >= attempts || !transient(&e) {
                         return Err(network_error(t, &e, attempt));
                     }
                     self.backoff(attempt)
@@ -352,6 +370,26 @@ impl Client {
             tracing::debug!(target = %t.describe(), attempt, ?wait, "retrying");
             std::thread::sleep(wait.min(self.retry.max_wait));
         }
+    }
+
+    /// A loopback registry that speaks TLS: from now on its server is asked over HTTPS (with
+    /// the webpki roots; a private CA goes in hosts.toml), starting with this request.
+    fn upgrade_to_tls(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<Response<ureq::Body>> {
+        tracing::debug!(host = %ep.cred_host, "loopback registry speaks TLS; using https");
+        self.tls_loopback.lock().insert(ep.cred_host.clone());
+        self.endpoints.lock().remove(&ep.cred_host);
+        let list = self.endpoints(&ep.cred_host)?;
+        let https = list.last().expect("the server is always listed");
+        let url = url.replacen(&ep.origin, &https.origin, 1);
+        self.send(t, https, method, &url, headers, body)
     }
 
     /// Exponential backoff with jitter: base × 2^(attempt-1), ±50 %.
@@ -514,18 +552,26 @@ fn percent_encode(s: &str) -> String {
 
 /// Whether a transport error is worth another attempt.
 fn transient(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Protocol(_)
-    )
+    // A certificate the client refuses is refused again: no retry.
+    !is_tls_refusal(e)
+        && matches!(
+            e,
+            ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Protocol(_)
+        )
+}
+
+fn is_tls_refusal(e: &ureq::Error) -> bool {
+    let text = e.to_string();
+    text.contains("certificate") || text.contains("UnknownIssuer")
 }
 
 /// A transport error as the library's: names host, repository and what was asked.
 pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> Error {
     let what = match e {
+        _ if is_tls_refusal(e) => "TLS failure",
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS failure",
         ureq::Error::HostNotFound => "host not found",
         ureq::Error::ConnectionFailed => "connection failed",
@@ -538,7 +584,11 @@ pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> E
         String::new()
     };
     let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+    let hint = if text.contains("UnknownIssuer")
+        || text.contains("unknown issuer")
+        || text.contains("CaUsedAsEndEntity")
+        || text.contains("invalid peer certificate")
+    {
         format!(
             " (certificate signed by an unknown authority: name its CA as `ca` in \
              $OCISTORE_HOSTS_DIR/{}/hosts.toml, or set skip_verify there)",

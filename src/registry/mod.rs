@@ -258,7 +258,10 @@ impl Registry {
     ) -> Result<Option<T>> {
         let list = self.client.endpoints(&repo.host)?;
         for ep in list.iter() {
-            if ep.mirror && !ep.capabilities.iter().any(|c| c == capability) {
+            if ep.mirror
+                && (!ep.capabilities.iter().any(|c| c == capability)
+                    || ep.failed.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 continue;
             }
             match f(ep) {
@@ -266,7 +269,11 @@ impl Registry {
                 Ok(None) if !ep.mirror => return Ok(None),
                 Err(e) if !ep.mirror => return Err(e),
                 Ok(None) => tracing::debug!(mirror = %ep.origin, "mirror misses; next"),
-                Err(e) => tracing::debug!(mirror = %ep.origin, error = %e, "mirror fails; next"),
+                Err(e) => {
+                    // Not asked again by this client: one failure per mirror, not per request.
+                    ep.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(mirror = %ep.origin, error = %e, "mirror fails; next");
+                }
             }
         }
         Ok(None)
@@ -714,8 +721,10 @@ impl Registry {
         Ok(TagPage { tags, next })
     }
 
-    /// Tags of the repository: with `limit`, one page of at most that many after `last`;
-    /// without, every tag, following `Link` from page to page.
+    /// Tags of the repository, in the registry's order: after `last` when given, at most
+    /// `limit` of them when given (one request), else every one (following `Link` from page
+    /// to page). A registry that ignores `n` and `last` (distribution 2.x sends every tag)
+    /// is cut down here to what was asked.
     pub fn tags(
         &self,
         repo: &Repository,
@@ -723,20 +732,26 @@ impl Registry {
         last: Option<&str>,
     ) -> Result<Vec<String>> {
         let mut page = self.tags_page(repo, limit, last, None)?;
-        if limit.is_some() {
-            return Ok(page.tags);
-        }
-        let mut all = std::mem::take(&mut page.tags);
-        let mut guard = 0;
-        while let Some(next) = page.next.take() {
-            guard += 1;
-            if guard > 100_000 {
-                break;
+        let mut tags = std::mem::take(&mut page.tags);
+        if limit.is_none() {
+            let mut pages = 0;
+            while let Some(next) = page.next.take() {
+                pages += 1;
+                if pages > 100_000 {
+                    break;
+                }
+                page = self.tags_page(repo, None, None, Some(&next))?;
+                tags.append(&mut page.tags);
             }
-            page = self.tags_page(repo, None, None, Some(&next))?;
-            all.append(&mut page.tags);
         }
-        Ok(all)
+        if let Some(l) = last {
+            // The spec's `last`: lexically after it (the registry's order is kept).
+            tags.retain(|t| t.as_str() > l);
+        }
+        if let Some(n) = limit {
+            tags.truncate(n);
+        }
+        Ok(tags)
     }
 
     /// Whether the registry has `reference` (linuxkit's `ImageInRegistry`): its descriptor,

@@ -407,7 +407,23 @@ pub fn remote_inspect(
     };
     if !is_index(&root.descriptor.media_type) {
         // A single manifest: its config says its platform.
-        return Ok(Some(root.descriptor));
+        let config = crate::oci::try_children(Some(&root.descriptor.media_type), &root.bytes)?
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.kind == ChildKind::Config);
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let mut stream = registry.blob_get(&repo, &config.digest, 0, Some(config.size))?;
+        let mut bytes = Vec::new();
+        (&mut stream.reader)
+            .take(super::MAX_MANIFEST)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::from_io(e, "read", "config"))?;
+        let own: Option<Platform> = serde_json::from_slice(&bytes).ok();
+        return Ok(own
+            .filter(|p| platform_matches(platform, p))
+            .map(|_| root.descriptor));
     }
     let children = crate::oci::try_children(Some(&root.descriptor.media_type), &root.bytes)?
         .unwrap_or_default();
@@ -447,6 +463,10 @@ impl Plan {
         };
         let mut seen: BTreeSet<Digest> = BTreeSet::new();
         let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+        let root_is_index = is_index(&root.media_type);
+        // The root index's entries for the asked platforms, and every platform it has.
+        let mut matched = 0usize;
+        let mut offered: Vec<String> = Vec::new();
         // (descriptor, bytes, depth, whether its layers are wanted)
         let mut queue = VecDeque::from([(root.clone(), bytes, 0usize, true)]);
         while let Some((desc, bytes, depth, wanted)) = queue.pop_front() {
@@ -470,6 +490,14 @@ impl Plan {
                             || c.platform
                                 .as_ref()
                                 .is_none_or(|p| platforms.iter().any(|w| platform_matches(w, p)));
+                        if depth == 0
+                            && let Some(p) = &c.platform
+                        {
+                            offered.push(names::platform_string(p));
+                            if platforms.iter().any(|w| platform_matches(w, p)) {
+                                matched += 1;
+                            }
+                        }
                         let m =
                             registry
                                 .manifest_get(repo, c.digest.as_str())?
@@ -500,6 +528,22 @@ impl Plan {
                     _ => {}
                 }
             }
+        }
+        if root_is_index && !platforms.is_empty() && matched == 0 {
+            return Err(Error::NotFound(format!(
+                "{repo}: a manifest for {} in index {} (it has {})",
+                platforms
+                    .iter()
+                    .map(names::platform_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                root.digest,
+                if offered.is_empty() {
+                    "no platforms".to_owned()
+                } else {
+                    offered.join(", ")
+                }
+            )));
         }
         plan.blobs = blobs
             .into_iter()
