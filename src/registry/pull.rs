@@ -2,17 +2,19 @@
 //!
 //! Resolve the reference (one manifest HEAD, then a GET by digest), keep every manifest and
 //! config of an index, fetch layers only for the asked platforms, skip every blob the store
-//! has. A lease taken before the first byte protects everything the pull writes from a
-//! concurrent gc until the name is published; it is dropped in the same step.
+//! has. A pull is a batch: the blobs it finds present are leased by it (a concurrent gc
+//! cannot take them), each download is sealed in its ingest (durable, size and digest
+//! checked), and when all of it is durable the batch adopts the sealed ingests (their files
+//! become the blobs, no copy) and one transaction publishes the blobs, their references and
+//! the name.
 //!
 //! Each blob downloads into an ingest whose reference is `pull-<digest>`, a few at a time,
-//! largest first, and is verified (size and digest) by its commit. A connection cut mid-blob
-//! resumes from the bytes written with `Range` (only a 206 whose `Content-Range` starts
-//! there continues; a 200 restarts the blob); a pull killed outright resumes from the bytes
-//! on disk at the next pull; a second process pulling the same blob waits for the first
-//! (the ingest's lock), takes over if it dies, and never downloads it twice. More bytes than
-//! the descriptor says, or bytes that do not hash to its digest, fail the blob and drop its
-//! ingest: nothing unverified is ever visible.
+//! largest first. A connection cut mid-blob resumes from the bytes written with `Range`
+//! (only a 206 whose `Content-Range` starts there continues; a 200 restarts the blob); a
+//! pull killed outright resumes from the bytes on disk at the next pull; a second process
+//! pulling the same blob waits for the first (the ingest's lock), takes over if it dies, and
+//! never downloads it twice. More bytes than the descriptor says, or bytes that do not hash
+//! to its digest, fail the blob and drop its ingest: nothing unverified is ever visible.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
@@ -23,12 +25,13 @@ use oci_spec::image::Platform;
 use parking_lot::Mutex;
 
 use super::{Registry, RemoteDescriptor, Repository, reference_of};
-use crate::content::{IngestManager, Ingester, Labels, Writer};
+use crate::content::{IngestManager, Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{self, Name, platform_matches};
 use crate::oci::{ChildKind, is_index};
-use crate::store::Store;
+use crate::store::writer::StoreWriter;
+use crate::store::{Sealed, Store};
 
 /// Reports transfer progress (the CLI draws bars with it). Every method has a do-nothing
 /// default.
@@ -86,6 +89,14 @@ pub struct PullOutcome {
 /// the comma-separated repositories on that host.
 pub fn source_label(host: &str) -> String {
     format!("containerd.io/distribution.source.{host}")
+}
+
+/// What fetching one blob came to.
+enum Fetched {
+    /// The store has it.
+    Present,
+    /// Sealed in its ingest, with the bytes this process transferred for it.
+    Sealed(Box<Sealed>, u64),
 }
 
 /// A blob to fetch.
@@ -161,9 +172,9 @@ impl Store {
             .manifest_get(&repo, head.digest.as_str())?
             .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", head.digest)))?;
         let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
-        let mut all: Vec<Digest> = plan.docs.iter().map(|(d, _)| d.digest).collect();
-        all.extend(plan.blobs.iter().map(|j| j.digest));
-        let _lease = self.lease_content("pull", &all, false)?;
+        // One batch: its lease keeps what the store has from gc; downloads are ingests until
+        // the batch adopts them and commits everything with the name in one transaction.
+        let mut batch = self.batch()?;
         let mut labels = Labels::new();
         labels.insert(source_label(&repo.host), repo.path.clone());
         let mut out = PullOutcome {
@@ -172,50 +183,76 @@ impl Store {
             media_type: root.descriptor.media_type.clone(),
             ..PullOutcome::default()
         };
-        let fetched = self.fetch_all(registry, &repo, &plan.blobs, &labels, opts)?;
-        out.blobs_fetched += fetched.iter().filter(|f| f.is_some()).count() as u64;
-        out.blobs_present += fetched.iter().filter(|f| f.is_none()).count() as u64;
-        out.bytes_fetched += fetched.iter().flatten().sum::<u64>();
-        // Manifests after what they name, the root last.
-        for (desc, bytes) in plan.docs.iter().rev() {
-            if self.blob_record(&desc.digest)?.is_some() {
-                out.blobs_present += 1;
-                continue;
+        let mut sealed = Vec::new();
+        for (job, got) in
+            plan.blobs
+                .iter()
+                .zip(self.fetch_all(registry, &repo, &plan.blobs, opts)?)
+        {
+            match got {
+                Fetched::Present => {
+                    // Leased by the batch, so that a gc cannot take it before the name lands.
+                    if !batch.is_committed(&job.digest)? {
+                        return Err(Error::FailedPrecondition(format!(
+                            "content {} was removed while the pull ran; pull again",
+                            job.digest
+                        )));
+                    }
+                    out.blobs_present += 1;
+                }
+                Fetched::Sealed(s, bytes) => {
+                    if bytes > 0 {
+                        out.blobs_fetched += 1;
+                        out.bytes_fetched += bytes;
+                    } else {
+                        out.blobs_present += 1; // another process's complete download
+                    }
+                    sealed.push(*s);
+                }
             }
-            crate::helpers::write_blob(
-                self,
-                &format!("pull-{}", desc.digest),
+        }
+        // Adopted in digest order: two pulls adopting the same ingests cannot deadlock.
+        sealed.sort_by_key(|s| s.digest);
+        for s in &sealed {
+            batch.adopt(s, labels.clone())?;
+        }
+        for (desc, bytes) in &plan.docs {
+            let staged = batch.stage(
                 &mut &bytes[..],
-                Some(desc.size),
                 Some(&desc.digest),
+                Some(desc.size),
                 labels.clone(),
             )?;
-            out.blobs_fetched += 1;
-            out.bytes_fetched += desc.size;
+            if staged.written {
+                out.blobs_fetched += 1;
+                out.bytes_fetched += desc.size;
+            } else {
+                out.blobs_present += 1;
+            }
         }
         let target = names::descriptor(
             &root.descriptor.media_type,
             &root.descriptor.digest,
             root.descriptor.size,
         )?;
-        self.put_image(&key, target, None)?;
+        batch.put_name(&key, target, None)?;
+        batch.commit()?;
         Ok(out)
     }
 
-    /// Fetches every job, `registry.concurrency()` at a time, largest first. Per job: the
-    /// bytes fetched, or `None` when the store had it.
+    /// Fetches every job, `registry.concurrency()` at a time, largest first; the results in
+    /// the jobs' order.
     fn fetch_all(
         &self,
         registry: &Registry,
         repo: &Repository,
         jobs: &[Job],
-        labels: &Labels,
         opts: &PullOptions,
-    ) -> Result<Vec<Option<u64>>> {
+    ) -> Result<Vec<Fetched>> {
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
         let queue = Mutex::new(order.into_iter().collect::<VecDeque<usize>>());
-        let results: Mutex<Vec<Option<u64>>> = Mutex::new(vec![None; jobs.len()]);
+        let results: Mutex<Vec<Option<Fetched>>> = Mutex::new(jobs.iter().map(|_| None).collect());
         let failure: Mutex<Option<Error>> = Mutex::new(None);
         let workers = registry.concurrency().min(jobs.len()).max(1);
         std::thread::scope(|s| {
@@ -228,9 +265,8 @@ impl Store {
                         let Some(i) = queue.lock().pop_front() else {
                             return;
                         };
-                        let job = &jobs[i];
-                        match self.fetch_blob(registry, repo, job, labels, opts) {
-                            Ok(r) => results.lock()[i] = r,
+                        match self.fetch_blob(registry, repo, &jobs[i], opts) {
+                            Ok(r) => results.lock()[i] = Some(r),
                             Err(e) => {
                                 failure.lock().get_or_insert(e);
                                 return;
@@ -243,25 +279,28 @@ impl Store {
         if let Some(e) = failure.into_inner() {
             return Err(e);
         }
-        Ok(results.into_inner())
+        Ok(results
+            .into_inner()
+            .into_iter()
+            .map(|r| r.expect("every job ran"))
+            .collect())
     }
 
-    /// Fetches one blob into its ingest and commits it; `None` when the store has it (or
-    /// another process committed it meanwhile).
+    /// Fetches one blob into its ingest and seals it (durable, size and digest checked);
+    /// `Present` when the store has it (or another process committed it meanwhile).
     fn fetch_blob(
         &self,
         registry: &Registry,
         repo: &Repository,
         job: &Job,
-        labels: &Labels,
         opts: &PullOptions,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Fetched> {
         let reference = format!("pull-{}", job.digest);
         let Some(mut w) = self.claim_ingest(&reference, job)? else {
             if let Some(p) = &opts.progress {
                 p.finish(&job.digest);
             }
-            return Ok(None);
+            return Ok(Fetched::Present);
         };
         let mut offset = w.status()?.offset;
         if offset > job.size {
@@ -332,9 +371,8 @@ impl Store {
                 )?;
             }
         }
-        match w.commit(Some(job.size), Some(&job.digest), labels.clone()) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        let sealed = match w.seal(job.size, &job.digest) {
+            Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
                 // Wrong bytes: never resume from them.
                 self.drop_ingest(&reference);
@@ -344,32 +382,38 @@ impl Store {
                 )));
             }
             Err(e) => return Err(e),
-        }
+        };
         if let Some(p) = &opts.progress {
             p.finish(&job.digest);
         }
-        Ok(Some(fetched))
+        Ok(Fetched::Sealed(Box::new(sealed), fetched))
     }
 
     /// The writer of `reference`, or `None` when the blob is committed. While another
     /// process (or thread) downloads it, waits for it, for as long as its ingest keeps
-    /// growing (up to a minute without progress), and takes over if its holder dies.
-    fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<Box<dyn Writer>>> {
+    /// growing (up to a minute without progress; ten once it is complete and only waits to be
+    /// committed by its holder), and takes over if its holder dies.
+    fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<StoreWriter>> {
         let mut last_offset = None;
         let mut idle_since = Instant::now();
         loop {
             if self.blob_record(&job.digest)?.is_some() {
                 return Ok(None);
             }
-            match self.writer(reference, Some(job.size), Some(&job.digest)) {
+            match self.store_writer(reference, Some(job.size), Some(&job.digest)) {
                 Ok(w) => return Ok(Some(w)),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
                     let offset = self.status(reference).ok().map(|s| s.offset);
+                    let patience = if offset == Some(job.size) {
+                        Duration::from_secs(600)
+                    } else {
+                        Duration::from_secs(60)
+                    };
                     if offset != last_offset {
                         last_offset = offset;
                         idle_since = Instant::now();
-                    } else if idle_since.elapsed() > Duration::from_secs(60) {
+                    } else if idle_since.elapsed() > patience {
                         return Err(e);
                     }
                     std::thread::sleep(Duration::from_millis(50));

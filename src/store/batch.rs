@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::names::Name;
 use crate::store::locks::RefLock;
 use crate::store::records::Nanos;
-use crate::store::schema::{BLOB_LABELS, BLOBS, LEASE_RESOURCES, LEASES};
+use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES};
 use crate::store::{Store, graph, images};
 
 /// A blob a batch holds.
@@ -63,6 +63,9 @@ pub struct Batch {
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
     names: Vec<(String, Descriptor, Option<Labels>)>,
+    /// Sealed ingests taken in, with their held locks: their files are staged as they are,
+    /// their records go in the commit's transaction and their names after it.
+    adopted: Vec<(String, RefLock)>,
     files: u64,
     done: bool,
 }
@@ -91,6 +94,7 @@ impl Store {
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
             names: Vec::new(),
+            adopted: Vec::new(),
             files: 0,
             done: false,
         })
@@ -231,6 +235,65 @@ impl Batch {
         })
     }
 
+    /// Takes the sealed ingest `sealed` into the batch: its file becomes the blob's bytes when
+    /// the batch commits (no copy; the ingest goes in the same transaction), with `labels`.
+    /// Holds the ingest's reference until then; waits up to a minute while another writer
+    /// holds it. Adopt in digest order when several processes may adopt the same ingests.
+    ///
+    /// `false` when the blob is committed already (by another process, say): nothing is
+    /// staged, and a leftover ingest is removed with the commit. `FailedPrecondition` when
+    /// the ingest's file is no longer the one that was sealed.
+    pub fn adopt(&mut self, sealed: &crate::store::Sealed, labels: Labels) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        validate_labels(&labels)?;
+        if self.is_staged(&sealed.digest) {
+            return Ok(false);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let lock = loop {
+            match RefLock::acquire_existing(&sealed.path, &sealed.reference) {
+                Ok(lock) => break lock,
+                Err(e)
+                    if e.kind() == crate::error::ErrorKind::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let committed = self.is_committed(&sealed.digest)?;
+        let Some(lock) = lock else {
+            // Gone: whoever removed it committed it, or the pull must start over.
+            return if committed {
+                Ok(false)
+            } else {
+                Err(Error::FailedPrecondition(format!(
+                    "ingest {:?} of {} vanished before it was committed",
+                    sealed.reference, sealed.digest
+                )))
+            };
+        };
+        if committed {
+            self.adopted.push((sealed.reference.clone(), lock));
+            return Ok(false);
+        }
+        let m = lock
+            .file()
+            .metadata()
+            .map_err(|e| Error::io("stat ingest data", &sealed.path, e))?;
+        if (m.dev(), m.ino()) != sealed.identity || m.len() != sealed.size || m.nlink() != 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "ingest {:?} of {} changed after it was sealed",
+                sealed.reference, sealed.digest
+            )));
+        }
+        self.staged
+            .insert(sealed.digest, (sealed.path.clone(), sealed.size, labels));
+        self.adopted.push((sealed.reference.clone(), lock));
+        Ok(true)
+    }
+
     /// Reads a staged or committed blob whole, at most `limit` bytes (else
     /// `FailedPrecondition`).
     pub fn read(&mut self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
@@ -350,6 +413,16 @@ impl Batch {
             graph::record(&txn, parent, c)?;
         }
         images::put_names(&txn, &self.names)?;
+        if !self.adopted.is_empty() {
+            let mut ingests = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            for (reference, _) in &self.adopted {
+                ingests
+                    .remove(reference.as_str())
+                    .map_err(|e| Error::db("remove an ingest record", e))?;
+            }
+        }
         {
             txn.open_table(LEASES)
                 .map_err(|e| Error::db("open the leases table", e))?
@@ -365,6 +438,10 @@ impl Batch {
         }
         txn.commit().map_err(|e| Error::db("commit a batch", e))?;
         self.done = true;
+        for (_, lock) in self.adopted.drain(..) {
+            // The blob keeps the inode under its own name; the ingest's name goes.
+            lock.remove_file();
+        }
         Ok(outcome)
     }
 }

@@ -118,6 +118,22 @@ impl Ingester for Store {
         expected_size: Option<u64>,
         expected: Option<&Digest>,
     ) -> Result<Box<dyn Writer>> {
+        Ok(Box::new(self.store_writer(
+            reference,
+            expected_size,
+            expected,
+        )?))
+    }
+}
+
+impl Store {
+    /// [`Ingester::writer`] with the concrete type, which can also be sealed (pulls).
+    pub(crate) fn store_writer(
+        &self,
+        reference: &str,
+        expected_size: Option<u64>,
+        expected: Option<&Digest>,
+    ) -> Result<StoreWriter> {
         validate_reference(reference)?;
         self.writable("open a writer")?;
         if let Some(d) = expected
@@ -185,7 +201,7 @@ impl Ingester for Store {
         };
         // A new ingest's record is written with its first bytes (or at close): a writer that
         // opens, writes a small blob and commits pays no transaction for the ingest itself.
-        Ok(Box::new(StoreWriter::new(
+        Ok(StoreWriter::new(
             self.clone(),
             reference.to_owned(),
             lock,
@@ -194,7 +210,7 @@ impl Ingester for Store {
             record,
             expected,
             !fresh,
-        )))
+        ))
     }
 }
 

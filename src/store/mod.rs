@@ -32,7 +32,9 @@ mod pipe;
 pub(crate) mod records;
 pub(crate) mod schema;
 mod snapshot;
-mod writer;
+pub(crate) mod writer;
+
+pub use writer::Sealed;
 
 use std::collections::HashMap;
 use std::fs;

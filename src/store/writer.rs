@@ -113,6 +113,61 @@ impl StoreWriter {
     }
 }
 
+/// A finished ingest: every byte durable, size and digest checked, its reference released.
+/// The ingest stays (recorded, resumable) until a batch adopts it and commits
+/// ([`Batch::adopt`](crate::store::batch::Batch::adopt)), which makes its file the blob's
+/// bytes without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub(crate) reference: String,
+    pub(crate) path: PathBuf,
+    /// The content's digest (checked).
+    pub digest: Digest,
+    /// Its size (checked).
+    pub size: u64,
+    /// The file as sealed (device, inode): an adopting batch checks it is still that file.
+    pub(crate) identity: (u64, u64),
+}
+
+impl StoreWriter {
+    /// Makes every byte durable and checks `size` and `expected`, then releases the
+    /// reference, keeping the ingest. A mismatch is `FailedPrecondition` naming both values
+    /// (the ingest is kept; the caller decides whether to abort it).
+    pub(crate) fn seal(mut self, size: u64, expected: &Digest) -> Result<Sealed> {
+        use std::os::unix::fs::MetadataExt;
+        self.flush_buf()?;
+        self.ensure_recorded()?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync ingest data", &self.data_path, e))?;
+        let written = self.pipe.end();
+        if written != size {
+            return Err(Error::FailedPrecondition(format!(
+                "unexpected size {written}, expected {size} (ingest {:?})",
+                self.reference
+            )));
+        }
+        let actual = self.final_digest(Some(expected))?;
+        if actual != *expected {
+            return Err(Error::FailedPrecondition(format!(
+                "unexpected digest {actual}, expected {expected} (ingest {:?})",
+                self.reference
+            )));
+        }
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat ingest data", &self.data_path, e))?;
+        Ok(Sealed {
+            reference: self.reference.clone(),
+            path: self.data_path.clone(),
+            digest: actual,
+            size,
+            identity: (m.dev(), m.ino()),
+        })
+    }
+}
+
 impl io::Write for StoreWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.append(buf).map_err(Error::into_io)?;
