@@ -130,14 +130,18 @@ impl BlobDir {
                     continue;
                 }
                 for file in read_dir_sorted(&shard)? {
+                    // Removed since it was listed (by gc or a delete in another process):
+                    // neither a blob nor a stray.
+                    let meta = match fs::symlink_metadata(&file) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("stat", &file, e)),
+                    };
                     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
                     let parsed = Digest::parse(&format!("{alg}:{name}")).ok();
                     match parsed {
-                        Some(d) if shard.ends_with(&d.hex()[..2]) && file.is_file() => {
-                            let len = fs::metadata(&file)
-                                .map_err(|e| Error::io("stat", &file, e))?
-                                .len();
-                            scan.blobs.push((d, len));
+                        Some(d) if shard.ends_with(&d.hex()[..2]) && meta.is_file() => {
+                            scan.blobs.push((d, meta.len()));
                         }
                         _ => scan.strays.push(file),
                     }

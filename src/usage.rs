@@ -45,6 +45,15 @@ impl Part {
     }
 }
 
+/// The entry's metadata, or `None` when it was removed since it was listed.
+fn stat_entry(entry: &fs::DirEntry) -> Result<Option<fs::Metadata>> {
+    match entry.metadata() {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", entry.path(), e)),
+    }
+}
+
 fn walk(dir: &Path, part: &mut Part, dirs: &mut Part) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -53,9 +62,11 @@ fn walk(dir: &Path, part: &mut Part, dirs: &mut Part) -> Result<()> {
     };
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        // Another process may remove what was listed (a commit unlinks its ingest name, gc
+        // and deletes remove blobs): gone is not an error, it just no longer counts.
+        let Some(meta) = stat_entry(&entry)? else {
+            continue;
+        };
         if meta.is_dir() {
             dirs.add(&meta);
             walk(&entry.path(), part, dirs)?;
@@ -79,7 +90,9 @@ impl Store {
         for entry in rd {
             let entry = entry.map_err(|e| Error::io("read directory", root, e))?;
             let path = entry.path();
-            let meta = entry.metadata().map_err(|e| Error::io("stat", &path, e))?;
+            let Some(meta) = stat_entry(&entry)? else {
+                continue;
+            };
             let name = entry.file_name();
             if meta.is_dir() {
                 dirs.add(&meta);
