@@ -329,9 +329,13 @@ impl Store {
     /// Whether the image `name` is complete for `platform`: name → index → the platform's
     /// manifest → its config and every layer present with the size the descriptor states.
     pub fn check_image(&self, name: &str, platform: &Platform) -> Result<Completeness> {
-        let image = self.image(name)?;
+        self.check_target(&self.image(name)?.target, platform)
+    }
+
+    /// [`Store::check_image`] of an image's target descriptor (no name lookup).
+    pub fn check_target(&self, target: &Descriptor, platform: &Platform) -> Result<Completeness> {
         let mut missing = Vec::new();
-        let mut desc = image.target.clone();
+        let mut desc = target.clone();
         let mut manifest = None;
         for _depth in 0..8 {
             let d = descriptor_digest(&desc)?;
@@ -390,9 +394,8 @@ impl Store {
     /// The image's size for `platform`, as `ctr images ls` counts it: the index (if any),
     /// the platform's manifest, its config and its layers, by their descriptors' sizes.
     /// When no manifest for `platform` is in the store, the top descriptor's size.
-    pub fn image_size(&self, name: &str, platform: &Platform) -> Result<u64> {
-        let image = self.image(name)?;
-        let check = self.check_image(name, platform)?;
+    pub fn image_size(&self, image: &Image, platform: &Platform) -> Result<u64> {
+        let check = self.check_target(&image.target, platform)?;
         let Some(manifest) = check.manifest else {
             return Ok(image.target.size());
         };

@@ -213,7 +213,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             let images = store.images(&filters)?;
             let host = host_platform();
             // ctr's SIZE: manifest, config and layers for this machine's platform.
-            let size_of = |i: &Image| store.image_size(&i.name, &host).unwrap_or(i.target.size());
+            let size_of = |i: &Image| store.image_size(i, &host).unwrap_or(i.target.size());
             if ctx.json {
                 let list = images.iter().map(|i| {
                     let mut v = image_json(i);
