@@ -30,6 +30,7 @@ pub mod memory;
 pub mod names;
 pub mod oci;
 pub mod query;
+pub mod reference;
 pub mod refs;
 pub mod registry;
 pub mod store;

@@ -51,6 +51,22 @@ pub fn digest_reference(data: &[u8]) {
         let again = crate::names::Name::parse(&n.to_string()).expect("a normalised name parses");
         assert_eq!(again, n, "normalisation is idempotent");
     }
+    // The hand-written grammar agrees with oci-spec's expression on every ASCII name[:tag].
+    if text.is_ascii() && !text.contains('@') {
+        let ours = crate::reference::parse(text).map(|p| (p.registry, p.repository, p.tag));
+        let theirs = oci_spec::distribution::Reference::try_from(text).map(|r| {
+            (
+                r.registry().to_owned(),
+                r.repository().to_owned(),
+                r.tag().unwrap_or("latest").to_owned(),
+            )
+        });
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{text:?} normalises alike"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{text:?}: ours {ours:?}, oci-spec {theirs:?}"),
+        }
+    }
     let _ = crate::names::parse_platform(text);
     let _ = crate::store::lease::Resource::parse(text);
 }
