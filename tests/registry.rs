@@ -13,16 +13,19 @@
 //! here from deterministic pseudo-random bytes (gzip-framed, so that skopeo pushes them
 //! unchanged) and put into a registry with `skopeo copy --all --preserve-digests`.
 //!
-//! Two tiny fake servers stand in where distribution 2.8 cannot: one that pages tag lists
-//! with `Link` (2.8 ignores `n` and `last`), and a broken mirror that drops every
-//! connection (to count how often it is tried).
+//! Tiny fake servers stand in where distribution 2.8 cannot: one that pages tag lists with
+//! `Link` (2.8 ignores `n` and `last`), a broken mirror that drops every connection (to count
+//! how often it is tried), a fault-injecting proxy in front of a real registry (cut
+//! connections, 429/503, a 200 to a `Range`, wrong or extra bytes, delays: [`FaultProxy`]),
+//! and a token server for distribution's token auth ([`TokenServer`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ocistore::registry::{Credentials, Registry, RegistryOptions, Repository};
@@ -109,6 +112,9 @@ struct RegOpts {
     tls: Option<(PathBuf, PathBuf)>,
     /// Leave `storage.delete.enabled` off.
     no_delete: bool,
+    /// distribution's token auth: (realm URL, the certificate bundle that signs tokens),
+    /// with service `test-registry` and issuer `test-issuer` (see [`TokenServer`]).
+    token: Option<(String, PathBuf)>,
 }
 
 /// One request from the registry's access log.
@@ -202,6 +208,13 @@ impl Reg {
             cfg.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: ocistore-test\n    path: {}\n",
                 d.join("htpasswd").display()
+            ));
+        }
+        if let Some((realm, bundle)) = &opts.token {
+            cfg.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                bundle.display()
             ));
         }
         std::fs::write(d.join("config.yml"), &cfg).unwrap();
@@ -607,6 +620,19 @@ fn build_image(
     seed: u64,
     index: bool,
 ) -> Image {
+    build_image_with(dir, tag, platforms, layer_sizes, seed, index, &mut layer)
+}
+
+/// [`build_image`] with layers from `make_layer(dir, seed, size)` (blob, diff ID).
+fn build_image_with(
+    dir: &Path,
+    tag: &str,
+    platforms: &[&str],
+    layer_sizes: &[usize],
+    seed: u64,
+    index: bool,
+    make_layer: &mut dyn FnMut(&Path, u64, usize) -> (Blob, String),
+) -> Image {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let index = index || platforms.len() > 1;
@@ -623,7 +649,7 @@ fn build_image(
             } else {
                 seed * 1000 + (pi as u64 + 1) * 50 + li as u64
             };
-            let (blob, diff_id) = layer(dir, lseed, size);
+            let (blob, diff_id) = make_layer(dir, lseed, size);
             layers.push(blob);
             diff_ids.push(diff_id);
         }
@@ -2390,4 +2416,1545 @@ fn docker_manifest_list_pulls_and_pushes_unchanged() {
     let out = env.ok(&env.path("store2"), &["image", "pull", &by_digest]);
     assert_eq!(out["digest"], theirs, "{out}");
     assert_eq!(out["name"], by_digest, "{out}");
+}
+
+// ================================================================ 11. faults
+
+/// What the fault proxy does to a request that matches a [`Rule`].
+#[derive(Debug, Clone, PartialEq)]
+enum Fault {
+    /// Sends the answer's head (its `Content-Length` unchanged) and the first half of its
+    /// body, then closes the connection.
+    CutHalf,
+    /// Forwards the request without its `Range` header: the registry answers 200 with the
+    /// whole blob.
+    StripRange,
+    /// Answers this status, with these extra header lines (each ending in CRLF), without
+    /// asking the registry.
+    Status(u16, &'static str),
+    /// Flips one byte in the middle of the body.
+    FlipByte,
+    /// Appends this many bytes to the body, with a `Content-Length` to match.
+    Append(usize),
+    /// Waits this long before forwarding.
+    Delay(Duration),
+}
+
+/// Which requests a fault applies to, and how often.
+#[derive(Debug, Clone)]
+struct Rule {
+    method: &'static str,
+    /// A substring of the request URI.
+    uri: String,
+    /// Only requests carrying a `Range` header.
+    ranged: bool,
+    fault: Fault,
+    /// How many more times it applies; `None`: every time.
+    times: Option<usize>,
+}
+
+impl Rule {
+    fn new(method: &'static str, uri: &str, fault: Fault) -> Rule {
+        Rule {
+            method,
+            uri: uri.to_owned(),
+            ranged: false,
+            fault,
+            times: None,
+        }
+    }
+
+    fn times(mut self, n: usize) -> Rule {
+        self.times = Some(n);
+        self
+    }
+
+    fn ranged(mut self) -> Rule {
+        self.ranged = true;
+        self
+    }
+
+    fn matches(&self, method: &str, uri: &str, range: bool) -> bool {
+        self.method == method
+            && uri.contains(&self.uri)
+            && (range || !self.ranged)
+            && self.times != Some(0)
+    }
+}
+
+/// A request the fault proxy handled.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// When it arrived.
+    at: Instant,
+    method: String,
+    uri: String,
+    /// Its `Range` header.
+    range: Option<String>,
+    /// The fault applied to it.
+    fault: Option<Fault>,
+    /// The status answered: the registry's, or the fault's own.
+    status: u16,
+}
+
+impl Seen {
+    /// N of a `Range: bytes=N-` header.
+    fn range_start(&self) -> Option<u64> {
+        self.range
+            .as_deref()?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
+    }
+}
+
+/// A test double: a loopback HTTP proxy in front of a real registry that injects faults, as
+/// no real part can cut a connection mid-blob, answer 429 or flip a byte on demand. For each
+/// request matching a [`Rule`] it applies the rule's [`Fault`]; every other request passes
+/// unchanged. One request per connection: the request goes upstream with
+/// `Connection: close`, the answer is read to its end, transformed, written back, and the
+/// connection closed. Clients name `127.0.0.1:PORT` as the registry host (loopback: plain
+/// HTTP). Records every request ([`Seen`]). Stops when dropped.
+struct FaultProxy {
+    port: u16,
+    /// `127.0.0.1:PORT`.
+    host: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    fn start(upstream: u16, rules: Vec<Rule>) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rules = Arc::new(Mutex::new(rules));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, sn, st) = (rules.clone(), seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (r, sn) = (r.clone(), sn.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = Self::serve(conn, upstream, &r, &sn) {
+                        eprintln!("fault proxy: {e}");
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            host: format!("127.0.0.1:{port}"),
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn serve(
+        mut client: TcpStream,
+        upstream: u16,
+        rules: &Mutex<Vec<Rule>>,
+        seen: &Mutex<Vec<Seen>>,
+    ) -> std::io::Result<()> {
+        use std::io::BufRead;
+        client.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut reader = std::io::BufReader::new(client.try_clone()?);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let at = Instant::now();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert!(
+            header("transfer-encoding").is_none(),
+            "the fault proxy forwards only requests with a Content-Length body"
+        );
+        let mut body = vec![0u8; header("content-length").map_or(0, |v| v.parse().unwrap())];
+        reader.read_exact(&mut body)?;
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let uri = parts.next().unwrap_or("").to_owned();
+        let range = header("range");
+        let fault = {
+            let mut rules = rules.lock().unwrap();
+            rules
+                .iter_mut()
+                .find(|r| r.matches(&method, &uri, range.is_some()))
+                .map(|r| {
+                    if let Some(n) = &mut r.times {
+                        *n -= 1;
+                    }
+                    r.fault.clone()
+                })
+        };
+        let record = |status: u16| {
+            seen.lock().unwrap().push(Seen {
+                at,
+                method: method.clone(),
+                uri: uri.clone(),
+                range: range.clone(),
+                fault: fault.clone(),
+                status,
+            });
+        };
+        if let Some(Fault::Status(code, extra)) = &fault {
+            record(*code);
+            write!(
+                client,
+                "HTTP/1.1 {code} Injected\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return client.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(Fault::Delay(d)) = &fault {
+            std::thread::sleep(*d);
+        }
+        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+        let mut head = format!("{}\r\n", request_line.trim_end());
+        for (k, v) in &headers {
+            let drop = k.eq_ignore_ascii_case("connection")
+                || k.eq_ignore_ascii_case("keep-alive")
+                || (fault == Some(Fault::StripRange) && k.eq_ignore_ascii_case("range"));
+            if !drop {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        up.write_all(head.as_bytes())?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
+        let mut head = String::from_utf8_lossy(&answer[..split]).into_owned();
+        let mut body = answer[split..].to_vec();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body_fault = method == "GET"
+            && matches!(status, 200 | 206)
+            && !body.is_empty()
+            && !head.to_ascii_lowercase().contains("transfer-encoding");
+        record(status);
+        match &fault {
+            Some(Fault::CutHalf) if body_fault => {
+                client.write_all(head.as_bytes())?;
+                client.write_all(&body[..body.len() / 2])?;
+                client.flush()?;
+                return client.shutdown(std::net::Shutdown::Both);
+            }
+            Some(Fault::FlipByte) if body_fault => {
+                let i = body.len() / 2;
+                body[i] ^= 0x5a;
+            }
+            Some(Fault::Append(n)) if body_fault => {
+                body.extend(std::iter::repeat_n(b'!', *n));
+                head = head
+                    .split("\r\n")
+                    .map(|line| {
+                        if line.to_ascii_lowercase().starts_with("content-length:") {
+                            format!("Content-Length: {}", body.len())
+                        } else {
+                            line.to_owned()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\r\n");
+            }
+            _ => {}
+        }
+        client.write_all(head.as_bytes())?;
+        client.write_all(&body)?;
+        client.flush()?;
+        client.shutdown(std::net::Shutdown::Both)
+    }
+
+    /// Every request so far, in order of arrival.
+    fn seen(&self) -> Vec<Seen> {
+        let mut all = self.seen.lock().unwrap().clone();
+        all.sort_by_key(|s| s.at);
+        all
+    }
+
+    /// The GETs of blob `digest`, in order of arrival.
+    fn blob_gets(&self, digest: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == "GET" && s.uri.ends_with(&format!("/blobs/{digest}")))
+            .collect()
+    }
+
+    fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.host)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn seen_list(seen: &[Seen]) -> String {
+    seen.iter()
+        .map(|s| {
+            format!(
+                "{} {} range={:?} fault={:?} -> {}",
+                s.method, s.uri, s.range, s.fault, s.status
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A registry holding a one-platform test image (two layers: 8 MiB and 64 KiB) as
+/// `fault/app:1`, and a fault proxy in front of it with `rules(largest layer's digest)`.
+/// Returns the proxy's reference for the image, too.
+fn faulty(
+    env: &Env,
+    seed: u64,
+    rules: impl FnOnce(&str) -> Vec<Rule>,
+) -> (Reg, FaultProxy, Image, Blob, String) {
+    let reg = Reg::start(RegOpts::default());
+    let image = build_image(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64"],
+        &[8 << 20, 64 << 10],
+        seed,
+        false,
+    );
+    skopeo_push(&image, &reg, "fault/app:1", None);
+    let big = image.platforms[0]
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap()
+        .clone();
+    let proxy = FaultProxy::start(reg.port, rules(&big.digest));
+    let reference = proxy.reference("fault/app:1");
+    (reg, proxy, image, big, reference)
+}
+
+/// After a successful pull through faults: the image is whole, verified, and nothing is
+/// left in progress.
+fn pulled_whole(env: &Env, root: &Path, reference: &str, image: &Image) {
+    assert!(env.complete(root, reference, "linux/amd64"));
+    let content = env.content(root);
+    for (d, size) in image.blobs() {
+        assert_eq!(content.get(&d), Some(&size), "{d} is in the store");
+    }
+    let ingests = env.ok(root, &["ingest", "ls"]);
+    assert_eq!(ingests, json!([]), "no ingest is left behind");
+    assert_eq!(ingest_bytes(root), 0, "no ingest bytes on disk");
+    env.fsck_clean(root);
+}
+
+/// After a failed pull: no name; only verified blobs of `image` in the store; ingests only
+/// of the image's blobs (`pull-<digest>`), none beyond its size; fsck clean. Returns the
+/// ingests.
+fn failed_pull_left(env: &Env, root: &Path, image: &Image) -> Vec<Value> {
+    let ls = env.ok(root, &["image", "ls"]);
+    assert_eq!(ls, json!([]), "no name after a failed pull");
+    let blobs = image.blobs();
+    for (d, size) in &env.content(root) {
+        assert_eq!(
+            blobs.get(d),
+            Some(size),
+            "content ls lists {d}, which is no blob of the image"
+        );
+    }
+    let ingests = env.ok(root, &["ingest", "ls"]);
+    let ingests = ingests.as_array().unwrap().clone();
+    for i in &ingests {
+        let expected = i["expected"].as_str().unwrap_or("");
+        assert_eq!(i["ref"], format!("pull-{expected}"), "{i}");
+        let size = blobs.get(expected).copied();
+        assert!(
+            size.is_some_and(|n| i["total"] == n && i["offset"].as_u64().unwrap() <= n),
+            "an ingest left by the failed pull is no download of a blob of the image: {i}"
+        );
+    }
+    env.fsck_clean(root);
+    ingests
+}
+
+/// [`failed_pull_left`], and: `bad` (whose bytes were wrong) neither in the store nor in an
+/// ingest. The other blobs' downloads may stay as ingests, but only complete ones (sealed:
+/// size and digest checked) that a later pull adopts; returns their bytes.
+fn nothing_unverified(env: &Env, root: &Path, image: &Image, bad: &str) -> u64 {
+    let ingests = failed_pull_left(env, root, image);
+    let content = env.content(root);
+    assert!(
+        !content.contains_key(bad),
+        "{bad}, whose bytes were wrong, is in content ls: {content:?}"
+    );
+    let mut sealed = 0;
+    for i in &ingests {
+        assert_ne!(
+            i["expected"], bad,
+            "the ingest of the blob whose bytes were wrong remains: {i}"
+        );
+        assert_eq!(
+            i["offset"], i["total"],
+            "only complete downloads stay after wrong bytes: {i}"
+        );
+        sealed += i["total"].as_u64().unwrap();
+    }
+    assert_eq!(
+        ingest_bytes(root),
+        sealed,
+        "only complete downloads stay on disk: {ingests:?}"
+    );
+    sealed
+}
+
+/// After [`nothing_unverified`]: a pull straight from the registry (no faults) succeeds,
+/// adopting the complete downloads the failed one left (`sealed` bytes) without fetching
+/// them again.
+fn repull_adopts(env: &Env, root: &Path, reg: &Reg, image: &Image, sealed: u64) {
+    let reference = reg.reference("fault/app:1");
+    let out = env.ok(root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert_eq!(
+        out["bytes_fetched"],
+        image.size() - sealed,
+        "what the failed pull verified ({sealed} bytes) is not fetched again: {out}"
+    );
+    pulled_whole(env, root, &reference, image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_cut_mid_blob_resumes_with_range() {
+    let env = Env::new();
+    let (_reg, proxy, image, big, reference) = faulty(&env, 21, |big| {
+        vec![Rule::new("GET", big, Fault::CutHalf).times(1)]
+    });
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    let gets = proxy.blob_gets(&big.digest);
+    assert!(
+        gets.len() >= 2 && gets[0].fault == Some(Fault::CutHalf) && gets[0].range.is_none(),
+        "the first GET of the layer was cut, then asked again:\n{}",
+        seen_list(&proxy.seen())
+    );
+    let n = gets[1].range_start().unwrap_or_else(|| {
+        panic!(
+            "the second GET of the cut layer carries Range: bytes=N-:\n{}",
+            seen_list(&proxy.seen())
+        )
+    });
+    assert!(
+        n > 0 && n <= big.size / 2,
+        "resumed from byte {n} of {} (the cut came after {})",
+        big.size,
+        big.size / 2
+    );
+    assert_eq!(gets[1].status, 206, "{}", seen_list(&gets));
+    let fetched = out["bytes_fetched"].as_u64().unwrap();
+    println!(
+        "cut mid-blob: resumed at byte {n} of {}; bytes_fetched {fetched} of a {}-byte image",
+        big.size,
+        image.size()
+    );
+    assert!(
+        fetched >= image.size() && fetched < image.size() + image.size() / 4,
+        "a resumed pull fetches about the image ({}), not 1.5× it: {fetched}",
+        image.size()
+    );
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_cut_manifest_body_is_retried() {
+    let env = Env::new();
+    let (_reg, proxy, image, _big, reference) = faulty(&env, 28, |_| {
+        vec![Rule::new("GET", "/manifests/", Fault::CutHalf).times(1)]
+    });
+    let root = env.path("store");
+    let r = env.run(&root, &["image", "pull", &reference]);
+    let manifests: Vec<Seen> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("/manifests/"))
+        .collect();
+    assert_eq!(
+        r.code,
+        Some(0),
+        "a connection cut in the middle of a manifest's body is a connection error like any \
+         other (client.rs retries them), but the pull failed: {}\nrequests:\n{}",
+        r.stderr,
+        seen_list(&manifests)
+    );
+    assert_eq!(r.json()["digest"], image.root.digest, "{}", r.stdout);
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_200_to_a_range_request_restarts_the_blob() {
+    let env = Env::new();
+    let (_reg, proxy, image, big, reference) = faulty(&env, 22, |big| {
+        vec![
+            Rule::new("GET", big, Fault::CutHalf).times(1),
+            Rule::new("GET", big, Fault::StripRange).ranged(),
+        ]
+    });
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    let gets = proxy.blob_gets(&big.digest);
+    assert!(
+        gets.len() == 2
+            && gets[1].range_start().is_some_and(|n| n > 0)
+            && gets[1].fault == Some(Fault::StripRange)
+            && gets[1].status == 200,
+        "the resumed GET asked a range and was answered 200 with the whole blob:\n{}",
+        seen_list(&proxy.seen())
+    );
+    let fetched = out["bytes_fetched"].as_u64().unwrap();
+    let cut = big.size / 2;
+    println!(
+        "200 to a Range: bytes_fetched {fetched} of a {}-byte image (cut after {cut})",
+        image.size()
+    );
+    assert!(
+        fetched > image.size() && fetched <= image.size() + cut,
+        "the blob restarted from zero: fetched {fetched}, image {}, cut after {cut}",
+        image.size()
+    );
+    let info = env.ok(&root, &["content", "info", &big.digest]);
+    assert_eq!(info["size"], big.size, "{info}");
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_429_retry_after_is_honoured() {
+    let env = Env::new();
+    let (_reg, proxy, image, _big, reference) = faulty(&env, 23, |_| {
+        vec![
+            Rule::new(
+                "HEAD",
+                "/manifests/",
+                Fault::Status(429, "Retry-After: 1\r\n"),
+            )
+            .times(1),
+        ]
+    });
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    let manifests: Vec<Seen> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("/manifests/"))
+        .collect();
+    assert!(
+        manifests.len() >= 2 && manifests[0].status == 429 && manifests[1].status == 200,
+        "{}",
+        seen_list(&manifests)
+    );
+    let gap = manifests[1].at - manifests[0].at;
+    println!("429 with Retry-After: 1: asked again after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "Retry-After: 1 was not honoured: the manifest was asked again {gap:?} after the 429"
+    );
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_503_twice_on_a_blob_is_retried() {
+    let env = Env::new();
+    let (_reg, proxy, image, big, reference) = faulty(&env, 24, |big| {
+        vec![Rule::new("GET", big, Fault::Status(503, "")).times(2)]
+    });
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    let statuses: Vec<u16> = proxy
+        .blob_gets(&big.digest)
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [503, 503, 200], "{}", seen_list(&proxy.seen()));
+    assert_eq!(out["bytes_fetched"], image.size(), "{out}");
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_persistent_503_on_a_blob_gives_up_after_the_retry_budget() {
+    let env = Env::new();
+    let (_reg, proxy, image, big, reference) = faulty(&env, 27, |big| {
+        vec![Rule::new("GET", big, Fault::Status(503, ""))]
+    });
+    let root = env.path("store");
+    let start = Instant::now();
+    let r = env.fails(&root, &["image", "pull", &reference], 1);
+    let took = start.elapsed();
+    for part in [proxy.host.as_str(), "fault/app", big.digest.as_str()] {
+        assert!(
+            r.stderr.contains(part),
+            "the error names {part}: {}",
+            r.stderr
+        );
+    }
+    // What the store keeps of a network failure: resumable ingests, nothing visible.
+    let left = failed_pull_left(&env, &root, &image);
+    assert!(!env.content(&root).contains_key(&big.digest), "{left:?}");
+    let gets = proxy.blob_gets(&big.digest);
+    let attempts = ocistore::registry::RetryPolicy::default().attempts as usize;
+    println!(
+        "persistent 503: {} GETs of the blob in {took:?}: {}",
+        gets.len(),
+        r.stderr.trim()
+    );
+    assert!(
+        gets.len() <= attempts,
+        "RetryPolicy::attempts is \"attempts in all, the first included\" ({attempts}), \
+         but a blob answered 503 every time was asked {} times over {took:?}: the pull's \
+         own retry loop (pull.rs fetch_blob) wraps client.send's, multiplying them",
+        gets.len()
+    );
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_flipped_byte_fails_the_pull_and_leaves_nothing() {
+    let env = Env::new();
+    let (reg, proxy, image, big, reference) =
+        faulty(&env, 25, |big| vec![Rule::new("GET", big, Fault::FlipByte)]);
+    let root = env.path("store");
+    let r = env.fails(&root, &["image", "pull", &reference], 1);
+    for part in [proxy.host.as_str(), "fault/app", big.digest.as_str()] {
+        assert!(
+            r.stderr.contains(part),
+            "the error names {part}: {}",
+            r.stderr
+        );
+    }
+    println!("flipped byte: {}", r.stderr.trim());
+    assert!(
+        !proxy.blob_gets(&big.digest).is_empty(),
+        "{}",
+        seen_list(&proxy.seen())
+    );
+    let sealed = nothing_unverified(&env, &root, &image, &big.digest);
+    repull_adopts(&env, &root, &reg, &image, sealed);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_more_bytes_than_the_descriptor_fail_the_pull() {
+    let env = Env::new();
+    let (reg, proxy, image, big, reference) = faulty(&env, 26, |big| {
+        vec![Rule::new("GET", big, Fault::Append(4096))]
+    });
+    let root = env.path("store");
+    let r = env.fails(&root, &["image", "pull", &reference], 1);
+    for part in [proxy.host.as_str(), "fault/app", big.digest.as_str()] {
+        assert!(
+            r.stderr.contains(part),
+            "the error names {part}: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr.contains("more than the descriptor"),
+        "the error says the registry sent more bytes than the descriptor: {}",
+        r.stderr
+    );
+    println!("extra bytes: {}", r.stderr.trim());
+    let sealed = nothing_unverified(&env, &root, &image, &big.digest);
+    repull_adopts(&env, &root, &reg, &image, sealed);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_connection_refused_fails_within_the_retry_budget() {
+    let env = Env::new();
+    let host = format!("127.0.0.1:{}", free_port());
+    let root = env.path("store");
+    let policy = ocistore::registry::RetryPolicy::default();
+    // The longest the backoffs can add up to: base × 2^(k-1) × 1.5 for each retry.
+    let budget: Duration = (1..policy.attempts)
+        .map(|k| {
+            policy
+                .base
+                .saturating_mul(1 << (k - 1))
+                .mul_f64(1.5)
+                .min(policy.max_wait)
+        })
+        .sum();
+    let start = Instant::now();
+    let r = env.fails(&root, &["image", "pull", &format!("{host}/gone/app:1")], 1);
+    let took = start.elapsed();
+    println!(
+        "connection refused: exit 1 after {took:?} (backoff budget {budget:?}): {}",
+        r.stderr.trim()
+    );
+    assert!(r.stderr.contains(&host), "names the host: {}", r.stderr);
+    assert!(
+        took < budget + Duration::from_secs(3),
+        "a refused connection failed after {took:?}, beyond the retry budget {budget:?}"
+    );
+    let ls = env.ok(&root, &["image", "ls"]);
+    assert_eq!(ls, json!([]), "{ls}");
+    assert_eq!(env.ok(&root, &["ingest", "ls"]), json!([]));
+    env.fsck_clean(&root);
+}
+
+// ================================================================ 12. token auth
+
+const TOKEN_SERVICE: &str = "test-registry";
+const TOKEN_ISSUER: &str = "test-issuer";
+
+/// A token request the token server answered.
+#[derive(Debug, Clone)]
+struct TokenReq {
+    scopes: Vec<String>,
+    /// The basic-auth user presented, if any.
+    user: Option<String>,
+    /// Whether a token was issued.
+    granted: bool,
+    agent: String,
+}
+
+/// How the token server answers.
+struct TokenPolicy {
+    /// Basic credentials it demands (`None`: anyone gets a token).
+    require: Option<(String, String)>,
+    /// Seconds from now to each token's `exp`. distribution accepts a token until 60 s
+    /// (its leeway for clock skew) after its `exp`: -57 makes tokens that live about 3 s.
+    exp_in: i64,
+}
+
+/// A test double for a token server (nothing real issues tokens on loopback): what
+/// distribution's token auth sends clients to. `GET /token?scope=...&service=...` answers
+/// `{"token": JWT}` granting every scope asked, the JWT signed RS256 by `openssl dgst`
+/// (spawned per token) with a key whose self-signed certificate (`cert`, the registry's
+/// `rootcertbundle`) travels in the header's `x5c`. Checks basic credentials when told to.
+/// Stops when dropped.
+struct TokenServer {
+    port: u16,
+    /// `http://127.0.0.1:PORT/token`.
+    realm: String,
+    cert: PathBuf,
+    policy: Arc<Mutex<TokenPolicy>>,
+    requests: Arc<Mutex<Vec<TokenReq>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    fn start(require: Option<(&str, &str)>) -> TokenServer {
+        need("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                p(&key),
+                "-out",
+                p(&cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=token",
+            ],
+        );
+        // The PEM body is the base64 of the DER.
+        let x5c: String = std::fs::read_to_string(&cert)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let policy = Arc::new(Mutex::new(TokenPolicy {
+            require: require.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            exp_in: 300,
+        }));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (pol, reqs, st, k) = (policy.clone(), requests.clone(), stop.clone(), key.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                if let Err(e) = Self::answer(&mut conn, &x5c, &k, &pol, &reqs) {
+                    eprintln!("token server: {e}");
+                }
+            }
+        });
+        TokenServer {
+            port,
+            realm: format!("http://127.0.0.1:{port}/token"),
+            cert,
+            policy,
+            requests,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn answer(
+        conn: &mut TcpStream,
+        x5c: &str,
+        key: &Path,
+        policy: &Mutex<TokenPolicy>,
+        requests: &Mutex<Vec<TokenReq>>,
+    ) -> std::io::Result<()> {
+        use base64::Engine;
+        use std::io::BufRead;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = std::io::BufReader::new(conn.try_clone()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut user_pass = None;
+        let mut agent = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("authorization")
+                && let Some(b) = v.strip_prefix("Basic ")
+            {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .unwrap_or_default();
+                let text = String::from_utf8_lossy(&decoded).into_owned();
+                user_pass = text
+                    .split_once(':')
+                    .map(|(u, p)| (u.to_owned(), p.to_owned()));
+            } else if k.eq_ignore_ascii_case("user-agent") {
+                agent = v.to_owned();
+            }
+        }
+        let uri = request_line.split_whitespace().nth(1).unwrap_or("");
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let scopes: Vec<String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == "scope")
+            .flat_map(|(_, v)| {
+                percent_decode(v)
+                    .split(' ')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        let (require, exp_in) = {
+            let p = policy.lock().unwrap();
+            (p.require.clone(), p.exp_in)
+        };
+        let allowed = path == "/token" && require.is_none_or(|r| user_pass.as_ref() == Some(&r));
+        requests.lock().unwrap().push(TokenReq {
+            scopes: scopes.clone(),
+            user: user_pass.as_ref().map(|(u, _)| u.clone()),
+            granted: allowed,
+            agent,
+        });
+        if !allowed {
+            let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
+            return write!(
+                conn,
+                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        let access: Vec<Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        static JTI: AtomicU64 = AtomicU64::new(0);
+        let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+        let claims = json!({
+            "iss": TOKEN_ISSUER,
+            "sub": user_pass.as_ref().map_or("", |(u, _)| u.as_str()),
+            "aud": TOKEN_SERVICE,
+            "exp": now + exp_in,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": format!("t{}-{now}", JTI.fetch_add(1, Ordering::Relaxed)),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut openssl = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        openssl.stdin.take().unwrap().write_all(input.as_bytes())?;
+        let signed = openssl.wait_with_output()?;
+        assert!(
+            signed.status.success(),
+            "openssl dgst -sign: {}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+        let jwt = format!("{input}.{}", b64url(&signed.stdout));
+        let body =
+            json!({"token": jwt, "expires_in": exp_in.max(1), "issued_at": null}).to_string();
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Every token request so far.
+    fn requests(&self) -> Vec<TokenReq> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// ocistore's token requests (user agent `ocistore/…`).
+    fn ours(&self) -> Vec<TokenReq> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.agent.starts_with("ocistore/"))
+            .collect()
+    }
+
+    fn set_exp_in(&self, secs: i64) {
+        self.policy.lock().unwrap().exp_in = secs;
+    }
+
+    /// A registry whose auth is this token server.
+    fn registry(&self) -> Reg {
+        Reg::start(RegOpts {
+            token: Some((self.realm.clone(), self.cert.clone())),
+            ..RegOpts::default()
+        })
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn token_auth_push_then_pull_with_docker_config_credentials() {
+    let env = Env::new();
+    let (user, pass) = ("tokuser", "tok-pw");
+    let tokens = TokenServer::start(Some((user, pass)));
+    let reg = tokens.registry();
+    let image = build_image(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64"],
+        &[200 << 10, 50 << 10],
+        31,
+        false,
+    );
+    let src = env.path("src");
+    env.ok(
+        &src,
+        &[
+            "image",
+            "import",
+            p(&image.dir),
+            "--name",
+            &reg.reference("tok/app"),
+        ],
+    );
+    let reference = reg.reference("tok/app:1");
+
+    // No credentials: the token server refuses; exit 1 naming the host.
+    let r = env.fails(&src, &["image", "push", &reference], 1);
+    assert!(r.stderr.contains(&reg.host), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no credentials in config.json"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        tokens.ours().iter().all(|t| !t.granted && t.user.is_none()),
+        "{:?}",
+        tokens.ours()
+    );
+    // A wrong password alike.
+    env.login(&reg.host, user, "wrong");
+    let r = env.fails(&src, &["image", "push", &reference], 1);
+    assert!(r.stderr.contains(&reg.host), "{}", r.stderr);
+
+    // With credentials: push, then pull into another store.
+    env.login(&reg.host, user, pass);
+    let out = env.ok(&src, &["image", "push", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert_eq!(
+        skopeo_digest(&reference, Some((user, pass))),
+        image.root.digest
+    );
+    let ours = tokens.ours();
+    assert!(
+        ours.iter().any(|t| t.granted
+            && t.user.as_deref() == Some(user)
+            && t.scopes == ["repository:tok/app:pull,push"]),
+        "the push asked a pull,push token for tok/app with the credentials: {ours:?}"
+    );
+    let root = env.path("store");
+    let mark = tokens.ours().len();
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert!(env.complete(&root, &reference, "linux/amd64"));
+    env.fsck_clean(&root);
+    let pulls = tokens.ours().split_off(mark);
+    assert!(
+        !pulls.is_empty()
+            && pulls.iter().all(|t| t.granted
+                && t.user.as_deref() == Some(user)
+                && t.scopes == ["repository:tok/app:pull"]),
+        "the pull asked pull tokens for tok/app: {pulls:?}"
+    );
+    let reqs = reg.ours();
+    assert!(
+        reqs.iter()
+            .filter(|r| r.status == 401)
+            .all(|r| r.method == "HEAD" || r.method == "POST"),
+        "a 401 only on a command's first request (before it has a token):\n{}",
+        list(&reqs)
+    );
+
+    // Without credentials the pull fails naming the host.
+    env.logout();
+    let r = env.fails(&env.path("store2"), &["image", "pull", &reference], 1);
+    assert!(r.stderr.contains(&reg.host), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no credentials in config.json"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.ok(&env.path("store2"), &["image", "ls"]),
+        json!([]),
+        "no name"
+    );
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn token_auth_push_to_a_second_repository() {
+    let env = Env::new();
+    let (user, pass) = ("tokuser", "tok-pw");
+    let tokens = TokenServer::start(Some((user, pass)));
+    let reg = tokens.registry();
+    let image = build_image(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64"],
+        &[100 << 10],
+        32,
+        false,
+    );
+    skopeo_push(&image, &reg, "tok/app:1", Some((user, pass)));
+    env.login(&reg.host, user, pass);
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", &reg.reference("tok/app:1")]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    // The blobs are labelled as coming from tok/app: the push to tok/copy tries a
+    // cross-repository mount, which distribution authorises only with a token that also
+    // grants pull on tok/app.
+    let copy = reg.reference("tok/copy:1");
+    let mark = reg.ours().len();
+    let r = env.run(
+        &root,
+        &["image", "push", &reg.reference("tok/app:1"), &copy],
+    );
+    let reqs = reg.ours_since(mark);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "a push to a second repository of a token-auth registry failed: {}\ntoken \
+         requests: {:?}\nrequests:\n{}",
+        r.stderr,
+        tokens.ours(),
+        list(&reqs)
+    );
+    let out = r.json();
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert_eq!(skopeo_digest(&copy, Some((user, pass))), image.root.digest);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn token_expiring_mid_pull_reauthenticates_once() {
+    let env = Env::new();
+    let tokens = TokenServer::start(None);
+    let reg = tokens.registry();
+    let image = build_image(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64"],
+        &[300 << 10, 20 << 10],
+        33,
+        false,
+    );
+    skopeo_push(&image, &reg, "tok/app:1", None);
+    let big = image.platforms[0].layers[0].clone();
+
+    // Tokens that live about 3 s; the first GET of the big layer waits 5 s in the proxy
+    // before it reaches the registry, with the token of the pull's start.
+    tokens.set_exp_in(-57);
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new("GET", &big.digest, Fault::Delay(Duration::from_secs(5))).times(1)],
+    );
+    let reference = proxy.reference("tok/app:1");
+    let root = env.path("store");
+    let mark = reg.ours().len();
+    let out = env.ok(&root, &["image", "pull", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    env.fsck_clean(&root);
+    let reqs = reg.ours_since(mark);
+    let expired: Vec<&Req> = reqs
+        .iter()
+        .filter(|r| r.status == 401 && r.blob() == Some(big.digest.as_str()))
+        .collect();
+    assert_eq!(
+        expired.len(),
+        1,
+        "the delayed GET reached the registry with an expired token:\n{}",
+        list(&reqs)
+    );
+    let unauthorized = reqs.iter().filter(|r| r.status == 401).count();
+    let fetched = tokens.ours().len();
+    assert_eq!(
+        fetched,
+        unauthorized,
+        "one token request per 401 (the first request's and the expired one's):\n{}",
+        list(&reqs)
+    );
+    let gets = blob_gets(&reqs);
+    assert_eq!(gets.get(&big.digest), Some(&2), "{}", list(&reqs));
+
+    // Tokens the registry never accepts: one token request, then the command fails,
+    // naming the host (re-authentication happens once, not in a loop).
+    tokens.set_exp_in(-3600);
+    let before = tokens.ours().len();
+    let mark = reg.ours().len();
+    let r = env.fails(
+        &env.path("store2"),
+        &["image", "pull", &reg.reference("tok/app:1")],
+        1,
+    );
+    assert!(r.stderr.contains(&reg.host), "{}", r.stderr);
+    let reqs = reg.ours_since(mark);
+    assert_eq!(
+        tokens.ours().len() - before,
+        1,
+        "one token request: {:?}",
+        tokens.ours()
+    );
+    assert_eq!(
+        reqs.len(),
+        2,
+        "the request, and once with the token:\n{}",
+        list(&reqs)
+    );
+    assert!(reqs.iter().all(|r| r.status == 401), "{}", list(&reqs));
+}
+
+// ================================================================ 13. memory
+
+/// A writer that hashes what goes through it (sha256).
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: ocistore::digest::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hashing<W: Write>(inner: W) -> Hashing<W> {
+    Hashing {
+        inner,
+        hasher: ocistore::Algorithm::Sha256.hasher(),
+    }
+}
+
+/// `size` pseudo-random bytes, one MiB of [`noise`] repeated with each MiB numbered, made
+/// as they are read.
+struct NoiseReader {
+    block: Vec<u8>,
+    left: u64,
+    pos: usize,
+    mib: u64,
+}
+
+impl Read for NoiseReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        if self.pos == self.block.len() {
+            self.pos = 0;
+            self.mib += 1;
+            self.block[..8].copy_from_slice(&self.mib.to_le_bytes());
+        }
+        let n = buf
+            .len()
+            .min(self.block.len() - self.pos)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// [`layer`] written streaming to disk, never whole in memory: a tar of one file of `size`
+/// pseudo-random bytes, gzip-framed without compression.
+fn streamed_layer(dir: &Path, seed: u64, size: usize) -> (Blob, String) {
+    let tmp = dir.join("blobs/sha256/streaming.tmp");
+    let file = std::fs::File::create(&tmp).unwrap();
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(
+            hashing(std::io::BufWriter::with_capacity(1 << 20, file)),
+            flate2::Compression::none(),
+        );
+    let mut b = tar::Builder::new(hashing(gz));
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_mtime(1_704_067_200);
+    h.set_size(size as u64);
+    let data = NoiseReader {
+        block: noise(seed, 1 << 20),
+        left: size as u64,
+        pos: 0,
+        mib: 0,
+    };
+    b.append_data(&mut h, format!("data/layer-{seed}.bin"), data)
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff_id = tar.hasher.finalize().to_string();
+    let gz = tar.inner.finish().unwrap();
+    let digest = gz.hasher.finalize().to_string();
+    let file = gz.inner.into_inner().unwrap();
+    file.sync_all().unwrap();
+    let len = file.metadata().unwrap().len();
+    drop(file);
+    std::fs::rename(
+        &tmp,
+        dir.join("blobs/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
+    (Blob { digest, size: len }, diff_id)
+}
+
+/// Runs `ocistore ARGS` to its end: what it did and its own peak RSS in KiB.
+///
+/// Not spawned from this process: Linux starts a child's `ru_maxrss` at the high-water mark
+/// of the address space it execs from, which for std's (v)fork-and-exec is this process's,
+/// and earlier tests here built layers of up to 64 MiB in memory (a child spawned directly
+/// reported this process's 360 MiB). So a fresh `sh` starts ocistore in the background and
+/// exits; this process, a child subreaper meanwhile, adopts ocistore and reaps it with
+/// `wait4` (as tests/cli.rs `wait_max_rss` measures).
+fn run_max_rss(env: &Env, root: &Path, args: &[&str]) -> (Run, i64) {
+    let (out, err) = (env.path("rss.stdout"), env.path("rss.stderr"));
+    let inner = env.cmd(root, args);
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg("\"$@\" >\"$RSS_OUT\" 2>\"$RSS_ERR\" </dev/null & echo $!")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("RSS_OUT", &out)
+        .env("RSS_ERR", &err)
+        .stdin(Stdio::null());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0,
+        "prctl(PR_SET_CHILD_SUBREAPER)"
+    );
+    let started = sh.output().expect("run sh");
+    let pid: libc::pid_t = String::from_utf8_lossy(&started.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("sh did not start ocistore in the background: {started:?}"));
+    // sh has exited: ocistore is this process's child now.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    assert_eq!(
+        r,
+        pid,
+        "wait4 of ocistore: {}",
+        std::io::Error::last_os_error()
+    );
+    let run = Run {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout: std::fs::read_to_string(&out).unwrap(),
+        stderr: std::fs::read_to_string(&err).unwrap(),
+    };
+    (run, usage.ru_maxrss)
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn one_gib_layer_pull_and_push_hold_memory_flat() {
+    const LIMIT_KIB: i64 = 64 * 1024;
+    let env = Env::new();
+    let reg = Reg::start(RegOpts::default());
+    let image = build_image_with(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64"],
+        &[1 << 30],
+        41,
+        false,
+        &mut streamed_layer,
+    );
+    skopeo_push(&image, &reg, "big/app:1", None);
+    let reference = reg.reference("big/app:1");
+    let root = env.path("store");
+    env.ok(&root, &["du"]);
+
+    let (run, pull_kib) = run_max_rss(&env, &root, &["image", "pull", &reference]);
+    assert_eq!(run.code, Some(0), "pull: {}{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert_eq!(out["bytes_fetched"], image.size(), "{out}");
+
+    let empty = Reg::start(RegOpts::default());
+    let target = empty.reference("big/app:1");
+    let (run, push_kib) = run_max_rss(&env, &root, &["image", "push", &reference, &target]);
+    assert_eq!(run.code, Some(0), "push: {}{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    assert_eq!(
+        out["bytes_pushed"],
+        image.size(),
+        "it uploaded everything: {out}"
+    );
+    println!(
+        "1 GiB layer: pull peak RSS {:.1} MiB, push peak RSS {:.1} MiB",
+        pull_kib as f64 / 1024.0,
+        push_kib as f64 / 1024.0
+    );
+    assert!(
+        pull_kib < LIMIT_KIB,
+        "peak RSS {pull_kib} KiB pulling a 1 GiB layer"
+    );
+    assert!(
+        push_kib < LIMIT_KIB,
+        "peak RSS {push_kib} KiB pushing a 1 GiB layer"
+    );
+    assert_eq!(skopeo_digest(&target, None), image.root.digest);
+}
+
+// ================================================================ 14. conformance of pulled content
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn pulled_image_checks_exports_and_reimports_unchanged() {
+    let env = Env::new();
+    let reg = Reg::start(RegOpts::default());
+    let image = build_image(
+        &env.path("layout"),
+        "1",
+        &["linux/amd64", "linux/arm64/v8"],
+        &[120 << 10, 40 << 10],
+        42,
+        true,
+    );
+    skopeo_push(&image, &reg, "conf/app:1", None);
+    let reference = reg.reference("conf/app:1");
+    let root = env.path("store");
+    let out = env.ok(&root, &["image", "pull", "--all-platforms", &reference]);
+    assert_eq!(out["digest"], image.root.digest, "{out}");
+    env.fsck_clean(&root);
+    for pi in &image.platforms {
+        assert!(
+            env.complete(&root, &reference, &pi.platform),
+            "{}",
+            pi.platform
+        );
+    }
+    let content = env.content(&root);
+    assert_eq!(content, image.blobs(), "exactly the image's blobs");
+
+    // Export, then import into a fresh store: the same name, digests and blobs.
+    let export = env.path("export.tar");
+    env.ok(&root, &["image", "export", &reference, "-o", p(&export)]);
+    let fresh = env.path("fresh");
+    env.ok(&fresh, &["image", "import", p(&export)]);
+    let ls = env.ok(&fresh, &["image", "ls"]);
+    let names: Vec<(&str, &str)> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["digest"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [(reference.as_str(), image.root.digest.as_str())],
+        "{ls}"
+    );
+    assert_eq!(env.content(&fresh), content, "the same blobs");
+    env.fsck_clean(&fresh);
+    for pi in &image.platforms {
+        assert!(
+            env.complete(&fresh, &reference, &pi.platform),
+            "{}",
+            pi.platform
+        );
+    }
+
+    // skopeo reads the export.
+    let dir = env.path("skopeo-out");
+    sh(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            &format!("oci-archive:{}", export.display()),
+            &format!("oci:{}:1", dir.display()),
+        ],
+    );
+    assert_eq!(layout_digest(&dir), image.root.digest);
+    for (d, size) in image.blobs() {
+        let f = dir
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap());
+        let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("skopeo lacks {d}: {e}"));
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(sha256(&bytes), d);
+    }
 }

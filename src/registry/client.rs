@@ -51,6 +51,8 @@ pub(crate) struct Target<'a> {
     pub actions: &'a str,
     /// What was asked, for messages ("manifest latest", "blob sha256:…").
     pub what: String,
+    /// Another repository the token must let us pull from (a mount's source).
+    pub also_pull: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -294,7 +296,11 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> Result<Response<ureq::Body>> {
-        let scope = format!("repository:{}:{}", t.repository, t.actions);
+        // Space-separated scopes; a mount also needs pull on its source repository.
+        let mut scope = format!("repository:{}:{}", t.repository, t.actions);
+        if let Some(from) = t.also_pull {
+            scope.push_str(&format!(" repository:{from}:pull"));
+        }
         let key = (ep.cred_host.clone(), scope.clone());
         let mut reauthed = false;
         let mut attempt = 0;
@@ -476,7 +482,11 @@ impl Client {
         credential: Option<Credential>,
     ) -> Result<String> {
         let enc = |s: &str| percent_encode(s);
-        let mut query = format!("scope={}", enc(scope));
+        let mut query = scope
+            .split(' ')
+            .map(|one| format!("scope={}", enc(one)))
+            .collect::<Vec<_>>()
+            .join("&");
         if let Some(s) = service {
             query.push_str(&format!("&service={}", enc(s)));
         }

@@ -162,6 +162,7 @@ fn target<'a>(repo: &'a Repository, actions: &'a str, what: String) -> Target<'a
         repository: &repo.path,
         actions,
         what,
+        also_pull: None,
     }
 }
 
@@ -355,27 +356,45 @@ impl Registry {
     pub fn manifest_get(&self, repo: &Repository, reference: &str) -> Result<Option<Manifest>> {
         let t = target(repo, "pull", format!("manifest {reference}"));
         self.read_via(repo, capability_for(reference), |ep| {
-            let mut resp = self.client.send(
-                &t,
-                ep,
-                Method::GET,
-                &url(ep, repo, &format!("manifests/{reference}")),
-                &[("Accept", MANIFEST_ACCEPT)],
-                Body::None,
-            )?;
-            match resp.status().as_u16() {
-                200 => {}
-                404 => return Ok(None),
-                _ => return Err(unexpected(&t, &mut resp)),
-            }
-            let media_type = header(&resp, "content-type");
-            let claimed = header(&resp, "docker-content-digest");
-            let bytes = resp
-                .body_mut()
-                .with_config()
-                .limit(MAX_MANIFEST)
-                .read_to_vec()
-                .map_err(|e| client::network_error(&t, &e, 1))?;
+            // A body cut short is asked for again, as a failed request is.
+            let mut attempt = 0;
+            let (media_type, claimed, bytes) = loop {
+                attempt += 1;
+                let mut resp = self.client.send(
+                    &t,
+                    ep,
+                    Method::GET,
+                    &url(ep, repo, &format!("manifests/{reference}")),
+                    &[("Accept", MANIFEST_ACCEPT)],
+                    Body::None,
+                )?;
+                match resp.status().as_u16() {
+                    200 => {}
+                    404 => return Ok(None),
+                    _ => return Err(unexpected(&t, &mut resp)),
+                }
+                let media_type = header(&resp, "content-type");
+                let claimed = header(&resp, "docker-content-digest");
+                match resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_MANIFEST)
+                    .read_to_vec()
+                {
+                    Ok(bytes) => break (media_type, claimed, bytes),
+                    Err(e @ ureq::Error::BodyExceedsLimit(_)) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{}: larger than {MAX_MANIFEST} bytes: {e}",
+                            t.describe()
+                        )));
+                    }
+                    Err(e) if attempt < self.retry_policy().attempts && !ep.mirror => {
+                        tracing::debug!(error = %e, attempt, "manifest body cut; again");
+                        std::thread::sleep(self.backoff(attempt));
+                    }
+                    Err(e) => return Err(client::network_error(&t, &e, attempt)),
+                }
+            };
             let expected = match Digest::parse(reference) {
                 Ok(d) => Some(d),
                 Err(_) => claimed.as_deref().and_then(|c| Digest::parse(c).ok()),
@@ -640,13 +659,23 @@ impl Registry {
     /// the registry mounted it, `false` when it did not (it then opened an upload, which is
     /// cancelled).
     pub fn blob_mount(&self, repo: &Repository, digest: &Digest, from: &str) -> Result<bool> {
-        let t = target(
+        let mut t = target(
             repo,
             "pull,push",
             format!("blob {digest} (mount from {from})"),
         );
+        t.also_pull = Some(from);
         let ep = self.server(repo)?;
-        match self.start_upload(&ep, repo, &t, Some((digest, from)))? {
+        let started = match self.start_upload(&ep, repo, &t, Some((digest, from))) {
+            // A mount is only a shortcut: refused (no pull right on the source, say), the
+            // blob is uploaded instead.
+            Err(e) if e.kind() == crate::error::ErrorKind::Unauthorized => {
+                tracing::debug!(error = %e, "mount refused; uploading instead");
+                return Ok(false);
+            }
+            other => other?,
+        };
+        match started {
             None => Ok(true),
             Some(upload) => {
                 let _ = self

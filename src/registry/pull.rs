@@ -324,13 +324,9 @@ impl Store {
                 std::thread::sleep(registry.backoff(attempt));
                 Ok(())
             };
-            let stream = match registry.blob_get(repo, &job.digest, offset, Some(job.size)) {
-                Ok(s) => s,
-                Err(e) => {
-                    retry(attempt, e)?;
-                    continue;
-                }
-            };
+            // The request itself is retried inside the client; what is retried here is a
+            // body cut short (resumed from the bytes written).
+            let stream = registry.blob_get(repo, &job.digest, offset, Some(job.size))?;
             if stream.start != offset {
                 w.truncate(0)?;
                 offset = 0;
