@@ -39,6 +39,9 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.oci.artifact.manifest.v1+json";
 
+/// The chunk size of a chunked upload ([`Registry::blob_put_reader`]).
+pub const UPLOAD_CHUNK: usize = 8 << 20;
+
 /// Manifests and indexes larger than this are refused (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST: u64 = 4 << 20;
 
@@ -584,10 +587,88 @@ impl Registry {
         })
     }
 
-    /// Uploads a blob streamed from the file at `path` (monolithic: POST, then one PUT with
-    /// the whole body; never held in memory). A retry restarts the upload.
+    /// Uploads a blob streamed from the file at `path`: monolithic (POST, then one PUT with
+    /// the whole body; never held in memory; a retry resends it), and when the registry
+    /// refuses that (a body size limit, say), chunked as [`Registry::blob_put_reader`] does.
     pub fn blob_put_file(&self, repo: &Repository, digest: &Digest, path: &Path) -> Result<()> {
-        self.blob_put_with(repo, digest, Body::File(path))
+        match self.blob_put_with(repo, digest, Body::File(path)) {
+            Err(e) if e.kind() == crate::error::ErrorKind::FailedPrecondition => {
+                tracing::debug!(error = %e, "monolithic upload refused; chunked");
+                let mut file =
+                    std::fs::File::open(path).map_err(|e| Error::io("open for upload", path, e))?;
+                self.blob_put_reader(repo, digest, &mut file)
+            }
+            other => other,
+        }
+    }
+
+    /// Uploads a blob streamed from `reader` in chunks of [`UPLOAD_CHUNK`] bytes (POST, a
+    /// PATCH per chunk with its `Content-Range`, then the closing PUT with the digest);
+    /// memory stays at one chunk. The registry checks the digest.
+    pub fn blob_put_reader(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        reader: &mut dyn Read,
+    ) -> Result<()> {
+        let t = target(repo, "pull,push", format!("blob {digest}"));
+        let ep = self.server(repo)?;
+        let mut location = self.start_upload(&ep, repo, &t, None)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("{}: the registry opened no upload", t.describe()))
+        })?;
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let mut n = 0;
+            while n < buf.len() {
+                match reader.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::from_io(e, "read", "upload source")),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            let range = format!("{offset}-{}", offset + n as u64 - 1);
+            let mut resp = self.client.send(
+                &t,
+                &ep,
+                Method::PATCH,
+                &location,
+                &[
+                    ("Content-Type", "application/octet-stream"),
+                    ("Content-Range", range.as_str()),
+                ],
+                Body::Bytes(&buf[..n]),
+            )?;
+            if !matches!(resp.status().as_u16(), 202 | 204) {
+                return Err(unexpected(&t, &mut resp));
+            }
+            if let Some(next) = header(&resp, "location") {
+                location = if next.starts_with('/') {
+                    format!("{}{next}", ep.origin)
+                } else {
+                    next
+                };
+            }
+            offset += n as u64;
+        }
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={digest}");
+        let mut resp = self.client.send(
+            &t,
+            &ep,
+            Method::PUT,
+            &put,
+            &[("Content-Length", "0")],
+            Body::Bytes(&[]),
+        )?;
+        match resp.status().as_u16() {
+            201 | 204 => Ok(()),
+            _ => Err(unexpected(&t, &mut resp)),
+        }
     }
 
     /// Uploads a blob held in memory (small blobs: configs, manifests as blobs).
