@@ -214,7 +214,7 @@ fn unexpected(t: &Target<'_>, resp: &mut ureq::http::Response<ureq::Body>) -> Er
     match status {
         401 | 403 => Error::Unauthorized(msg),
         404 => Error::NotFound(msg),
-        400 | 405 | 409 | 412 | 416 => Error::FailedPrecondition(msg),
+        400 | 405 | 409 | 412 | 413 | 416 => Error::FailedPrecondition(msg),
         _ => Error::Unavailable(msg),
     }
 }

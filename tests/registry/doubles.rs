@@ -1,0 +1,741 @@
+//! Test doubles: tiny loopback servers that stand in where the real parts cannot do what a
+//! test needs (each one's comment says why). Every one runs on a [`Server`], which stops it
+//! when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Reg, RegOpts, need, openssl_req};
+
+// ================================================================ the shared server
+
+/// A loopback server on a background thread that stops on drop: it accepts connections on a
+/// free port of 127.0.0.1 and hands each to `serve`, one after the other, until dropped.
+pub struct Server {
+    pub port: u16,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(mut serve: impl FnMut(TcpStream) + Send + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    serve(conn);
+                }
+            }
+        });
+        Server {
+            port,
+            host: format!("127.0.0.1:{port}"),
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Raises the stop flag, wakes the accept loop with a connection of its own (which it does
+    /// not serve) and joins the thread.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The head of the one HTTP request a connection carries.
+struct Head {
+    /// The request line, without its CRLF.
+    line: String,
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// Reads the head off `conn` (with a read timeout of `timeout`): `None` when the connection
+    /// closes before its end. The reader holds whatever body follows.
+    fn read(
+        conn: &TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<Option<(Head, BufReader<TcpStream>)>> {
+        conn.set_read_timeout(Some(timeout))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end().to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(None);
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let uri = parts.next().unwrap_or("").to_owned();
+        let head = Head {
+            line,
+            method,
+            uri,
+            headers,
+        };
+        Ok(Some((head, reader)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The URI's path and query (empty when none).
+    fn path_query(&self) -> (&str, &str) {
+        self.uri.split_once('?').unwrap_or((&self.uri, ""))
+    }
+}
+
+const JSON_TYPE: &str = "Content-Type: application/json\r\n";
+
+/// Writes a whole answer: the status line, `extra` header lines (each ending in CRLF), the
+/// body's `Content-Length`, `Connection: close` and the body.
+fn respond(conn: &mut TcpStream, status: &str, extra: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+// ================================================================ paging tag lists
+
+/// A test double for a registry that pages tag lists, as distribution 2.8 (the real registry
+/// of these tests) does not: it ignores `n` and `last` and sends no `Link`. Serves only
+/// `GET /v2/<repo>/tags/list`: at most `n` tags (2 when not asked) after `last`, in lexical
+/// order, with a `Link` to the next page. Records each request's URI. Stops when dropped.
+pub struct PagingTags {
+    pub server: Server,
+    uris: Arc<Mutex<Vec<String>>>,
+}
+
+impl PagingTags {
+    pub fn start(repo: &'static str, tags: &'static [&'static str]) -> PagingTags {
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let u = uris.clone();
+        let server = Server::start(move |mut conn| {
+            let _ = Self::answer(&mut conn, repo, tags, &u);
+        });
+        PagingTags { server, uris }
+    }
+
+    fn answer(
+        conn: &mut TcpStream,
+        repo: &str,
+        tags: &[&str],
+        uris: &Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        let Some((head, _)) = Head::read(conn, Duration::from_secs(10))? else {
+            return Ok(());
+        };
+        uris.lock().unwrap().push(head.uri.clone());
+        let (path, query) = head.path_query();
+        if path != format!("/v2/{repo}/tags/list") {
+            return respond(conn, "404 Not Found", "", "");
+        }
+        let mut n = 2usize;
+        let mut last = "";
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            match kv.split_once('=') {
+                Some(("n", v)) => n = v.parse().unwrap_or(2),
+                Some(("last", v)) => last = v,
+                _ => {}
+            }
+        }
+        let page: Vec<&str> = tags.iter().copied().filter(|t| *t > last).take(n).collect();
+        let more = page.last().is_some_and(|l| tags.iter().any(|t| t > l));
+        let link = match page.last() {
+            Some(l) if more => {
+                format!("Link: </v2/{repo}/tags/list?last={l}&n={n}>; rel=\"next\"\r\n")
+            }
+            _ => String::new(),
+        };
+        let body = json!({"name": repo, "tags": page}).to_string();
+        respond(conn, "200 OK", &format!("{JSON_TYPE}{link}"), &body)
+    }
+
+    pub fn uris(&self) -> Vec<String> {
+        self.uris.lock().unwrap().clone()
+    }
+}
+
+// ================================================================ a broken mirror
+
+/// A test double for a broken mirror (no real registry can be made to fail on every
+/// connection): accepts connections and closes them at once, counting them, so that a test can
+/// tell how often the mirror is tried. Stops when dropped.
+pub struct Slammer {
+    pub server: Server,
+    pub accepts: Arc<AtomicUsize>,
+}
+
+impl Slammer {
+    pub fn start() -> Slammer {
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let a = accepts.clone();
+        let server = Server::start(move |conn| {
+            a.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        });
+        Slammer { server, accepts }
+    }
+}
+
+// ================================================================ the fault proxy
+
+/// What the fault proxy does to a request that matches a [`Rule`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Sends the answer's head (its `Content-Length` unchanged) and the first half of its
+    /// body, then closes the connection.
+    CutHalf,
+    /// Forwards the request without its `Range` header: the registry answers 200 with the
+    /// whole blob.
+    StripRange,
+    /// Answers this status, with these extra header lines (each ending in CRLF), without
+    /// asking the registry.
+    Status(u16, &'static str),
+    /// Flips one byte in the middle of the body.
+    FlipByte,
+    /// Appends this many bytes to the body, with a `Content-Length` to match.
+    Append(usize),
+    /// Waits this long before forwarding.
+    Delay(Duration),
+}
+
+/// Which requests a fault applies to, and how often.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    method: &'static str,
+    /// A substring of the request URI.
+    uri: String,
+    /// Only requests carrying a `Range` header.
+    ranged: bool,
+    fault: Fault,
+    /// How many more times it applies; `None`: every time.
+    times: Option<usize>,
+}
+
+impl Rule {
+    pub fn new(method: &'static str, uri: &str, fault: Fault) -> Rule {
+        Rule {
+            method,
+            uri: uri.to_owned(),
+            ranged: false,
+            fault,
+            times: None,
+        }
+    }
+
+    pub fn times(mut self, n: usize) -> Rule {
+        self.times = Some(n);
+        self
+    }
+
+    pub fn ranged(mut self) -> Rule {
+        self.ranged = true;
+        self
+    }
+
+    fn matches(&self, method: &str, uri: &str, range: bool) -> bool {
+        self.method == method
+            && uri.contains(&self.uri)
+            && (range || !self.ranged)
+            && self.times != Some(0)
+    }
+}
+
+/// A request the fault proxy handled.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// When it arrived.
+    pub at: Instant,
+    pub method: String,
+    pub uri: String,
+    /// Its `Range` header.
+    pub range: Option<String>,
+    /// The fault applied to it.
+    pub fault: Option<Fault>,
+    /// The status answered: the registry's, or the fault's own.
+    pub status: u16,
+}
+
+impl Seen {
+    /// N of a `Range: bytes=N-` header.
+    pub fn range_start(&self) -> Option<u64> {
+        self.range
+            .as_deref()?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
+    }
+}
+
+pub fn seen_list(seen: &[Seen]) -> String {
+    seen.iter()
+        .map(|s| {
+            format!(
+                "{} {} range={:?} fault={:?} -> {}",
+                s.method, s.uri, s.range, s.fault, s.status
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A test double: a loopback HTTP proxy in front of a real registry that injects faults, as
+/// no real part can cut a connection mid-blob, answer 429 or flip a byte on demand. For each
+/// request matching a [`Rule`] it applies the rule's [`Fault`]; every other request passes
+/// unchanged. One request per connection: the request goes upstream with
+/// `Connection: close`, the answer is read to its end, transformed, written back, and the
+/// connection closed. Clients name `127.0.0.1:PORT` as the registry host (loopback: plain
+/// HTTP). Records every request ([`Seen`]). Stops when dropped.
+pub struct FaultProxy {
+    pub server: Server,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, rules: Vec<Rule>) -> FaultProxy {
+        let rules = Arc::new(Mutex::new(rules));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sn = seen.clone();
+        let server = Server::start(move |conn| {
+            let (r, sn) = (rules.clone(), sn.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = Self::serve(conn, upstream, &r, &sn) {
+                    eprintln!("fault proxy: {e}");
+                }
+            });
+        });
+        FaultProxy { server, seen }
+    }
+
+    fn serve(
+        mut client: TcpStream,
+        upstream: u16,
+        rules: &Mutex<Vec<Rule>>,
+        seen: &Mutex<Vec<Seen>>,
+    ) -> std::io::Result<()> {
+        let Some((request, mut reader)) = Head::read(&client, Duration::from_secs(60))? else {
+            return Ok(());
+        };
+        let at = Instant::now();
+        assert!(
+            request.header("transfer-encoding").is_none(),
+            "the fault proxy forwards only requests with a Content-Length body"
+        );
+        let length = request
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let Head { method, uri, .. } = &request;
+        let range = request.header("range").map(str::to_owned);
+        let fault = {
+            let mut rules = rules.lock().unwrap();
+            rules
+                .iter_mut()
+                .find(|r| r.matches(method, uri, range.is_some()))
+                .map(|r| {
+                    if let Some(n) = &mut r.times {
+                        *n -= 1;
+                    }
+                    r.fault.clone()
+                })
+        };
+        let record = |status: u16| {
+            seen.lock().unwrap().push(Seen {
+                at,
+                method: method.clone(),
+                uri: uri.clone(),
+                range: range.clone(),
+                fault: fault.clone(),
+                status,
+            });
+        };
+        if let Some(Fault::Status(code, extra)) = &fault {
+            record(*code);
+            respond(&mut client, &format!("{code} Injected"), extra, "")?;
+            return client.shutdown(Shutdown::Both);
+        }
+        if let Some(Fault::Delay(d)) = &fault {
+            std::thread::sleep(*d);
+        }
+        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+        let mut head = format!("{}\r\n", request.line);
+        for (k, v) in &request.headers {
+            let drop = k.eq_ignore_ascii_case("connection")
+                || k.eq_ignore_ascii_case("keep-alive")
+                || (fault == Some(Fault::StripRange) && k.eq_ignore_ascii_case("range"));
+            if !drop {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        up.write_all(head.as_bytes())?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
+        let mut head = String::from_utf8_lossy(&answer[..split]).into_owned();
+        let mut body = answer[split..].to_vec();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body_fault = method == "GET"
+            && matches!(status, 200 | 206)
+            && !body.is_empty()
+            && !head.to_ascii_lowercase().contains("transfer-encoding");
+        record(status);
+        match &fault {
+            Some(Fault::CutHalf) if body_fault => {
+                client.write_all(head.as_bytes())?;
+                client.write_all(&body[..body.len() / 2])?;
+                client.flush()?;
+                return client.shutdown(Shutdown::Both);
+            }
+            Some(Fault::FlipByte) if body_fault => {
+                let i = body.len() / 2;
+                body[i] ^= 0x5a;
+            }
+            Some(Fault::Append(n)) if body_fault => {
+                body.extend(std::iter::repeat_n(b'!', *n));
+                head = head
+                    .split("\r\n")
+                    .map(|line| {
+                        if line.to_ascii_lowercase().starts_with("content-length:") {
+                            format!("Content-Length: {}", body.len())
+                        } else {
+                            line.to_owned()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\r\n");
+            }
+            _ => {}
+        }
+        client.write_all(head.as_bytes())?;
+        client.write_all(&body)?;
+        client.flush()?;
+        client.shutdown(Shutdown::Both)
+    }
+
+    /// The requests so far that `keep` keeps, in order of arrival.
+    pub fn seen_where(&self, keep: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+        let mut all: Vec<Seen> = self.seen.lock().unwrap().iter().cloned().collect();
+        all.retain(keep);
+        all.sort_by_key(|s| s.at);
+        all
+    }
+
+    /// Every request so far, in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen_where(|_| true)
+    }
+
+    /// The requests for manifests, in order of arrival.
+    pub fn manifests(&self) -> Vec<Seen> {
+        self.seen_where(|s| s.uri.contains("/manifests/"))
+    }
+
+    /// The GETs of blob `digest`, in order of arrival.
+    pub fn blob_gets(&self, digest: &str) -> Vec<Seen> {
+        let tail = format!("/blobs/{digest}");
+        self.seen_where(|s| s.method == "GET" && s.uri.ends_with(&tail))
+    }
+
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.server.host)
+    }
+}
+
+// ================================================================ the token server
+
+pub const TOKEN_SERVICE: &str = "test-registry";
+pub const TOKEN_ISSUER: &str = "test-issuer";
+
+/// A token request the token server answered.
+#[derive(Debug, Clone)]
+pub struct TokenReq {
+    pub scopes: Vec<String>,
+    /// The basic-auth user presented, if any.
+    pub user: Option<String>,
+    /// Whether a token was issued.
+    pub granted: bool,
+    agent: String,
+}
+
+/// How the token server answers.
+struct TokenPolicy {
+    /// Basic credentials it demands (`None`: anyone gets a token).
+    require: Option<(String, String)>,
+    /// Seconds from now to each token's `exp`. distribution accepts a token until 60 s
+    /// (its leeway for clock skew) after its `exp`: -57 makes tokens that live about 3 s.
+    exp_in: i64,
+}
+
+/// A test double for a token server (nothing real issues tokens on loopback): what
+/// distribution's token auth sends clients to. `GET /token?scope=...&service=...` answers
+/// `{"token": JWT}` granting every scope asked, the JWT signed RS256 by `openssl dgst`
+/// (spawned per token) with a key whose self-signed certificate (`cert`, the registry's
+/// `rootcertbundle`) travels in the header's `x5c`. Checks basic credentials when told to.
+/// Stops when dropped.
+pub struct TokenServer {
+    /// `http://127.0.0.1:PORT/token`.
+    realm: String,
+    cert: PathBuf,
+    policy: Arc<Mutex<TokenPolicy>>,
+    requests: Arc<Mutex<Vec<TokenReq>>>,
+    // Declared before the directory holding the key, so that it stops first.
+    _server: Server,
+    _dir: tempfile::TempDir,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    pub fn start(require: Option<(&str, &str)>) -> TokenServer {
+        need("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        openssl_req(&["rsa:2048"], &key, &cert, "/CN=token", true);
+        // The PEM body is the base64 of the DER.
+        let x5c: String = std::fs::read_to_string(&cert)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let policy = Arc::new(Mutex::new(TokenPolicy {
+            require: require.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            exp_in: 300,
+        }));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (pol, reqs) = (policy.clone(), requests.clone());
+        let server = Server::start(move |mut conn| {
+            if let Err(e) = Self::answer(&mut conn, &x5c, &key, &pol, &reqs) {
+                eprintln!("token server: {e}");
+            }
+        });
+        TokenServer {
+            realm: format!("http://{}/token", server.host),
+            cert,
+            policy,
+            requests,
+            _server: server,
+            _dir: dir,
+        }
+    }
+
+    fn answer(
+        conn: &mut TcpStream,
+        x5c: &str,
+        key: &Path,
+        policy: &Mutex<TokenPolicy>,
+        requests: &Mutex<Vec<TokenReq>>,
+    ) -> std::io::Result<()> {
+        use base64::Engine;
+        let Some((head, _)) = Head::read(conn, Duration::from_secs(10))? else {
+            return Ok(());
+        };
+        let user_pass = head
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Basic "))
+            .map(|b| {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&decoded).into_owned()
+            })
+            .and_then(|text| {
+                text.split_once(':')
+                    .map(|(u, p)| (u.to_owned(), p.to_owned()))
+            });
+        let (path, query) = head.path_query();
+        let scopes: Vec<String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == "scope")
+            .flat_map(|(_, v)| {
+                percent_decode(v)
+                    .split(' ')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        let (require, exp_in) = {
+            let p = policy.lock().unwrap();
+            (p.require.clone(), p.exp_in)
+        };
+        let allowed = path == "/token" && require.is_none_or(|r| user_pass.as_ref() == Some(&r));
+        requests.lock().unwrap().push(TokenReq {
+            scopes: scopes.clone(),
+            user: user_pass.as_ref().map(|(u, _)| u.clone()),
+            granted: allowed,
+            agent: head.header("user-agent").unwrap_or("").to_owned(),
+        });
+        if !allowed {
+            let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
+            return respond(conn, "401 Unauthorized", JSON_TYPE, body);
+        }
+        let user = user_pass.as_ref().map_or("", |(u, _)| u.as_str());
+        let jwt = Self::jwt(x5c, key, user, &scopes, exp_in)?;
+        let body =
+            json!({"token": jwt, "expires_in": exp_in.max(1), "issued_at": null}).to_string();
+        respond(conn, "200 OK", JSON_TYPE, &body)
+    }
+
+    /// A JWT for `user` granting `scopes`, expiring `exp_in` seconds from now, signed with
+    /// `key` by `openssl dgst`.
+    fn jwt(
+        x5c: &str,
+        key: &Path,
+        user: &str,
+        scopes: &[String],
+        exp_in: i64,
+    ) -> std::io::Result<String> {
+        let access: Vec<Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        static JTI: AtomicU64 = AtomicU64::new(0);
+        let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+        let claims = json!({
+            "iss": TOKEN_ISSUER,
+            "sub": user,
+            "aud": TOKEN_SERVICE,
+            "exp": now + exp_in,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": format!("t{}-{now}", JTI.fetch_add(1, Ordering::Relaxed)),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut openssl = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        openssl.stdin.take().unwrap().write_all(input.as_bytes())?;
+        let signed = openssl.wait_with_output()?;
+        assert!(
+            signed.status.success(),
+            "openssl dgst -sign: {}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+        Ok(format!("{input}.{}", b64url(&signed.stdout)))
+    }
+
+    /// ocistore's token requests (user agent `ocistore/…`), in order.
+    pub fn ours(&self) -> Vec<TokenReq> {
+        let all = self.requests.lock().unwrap();
+        all.iter()
+            .filter(|r| r.agent.starts_with("ocistore/"))
+            .cloned()
+            .collect()
+    }
+
+    pub fn set_exp_in(&self, secs: i64) {
+        self.policy.lock().unwrap().exp_in = secs;
+    }
+
+    /// A registry whose auth is this token server.
+    pub fn registry(&self) -> Reg {
+        Reg::start(RegOpts {
+            token: Some((self.realm.clone(), self.cert.clone())),
+            ..RegOpts::default()
+        })
+    }
+}
