@@ -163,7 +163,7 @@ impl Error {
 
     /// Recovers an [`Error`] carried inside an `io::Error`, or wraps the `io::Error`
     /// as I/O on `path`.
-    pub(crate) fn from_io(err: io::Error, action: &'static str, path: impl Into<PathBuf>) -> Self {
+    pub fn from_io(err: io::Error, action: &'static str, path: impl Into<PathBuf>) -> Self {
         if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
             let inner = err.into_inner().expect("checked above");
             return *inner.downcast::<Error>().expect("checked above");

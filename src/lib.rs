@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod blobs;
+pub mod cache;
 pub mod content;
 pub mod digest;
 pub mod error;

@@ -43,7 +43,7 @@ use harness::{
     Containerd, Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left,
     faulty, fetched_once_from, free_port, host_platform, ingest_bytes, list, mirror_toml,
     nothing_unverified, p, poll, pulled_whole, pushed, registry_with, repull_adopts, run_max_rss,
-    skopeo_copy, skopeo_digest, skopeo_push, skopeo_reads, succeed, tls_registry,
+    sha256, skopeo_copy, skopeo_digest, skopeo_push, skopeo_reads, succeed, tls_registry,
 };
 use images::{AMD64, AMD64_ARM64, OCI_INDEX, OCI_MANIFEST, PlatformImage};
 
@@ -1469,4 +1469,146 @@ fn refused_monolithic_upload_falls_back_to_chunks() {
     let again = env.path("again");
     env.pull(&again, &[&target], &image.root.digest);
     pulled_whole(&env, &again, &target, &image);
+}
+
+// ================================================================ read-through cache
+
+/// The image's largest layer.
+fn largest_layer(image: &images::Image) -> images::Blob {
+    image.platforms[0]
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap()
+        .clone()
+}
+
+/// `content cat DIGEST --remote REPO` of a blob the store lacks streams its bytes (they hash
+/// to the digest), keeps it with its source label, and a second cat reads it locally, with
+/// no request. Two processes reading the same missing blob at once fetch it once.
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn read_through_streams_keeps_and_fetches_once() {
+    let env = Env::new();
+    let (reg, image, _) = registry_with(&env, "cache/app:1", AMD64, &[6 << 20, 64 << 10], 41);
+    let big = largest_layer(&image);
+    let repo = reg.reference("cache/app");
+    let root = env.path("store");
+    let cat = |root: &std::path::Path| {
+        let out = env
+            .ocistore(root)
+            .args(["content", "cat", &big.digest, "--remote", &repo])
+            .output()
+            .expect("run ocistore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let first = cat(&root);
+    assert_eq!(first.len() as u64, big.size);
+    assert_eq!(sha256(&first), big.digest);
+    let info = env.ok(&root, &["content", "info", &big.digest]);
+    assert_eq!(
+        info["labels"][format!("containerd.io/distribution.source.{}", reg.host)],
+        "cache/app",
+        "{info}"
+    );
+    let before = reg.ours().len();
+    assert_eq!(cat(&root), first, "the second read is the same bytes");
+    assert_eq!(reg.ours().len(), before, "and makes no request");
+
+    // Two readers at once of a blob neither has: one fetch.
+    let shared = env.path("shared");
+    let spawn = || {
+        env.ocistore(&shared)
+            .args(["content", "cat", &big.digest, "--remote", &repo])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Each drained on its own thread: the one that streams must not block on a full pipe
+    // while the test waits on the other.
+    let waits: Vec<_> = [spawn(), spawn()]
+        .into_iter()
+        .map(|c| std::thread::spawn(move || c.wait_with_output().unwrap()))
+        .collect();
+    for w in waits {
+        let out = w.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, first);
+    }
+    let gets = blob_gets(&reg.ours());
+    assert_eq!(
+        gets.get(&big.digest),
+        Some(&2),
+        "one GET per store: {}",
+        list(&reg.ours())
+    );
+}
+
+/// A reader that stops early commits nothing and leaves its bytes to resume; bytes that do
+/// not hash to the digest are refused and leave nothing.
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn read_through_early_stop_resumes_and_wrong_bytes_leave_nothing() {
+    let env = Env::new();
+    let (_reg, proxy, image, big, _) = faulty(&env, 43, |big| {
+        vec![Rule::new("GET", big, Fault::FlipByte).times(1)]
+    });
+    let repo = proxy.reference("fault/app");
+    let root = env.path("store");
+    // Wrong bytes (the proxy flips one, once): refused, nothing kept.
+    let r = env.run(&root, &["content", "cat", &big.digest, "--remote", &repo]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains(&big.digest), "{}", r.stderr);
+    nothing_unverified(&env, &root, &image, &big.digest);
+
+    // A reader that takes 1 MiB and goes away.
+    let mut child = env
+        .ocistore(&root)
+        .args(["content", "cat", &big.digest, "--remote", &repo])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "a reader cut off fails");
+    let ls = env.ok(&root, &["content", "ls", "-q"]);
+    assert!(
+        !ls.to_string().contains(&big.digest),
+        "nothing committed from a stopped reader: {ls}"
+    );
+    assert!(ingest_bytes(&root) >= 1 << 20, "its bytes stay to resume");
+    // The next reader resumes (a Range request) and gets every byte right.
+    let out = env
+        .ocistore(&root)
+        .args(["content", "cat", &big.digest, "--remote", &repo])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), big.digest);
+    assert_eq!(&out.stdout[..1 << 20], &head[..]);
+    let resumed = proxy
+        .blob_gets(&big.digest)
+        .iter()
+        .filter_map(Seen::range_start)
+        .filter(|&n| n > 0)
+        .count();
+    assert_eq!(resumed, 1, "{}", seen_list(&proxy.seen()));
+    assert_eq!(ingest_bytes(&root), 0, "the ingest went with the commit");
 }

@@ -101,9 +101,9 @@ enum Fetched {
 
 /// A blob to fetch.
 #[derive(Debug, Clone)]
-struct Job {
-    digest: Digest,
-    size: u64,
+pub(crate) struct Job {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
 }
 
 impl Store {
@@ -389,7 +389,7 @@ impl Store {
     /// process (or thread) downloads it, waits for it, for as long as its ingest keeps
     /// growing (up to a minute without progress; ten once it is complete and only waits to be
     /// committed by its holder), and takes over if its holder dies.
-    fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<StoreWriter>> {
+    pub(crate) fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<StoreWriter>> {
         let mut last_offset = None;
         let mut idle_since = Instant::now();
         loop {
@@ -419,7 +419,7 @@ impl Store {
         }
     }
 
-    fn drop_ingest(&self, reference: &str) {
+    pub(crate) fn drop_ingest(&self, reference: &str) {
         if let Err(e) = self.abort(reference)
             && e.kind() != ErrorKind::NotFound
         {

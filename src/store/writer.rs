@@ -168,6 +168,13 @@ impl StoreWriter {
     }
 }
 
+impl StoreWriter {
+    /// [`Writer::commit`] without the box, checking `size` and `expected`.
+    pub(crate) fn commit_boxed(self, size: u64, expected: &Digest, labels: Labels) -> Result<()> {
+        Writer::commit(Box::new(self), Some(size), Some(expected), labels).map(drop)
+    }
+}
+
 impl io::Write for StoreWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.append(buf).map_err(Error::into_io)?;

@@ -469,7 +469,7 @@ impl Env {
     }
 
     /// `ocistore --root <root>` in this environment, without further arguments yet.
-    fn ocistore(&self, root: &Path) -> Command {
+    pub fn ocistore(&self, root: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
         c.arg("--root")
             .arg(root)

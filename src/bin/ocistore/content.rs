@@ -49,6 +49,13 @@ pub enum ContentCmd {
     Cat {
         /// The blob's digest
         digest: String,
+        /// When the store lacks it, read it through from this repository (e.g.
+        /// 127.0.0.1:5000/lab/app) and keep it: the next read is local
+        #[arg(long, value_name = "REPO")]
+        remote: Option<String>,
+        /// Speak plain HTTP to the registry (loopback hosts always do)
+        #[arg(long, requires = "remote")]
+        plain_http: bool,
     },
     /// Set labels (KEY=VALUE) or remove them (KEY=) and print the updated record
     Label {
@@ -90,11 +97,33 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
             Ok(())
         }
         ContentCmd::Ls { filters, quiet } => ls(ctx, &filters, quiet),
-        ContentCmd::Cat { digest } => {
+        ContentCmd::Cat {
+            digest,
+            remote,
+            plain_http,
+        } => {
             let d = Digest::parse(&digest)?;
             let store = ctx.open()?;
             let mut out = io::stdout().lock();
-            helpers::copy_blob_to(&store, &d, &mut out)?;
+            match remote {
+                None => {
+                    helpers::copy_blob_to(&store, &d, &mut out)?;
+                }
+                Some(repo) => {
+                    let name = ocistore::Name::parse(&repo)?;
+                    let source = ocistore::cache::RegistrySource {
+                        registry: ocistore::Registry::new(ocistore::RegistryOptions {
+                            plain_http,
+                            ..Default::default()
+                        }),
+                        repository: ocistore::registry::Repository::of(&name),
+                    };
+                    let through = ocistore::cache::ReadThrough::new(store.clone(), source);
+                    let mut reader = through.open(&d, None)?;
+                    io::copy(&mut reader, &mut out)
+                        .map_err(|e| Error::from_io(e, "read through", &repo))?;
+                }
+            }
             out.flush().map_err(|e| Error::Io {
                 action: "write",
                 path: "stdout".into(),
