@@ -313,16 +313,24 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            if let Some(a) = &auth {
+            // Credentials only to the endpoint itself: an absolute `Location` or `Link` may
+            // name another host, or plain HTTP.
+            let same_origin = url
+                .strip_prefix(ep.origin.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if let Some(a) = auth.as_ref().filter(|_| same_origin) {
                 req = req.header("Authorization", a);
             }
+            // A redirect turns PUT, PATCH, POST and DELETE into GET (ureq follows 301-303
+            // that way), whose 200 would pass for success: those are not followed.
+            let follow = matches!(method, http::Method::GET | http::Method::HEAD);
             let result = match &body {
-                Body::None => req.body(()).map(|r| ep.agent.run(r)),
-                Body::Bytes(b) => req.body(*b).map(|r| ep.agent.run(r)),
+                Body::None => req.body(()).map(|r| run_on(&ep.agent, follow, r)),
+                Body::Bytes(b) => req.body(*b).map(|r| run_on(&ep.agent, follow, r)),
                 Body::File(path) => {
                     let file = std::fs::File::open(path)
                         .map_err(|e| Error::io("open for upload", path, e))?;
-                    req.body(file).map(|r| ep.agent.run(r))
+                    req.body(file).map(|r| run_on(&ep.agent, follow, r))
                 }
             }
             .map_err(|e| Error::InvalidArgument(format!("{}: bad request: {e}", t.describe())))?;
@@ -513,6 +521,12 @@ impl Client {
         .map_err(|e| Error::InvalidArgument(format!("token realm {realm:?}: {e}")))?;
         let mut resp = result.map_err(|e| network_error(t, &e, 1))?;
         let status = resp.status().as_u16();
+        if matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
+            return Err(Error::Unavailable(format!(
+                "{}: the token server {realm} answered HTTP {status}; try again later",
+                t.describe()
+            )));
+        }
         if status != 200 {
             let hint = if credential.is_none() {
                 format!(" (no credentials in config.json for {})", ep.cred_host)
@@ -545,6 +559,19 @@ impl Client {
                 Error::Unauthorized(format!("{}: the token server sent no token", t.describe()))
             })?;
         Ok(format!("Bearer {token}"))
+    }
+}
+
+/// Runs `r`, following redirects only when `follow`.
+fn run_on<B: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    follow: bool,
+    r: http::Request<B>,
+) -> std::result::Result<Response<ureq::Body>, ureq::Error> {
+    if follow {
+        agent.run(r)
+    } else {
+        agent.run(agent.configure_request(r).max_redirects(0).build())
     }
 }
 

@@ -339,6 +339,16 @@ impl Registry {
                     t.describe()
                 ))
             })?;
+            // Asked for by digest, it must be that digest: a registry (or mirror) naming
+            // another one is not believed.
+            if let Ok(asked) = Digest::parse(reference)
+                && asked != digest
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "{}: the registry answered for {digest}",
+                    t.describe()
+                )));
+            }
             Ok(Some(Some(RemoteDescriptor {
                 digest,
                 media_type: media_type_of(header(&resp, "content-type")),
@@ -591,12 +601,24 @@ impl Registry {
     /// the whole body; never held in memory; a retry resends it), and when the registry
     /// refuses that (a body size limit, say), chunked as [`Registry::blob_put_reader`] does.
     pub fn blob_put_file(&self, repo: &Repository, digest: &Digest, path: &Path) -> Result<()> {
-        match self.blob_put_with(repo, digest, Body::File(path)) {
+        let result = match self.blob_put_with(repo, digest, Body::File(path)) {
             Err(e) if e.kind() == crate::error::ErrorKind::FailedPrecondition => {
                 tracing::debug!(error = %e, "monolithic upload refused; chunked");
                 let mut file =
                     std::fs::File::open(path).map_err(|e| Error::io("open for upload", path, e))?;
                 self.blob_put_reader(repo, digest, &mut file)
+            }
+            other => other,
+        };
+        match result {
+            // A retried request may find its upload already finished (the answer to the first
+            // was lost): the blob being there is what counts.
+            Err(e)
+                if e.kind() != crate::error::ErrorKind::Unauthorized
+                    && matches!(self.blob_head(repo, digest), Ok(Some(_))) =>
+            {
+                tracing::debug!(error = %e, "upload failed, but the blob is there");
+                Ok(())
             }
             other => other,
         }

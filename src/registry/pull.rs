@@ -168,6 +168,14 @@ impl Store {
                 ..PullOutcome::default()
             });
         }
+        if let Some(pinned) = name.digest
+            && pinned != head.digest
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "{repo}: asked for {pinned}, the registry answered for {}",
+                head.digest
+            )));
+        }
         let root = registry
             .manifest_get(&repo, head.digest.as_str())?
             .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", head.digest)))?;
@@ -183,6 +191,13 @@ impl Store {
             media_type: root.descriptor.media_type.clone(),
             ..PullOutcome::default()
         };
+        // What the store has is leased before the downloads start: a gc meanwhile cannot
+        // take it from under the name.
+        for job in &plan.blobs {
+            if self.blob_record(&job.digest)?.is_some() {
+                batch.is_committed(&job.digest)?;
+            }
+        }
         let mut sealed = Vec::new();
         for (job, got) in
             plan.blobs

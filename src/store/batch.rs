@@ -282,11 +282,28 @@ impl Batch {
             .file()
             .metadata()
             .map_err(|e| Error::io("stat ingest data", &sealed.path, e))?;
-        if (m.dev(), m.ino()) != sealed.identity || m.len() != sealed.size || m.nlink() != 1 {
-            return Err(Error::FailedPrecondition(format!(
+        let changed = || {
+            Error::FailedPrecondition(format!(
                 "ingest {:?} of {} changed after it was sealed",
                 sealed.reference, sealed.digest
-            )));
+            ))
+        };
+        let (dev, ino, ..) = sealed.identity;
+        if (m.dev(), m.ino()) != (dev, ino) || m.len() != sealed.size || m.nlink() != 1 {
+            return Err(changed());
+        }
+        if (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()) != sealed.identity {
+            // Touched since (another process sealing the same download, say): what counts
+            // is that its bytes are still the digest's, checked again under our lock.
+            let (hasher, n) = crate::store::ingest::hash_prefix(
+                lock.file(),
+                &sealed.path,
+                sealed.digest.algorithm(),
+                u64::MAX,
+            )?;
+            if n != sealed.size || hasher.finalize() != sealed.digest {
+                return Err(changed());
+            }
         }
         self.staged
             .insert(sealed.digest, (sealed.path.clone(), sealed.size, labels));

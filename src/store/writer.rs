@@ -125,8 +125,9 @@ pub struct Sealed {
     pub digest: Digest,
     /// Its size (checked).
     pub size: u64,
-    /// The file as sealed (device, inode): an adopting batch checks it is still that file.
-    pub(crate) identity: (u64, u64),
+    /// The file as sealed (device, inode, ctime): an adopting batch checks it is still that
+    /// file, unchanged (any write or truncation moves the ctime).
+    pub(crate) identity: (u64, u64, i64, i64),
 }
 
 impl StoreWriter {
@@ -154,6 +155,11 @@ impl StoreWriter {
                 self.reference
             )));
         }
+        // Touched: gc takes an ingest nobody wrote for a day as abandoned, and a complete one
+        // resumed from an old pull was not written now.
+        self.file
+            .set_modified(std::time::SystemTime::now())
+            .map_err(|e| Error::io("touch ingest data", &self.data_path, e))?;
         let m = self
             .file
             .metadata()
@@ -163,7 +169,7 @@ impl StoreWriter {
             path: self.data_path.clone(),
             digest: actual,
             size,
-            identity: (m.dev(), m.ino()),
+            identity: (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
         })
     }
 }

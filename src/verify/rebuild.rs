@@ -86,7 +86,7 @@ pub fn rebuild_with(root: &Path, opts: &RebuildOptions) -> Result<RebuildOutcome
         fs::remove_file(&new).map_err(|e| Error::io("discard an interrupted rebuild", &new, e))?;
         out.resumed_interrupted = true;
     }
-    let (mut salvage_labels, salvage_names) = salvage(&root, &meta, &mut out);
+    let (mut salvage_labels, salvage_names) = salvage(&root, &meta, &mut out)?;
     let store = Store::open_private(
         &root,
         &OpenAt {
@@ -152,7 +152,12 @@ pub fn rebuild_with(root: &Path, opts: &RebuildOptions) -> Result<RebuildOutcome
         let path = crate::blobs::BlobDir::new(root.join("blobs")).path_for(&digest);
         fs::create_dir_all(&quarantine)
             .map_err(|e| Error::io("create directory", &quarantine, e))?;
-        let dest = quarantine.join(format!("{}-{}", digest.algorithm(), digest.hex()));
+        let dest = quarantine.join(format!(
+            "{}-{}-{}",
+            digest.algorithm(),
+            digest.hex(),
+            Nanos::now().0
+        ));
         fs::rename(&path, &dest).map_err(|e| Error::io("quarantine blob", &path, e))?;
         out.blobs_quarantined += 1;
         out.lost.push(format!(
@@ -185,12 +190,13 @@ fn refuse_other_holders(meta: &Path) -> Result<()> {
 
 type Salvaged = (BTreeMap<Digest, Labels>, Vec<crate::names::Image>);
 
-/// Labels and names from the old metadata, when it can be read.
-fn salvage(root: &Path, meta: &Path, out: &mut RebuildOutcome) -> Salvaged {
+/// Labels and names from the old metadata, when it can be read. `FailedPrecondition` when it
+/// is readable but of an older schema.
+fn salvage(root: &Path, meta: &Path, out: &mut RebuildOutcome) -> Result<Salvaged> {
     if !meta.exists() {
         out.lost
             .push("no metadata file: every label and name is lost".into());
-        return Default::default();
+        return Ok(Default::default());
     }
     let old = Store::open_private(
         root,
@@ -203,11 +209,19 @@ fn salvage(root: &Path, meta: &Path, out: &mut RebuildOutcome) -> Salvaged {
     );
     let old = match old {
         Ok(old) => old,
+        // Readable, but an older schema (a read-only open cannot migrate): rebuilding now
+        // would lose every name and label it holds.
+        Err(e) if e.kind() == crate::error::ErrorKind::FailedPrecondition => {
+            return Err(Error::FailedPrecondition(format!(
+                "{e}; open the store once with this ocistore (which migrates it) and rebuild \
+                 then, or move meta.redb aside to rebuild from the blob files alone"
+            )));
+        }
         Err(e) => {
             out.lost.push(format!(
                 "old metadata unreadable ({e}): every label and name is lost"
             ));
-            return Default::default();
+            return Ok(Default::default());
         }
     };
     let mut infos = Vec::new();
@@ -235,5 +249,5 @@ fn salvage(root: &Path, meta: &Path, out: &mut RebuildOutcome) -> Salvaged {
             .push(format!("old names unreadable ({e}): they are lost"));
         Vec::new()
     });
-    (labels, names)
+    Ok((labels, names))
 }
