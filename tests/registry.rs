@@ -406,6 +406,49 @@ fn basic_auth_with_docker_config_credentials() {
         env.cmd(&env.path("store2"), &pull)
             .env("REGISTRY_AUTH_FILE", &auth_file),
     );
+
+    // A credential helper named by `credHelpers` (docker's protocol: `get`, the host on
+    // stdin, `{"Username","Secret"}` out), found on PATH.
+    std::fs::remove_file(&auth_file).unwrap();
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-ocitest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\n\
+             [ \"$host\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}'\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        env.docker_config().join("config.json"),
+        json!({"credHelpers": {reg.host.clone(): "ocitest"}}).to_string(),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    succeed(env.cmd(&env.path("store3"), &pull).env("PATH", &path));
+    // The same helper as `credsStore` (the default for every host).
+    std::fs::write(
+        env.docker_config().join("config.json"),
+        json!({"credsStore": "ocitest"}).to_string(),
+    )
+    .unwrap();
+    succeed(env.cmd(&env.path("store4"), &pull).env("PATH", &path));
+    // Pulled content shows its platform's size in `image ls`, as ctr counts it.
+    let ls = env.ok(&env.path("store4"), &["image", "ls"]);
+    let platform = &image.platforms[0];
+    let expected = platform.manifest.size
+        + platform.config.size
+        + platform.layers.iter().map(|l| l.size).sum::<u64>();
+    assert_eq!(ls[0]["image_size"], expected, "{ls}");
 }
 
 // ================================================================ 6. remote

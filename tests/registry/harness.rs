@@ -440,7 +440,7 @@ impl Env {
         self.tmp.path().join(name)
     }
 
-    fn docker_config(&self) -> PathBuf {
+    pub fn docker_config(&self) -> PathBuf {
         self.path("docker")
     }
 
