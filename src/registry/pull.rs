@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oci_spec::image::Platform;
-use parking_lot::Mutex;
 
 use super::{Registry, RemoteDescriptor, Repository, reference_of};
 use crate::content::{IngestManager, Labels, Writer};
@@ -264,41 +263,12 @@ impl Store {
         jobs: &[Job],
         opts: &PullOptions,
     ) -> Result<Vec<Fetched>> {
-        let mut order: Vec<usize> = (0..jobs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
-        let queue = Mutex::new(order.into_iter().collect::<VecDeque<usize>>());
-        let results: Mutex<Vec<Option<Fetched>>> = Mutex::new(jobs.iter().map(|_| None).collect());
-        let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = registry.concurrency().min(jobs.len()).max(1);
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        if failure.lock().is_some() {
-                            return;
-                        }
-                        let Some(i) = queue.lock().pop_front() else {
-                            return;
-                        };
-                        match self.fetch_blob(registry, repo, &jobs[i], opts) {
-                            Ok(r) => results.lock()[i] = Some(r),
-                            Err(e) => {
-                                failure.lock().get_or_insert(e);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = failure.into_inner() {
-            return Err(e);
-        }
-        Ok(results
-            .into_inner()
-            .into_iter()
-            .map(|r| r.expect("every job ran"))
-            .collect())
+        super::largest_first(
+            jobs,
+            registry.concurrency(),
+            |j| j.size,
+            |j| self.fetch_blob(registry, repo, j, opts),
+        )
     }
 
     /// Fetches one blob into its ingest and seals it (durable, size and digest checked);

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use oci_spec::image::Platform;
-use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::pull::{Progress, source_label};
@@ -202,37 +201,13 @@ impl Store {
         blobs: &BTreeMap<Digest, u64>,
         opts: &PushOptions,
     ) -> Result<Vec<Sent>> {
-        let mut order: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
-        order.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
-        let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
-        let results = Mutex::new(Vec::new());
-        let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = registry.concurrency().min(blobs.len()).max(1);
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        if failure.lock().is_some() {
-                            return;
-                        }
-                        let Some((digest, size)) = queue.lock().pop_front() else {
-                            return;
-                        };
-                        match self.send_blob(registry, repo, &digest, size, opts) {
-                            Ok(sent) => results.lock().push(sent),
-                            Err(e) => {
-                                failure.lock().get_or_insert(e);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = failure.into_inner() {
-            return Err(e);
-        }
-        Ok(results.into_inner())
+        let list: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
+        super::largest_first(
+            &list,
+            registry.concurrency(),
+            |(_, size)| *size,
+            |(digest, size)| self.send_blob(registry, repo, digest, *size, opts),
+        )
     }
 
     fn send_blob(
