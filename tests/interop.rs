@@ -5,26 +5,18 @@
 //! tool fails the test: it never skips silently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+
+#[path = "common/containerd.rs"]
+mod containerd;
+use containerd::{Containerd, need};
 
 const WHY: &str = "interop: needs skopeo, umoci and containerd (run by .ci/run)";
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar")
-}
-
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "interop tool {tool:?} is not installed (CI installs it in .ci/run)"
-    );
 }
 
 fn sh(program: &str, args: &[&str]) -> Output {
@@ -268,91 +260,6 @@ fn skopeo_multiplatform_round_trip() {
     assert_eq!(cfg["architecture"], "arm64");
 }
 
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        need("containerd");
-        need("ctr");
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let sock = d.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.overlayfs",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
-]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{opt}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = sock.display(),
-            opt = d.join("opt").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = Command::new("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Containerd {
-            child,
-            sock,
-            _dir: dir,
-        }
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--address", self.sock.to_str().unwrap()];
-        all.extend_from_slice(args);
-        sh("ctr", &all)
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 #[ignore = "interop: needs skopeo, umoci and containerd (run by .ci/run)"]
 fn containerd_imports_ours_and_we_import_its_export() {
@@ -371,7 +278,7 @@ fn containerd_imports_ours_and_we_import_its_export() {
         "--no-unpack",
         p(&export),
     ]);
-    let ls = String::from_utf8(ctd.ctr(&["images", "ls"]).stdout).unwrap();
+    let ls = ctd.ctr_text(&["images", "ls"]);
     let line = ls
         .lines()
         .find(|l| l.starts_with("docker.io/library/hello:1.0"))

@@ -23,6 +23,8 @@
 //! fixtures and shared checks) is in `registry/harness.rs`, the test images in
 //! `registry/images.rs` and the test doubles in `registry/doubles.rs`.
 
+#[path = "common/containerd.rs"]
+mod containerd;
 #[path = "registry/doubles.rs"]
 mod doubles;
 #[path = "registry/harness.rs"]
@@ -38,10 +40,11 @@ use std::time::{Duration, Instant};
 use ocistore::registry::Repository;
 use serde_json::{Value, json};
 
+use containerd::Containerd;
 use doubles::{Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer, seen_list};
 use harness::{
-    Containerd, Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left,
-    faulty, fetched_once_from, free_port, host_platform, ingest_bytes, list, mirror_toml,
+    Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left, faulty,
+    fetched_once_from, free_port, host_platform, ingest_bytes, list, mirror_toml,
     nothing_unverified, p, poll, pulled_whole, pushed, registry_with, repull_adopts, run_max_rss,
     sha256, skopeo_copy, skopeo_digest, skopeo_push, skopeo_reads, succeed, tls_registry,
 };
@@ -344,14 +347,14 @@ fn push_uploads_then_skips_then_mounts() {
 
     let ctd = Containerd::start();
     ctd.ctr(&["content", "fetch", "--plain-http", &other]);
-    let ls = ctd.ctr(&["content", "ls", "-q"]);
+    let ls = ctd.ctr_text(&["content", "ls", "-q"]);
     for d in image.blobs().keys() {
         assert!(
             ls.lines().any(|l| l.trim() == d),
             "containerd fetched {d}:\n{ls}"
         );
     }
-    let images = ctd.ctr(&["images", "ls"]);
+    let images = ctd.ctr_text(&["images", "ls"]);
     assert!(
         images
             .lines()

@@ -317,19 +317,9 @@ impl Registry {
         };
         // Some(None): found, but without a digest header (a GET tells, and verifies).
         let found = self.read_via(repo, capability, |ep| {
-            let mut resp = self.client.send(
-                &t,
-                ep,
-                Method::HEAD,
-                &url(ep, repo, &format!("manifests/{reference}")),
-                &[("Accept", MANIFEST_ACCEPT)],
-                Body::None,
-            )?;
-            match resp.status().as_u16() {
-                200 => {}
-                404 => return Ok(None),
-                _ => return Err(unexpected(&t, &mut resp)),
-            }
+            let Some(resp) = self.manifest_request(&t, ep, repo, Method::HEAD, reference)? else {
+                return Ok(None);
+            };
             let Some(d) = header(&resp, "docker-content-digest") else {
                 return Ok(Some(None));
             };
@@ -373,19 +363,10 @@ impl Registry {
             let mut attempt = 0;
             let (media_type, claimed, bytes) = loop {
                 attempt += 1;
-                let mut resp = self.client.send(
-                    &t,
-                    ep,
-                    Method::GET,
-                    &url(ep, repo, &format!("manifests/{reference}")),
-                    &[("Accept", MANIFEST_ACCEPT)],
-                    Body::None,
-                )?;
-                match resp.status().as_u16() {
-                    200 => {}
-                    404 => return Ok(None),
-                    _ => return Err(unexpected(&t, &mut resp)),
-                }
+                let Some(mut resp) = self.manifest_request(&t, ep, repo, Method::GET, reference)?
+                else {
+                    return Ok(None);
+                };
                 let media_type = header(&resp, "content-type");
                 let claimed = header(&resp, "docker-content-digest");
                 match resp
@@ -440,6 +421,31 @@ impl Registry {
                 bytes,
             }))
         })
+    }
+
+    /// A HEAD or GET of `manifests/<reference>` on `ep` accepting every manifest type: the
+    /// 200 response, `None` for a 404, an error naming the status otherwise.
+    fn manifest_request(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        repo: &Repository,
+        method: Method,
+        reference: &str,
+    ) -> Result<Option<ureq::http::Response<ureq::Body>>> {
+        let mut resp = self.client.send(
+            t,
+            ep,
+            method,
+            &url(ep, repo, &format!("manifests/{reference}")),
+            &[("Accept", MANIFEST_ACCEPT)],
+            Body::None,
+        )?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp)),
+            404 => Ok(None),
+            _ => Err(unexpected(t, &mut resp)),
+        }
     }
 
     /// PUT of a manifest under `reference` (a tag, or its digest). Returns its digest.

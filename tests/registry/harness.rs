@@ -20,18 +20,7 @@ pub const MIB: u64 = 1 << 20;
 
 // ================================================================ tools
 
-/// Fails the test when `tool` is not installed.
-pub fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "the registry tests need {tool:?}, which is not installed (.ci/run installs it: \
-         apt-get install docker-registry skopeo apache2-utils openssl containerd)"
-    );
-}
+pub use crate::containerd::need;
 
 /// Runs `cmd` to its end; panics with its output unless it succeeds.
 pub fn succeed(cmd: &mut Command) -> Output {
@@ -732,77 +721,6 @@ pub fn skopeo_reads(src: &str, dir: &Path, image: &Image) {
 }
 
 // ================================================================ containerd
-
-/// containerd as a plain process with its own root, state and socket (see PEERS.md).
-pub struct Containerd {
-    sock: PathBuf,
-    _child: Process,
-    _dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    pub fn start() -> Containerd {
-        need("containerd");
-        need("ctr");
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let sock = d.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.overlayfs",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
-]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{opt}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = sock.display(),
-            opt = d.join("opt").display(),
-        );
-        let (config_file, log) = (d.join("config.toml"), d.join("containerd.log"));
-        std::fs::write(&config_file, config).unwrap();
-        let child = Process::spawn(
-            Command::new("containerd").arg("--config").arg(&config_file),
-            &log,
-        );
-        let started = poll(Duration::from_secs(30), Duration::from_millis(100), || {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        assert!(
-            started,
-            "containerd did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Containerd {
-            sock,
-            _child: child,
-            _dir: dir,
-        }
-    }
-
-    /// `ctr --address <socket> <args>`: its standard output.
-    pub fn ctr(&self, args: &[&str]) -> String {
-        let out = sh("ctr", &[&["--address", p(&self.sock)], args].concat());
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
 
 // ================================================================ fixtures
 

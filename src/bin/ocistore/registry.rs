@@ -129,11 +129,15 @@ impl Bars {
         }))
     }
 
-    fn done(&self) {
-        for bar in self.bars.lock().values() {
-            bar.finish_and_clear();
+    /// Clears the bars (when there are any), passing `result` through.
+    fn finish<T>(bars: &Option<Arc<Bars>>, result: T) -> T {
+        if let Some(b) = bars {
+            for bar in b.bars.lock().values() {
+                bar.finish_and_clear();
+            }
+            b.total.finish_and_clear();
         }
-        self.total.finish_and_clear();
+        result
     }
 }
 
@@ -169,11 +173,10 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
         if_missing: args.if_missing,
         progress: bars.clone().map(|b| b as Arc<dyn Progress>),
     };
-    let out = store.pull(&args.remote.registry(), &args.reference, &opts);
-    if let Some(b) = &bars {
-        b.done();
-    }
-    let out = out?;
+    let out = Bars::finish(
+        &bars,
+        store.pull(&args.remote.registry(), &args.reference, &opts),
+    )?;
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
@@ -195,16 +198,13 @@ pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Fa
         platforms: platforms(&args.platforms)?,
         progress: bars.clone().map(|b| b as Arc<dyn Progress>),
     };
-    let out = store.push(
+    let pushed = store.push(
         &args.remote.registry(),
         &args.name,
         args.target.as_deref(),
         &opts,
     );
-    if let Some(b) = &bars {
-        b.done();
-    }
-    let out = out?;
+    let out = Bars::finish(&bars, pushed)?;
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
