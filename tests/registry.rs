@@ -1658,3 +1658,51 @@ fn read_through_early_stop_resumes_and_wrong_bytes_leave_nothing() {
     assert_eq!(resumed, 1, "{}", seen_list(&proxy.seen()));
     assert_eq!(ingest_bytes(&root), 0, "the ingest went with the commit");
 }
+
+/// A pull is one more writer that maintenance must respect: `gc`, `fsck --repair` and a
+/// read-only `fsck` run back to back in other processes while `image pull` writes; the pull
+/// succeeds with its image whole, nothing it adopted is taken, and every concurrent `fsck`
+/// finds the store clean (the pull's blobs in flight are counted, not reported).
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn pull_beside_gc_and_fsck_repair_loses_nothing() {
+    let env = Env::new();
+    let sizes = [12 << 20, 8 << 20, 4 << 20, 64 << 10];
+    let (_reg, image, reference) = registry_with(&env, "maint/app:1", AMD64, &sizes, 51);
+    for trial in 0..3 {
+        let root = env.path(&format!("store{trial}"));
+        env.ok(&root, &["du"]);
+        let mut pull = env
+            .cmd(&root, &["image", "pull", &reference])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut rounds = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pull.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            for args in [&["gc"][..], &["fsck", "--repair"], &["fsck"]] {
+                let r = env.run(&root, args);
+                assert_eq!(
+                    r.code,
+                    Some(0),
+                    "{args:?} beside a pull: {}{}",
+                    r.stdout,
+                    r.stderr
+                );
+            }
+            rounds += 1;
+        }
+        let out = pull.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "trial {trial}: the pull failed beside maintenance: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pulled_whole(&env, &root, &reference, &image);
+        // gc after the pull keeps what the name roots.
+        env.ok(&root, &["gc"]);
+        pulled_whole(&env, &root, &reference, &image);
+        println!("trial {trial}: {rounds} maintenance rounds beside the pull");
+    }
+}
