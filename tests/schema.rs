@@ -95,6 +95,25 @@ fn regenerate_v2_fixture() {
     w.close().unwrap();
 }
 
+/// The v3 fixture: the v2 content (fixture blobs, the sample image under its names, an
+/// ingest in progress), in v3's flat ingest layout, before last-use records existed.
+#[test]
+#[ignore = "run by hand to regenerate tests/fixtures/v3 (only while v3 is the current schema)"]
+fn regenerate_v3_fixture() {
+    let root = fixture(3);
+    let _ = std::fs::remove_dir_all(&root);
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    put_fixture_blobs(&store);
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    store
+        .import_path(&sample, ocistore::oci::import::Options::default())
+        .unwrap();
+    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
+    w.write_all(b"12345").unwrap();
+    w.close().unwrap();
+}
+
 #[test]
 fn v1_fixture_opens_and_reads() {
     let tmp = tempfile::tempdir().unwrap();
