@@ -14,6 +14,7 @@ use crate::error::Result;
 mod v001_initial;
 mod v002_images;
 mod v003_flat_ingests;
+mod v004_last_use;
 
 /// One schema step: brings a store at version `to - 1` to version `to`.
 pub(crate) struct Step {
@@ -41,5 +42,10 @@ pub(crate) const STEPS: &[Step] = &[
         to: 3,
         what: "ingest data moves from ingest/<id>/data to ingest/<id>.data, its own lock",
         apply: v003_flat_ingests::apply,
+    },
+    Step {
+        to: 4,
+        what: "uses: last use and use count of images and blobs",
+        apply: v004_last_use::apply,
     },
 ];

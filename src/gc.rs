@@ -80,79 +80,11 @@ impl Store {
     pub fn gc(&self, opts: &Options) -> Result<Outcome> {
         let now = SystemTime::now();
         let txn = self.write_txn("collect garbage")?;
-        let mut roots: BTreeSet<String> = BTreeSet::new();
-        let mut leased_ingests: BTreeSet<String> = BTreeSet::new();
-        {
-            let names = txn.open_table(NAMES).map_err(db("open the names table"))?;
-            let mut targets: BTreeMap<String, String> = BTreeMap::new();
-            for entry in names.iter().map_err(db("read names"))? {
-                let (k, v) = entry.map_err(db("read names"))?;
-                let rec: NameRecord = records::decode(v.value(), k.value())?;
-                let target: oci_spec::image::Descriptor = serde_json::from_str(&rec.target)
-                    .map_err(|e| Error::Corrupted(format!("name {}: {e}", k.value())))?;
-                targets.insert(k.value().to_owned(), target.digest().to_string());
-            }
-            roots.extend(targets.values().cloned());
-            let index = txn
-                .open_table(BLOB_LABELS)
-                .map_err(db("open the label index"))?;
-            for entry in index
-                .range((GC_ROOT, "", "")..)
-                .map_err(db("read the label index"))?
-            {
-                let (k, _) = entry.map_err(db("read the label index"))?;
-                let (key, _, digest) = k.value();
-                if key != GC_ROOT {
-                    break;
-                }
-                roots.insert(digest.to_owned());
-            }
-            let leases = txn
-                .open_table(LEASES)
-                .map_err(db("open the leases table"))?;
-            let resources = txn
-                .open_table(LEASE_RESOURCES)
-                .map_err(db("open the lease resources"))?;
-            for entry in leases.iter().map_err(db("read leases"))? {
-                let (k, v) = entry.map_err(db("read leases"))?;
-                let rec: LeaseRecord = records::decode(v.value(), k.value())?;
-                if rec.expires.is_some_and(|e| SystemTime::from(e) <= now) {
-                    continue;
-                }
-                for (kind, value) in crate::store::lease::resources_in(&resources, k.value())? {
-                    match kind.as_str() {
-                        "content" => {
-                            roots.insert(value);
-                        }
-                        "name" => {
-                            if let Some(t) = targets.get(&value) {
-                                roots.insert(t.clone());
-                            }
-                        }
-                        _ => {
-                            leased_ingests.insert(value);
-                        }
-                    }
-                }
-            }
-        }
-        // Mark.
+        let roots = Roots::read(&txn, now)?;
+        let mut starts = roots.fixed.clone();
+        starts.extend(roots.names.values().map(|n| n.target.clone()));
+        let marked = mark(&txn, starts)?;
         let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
-        let refs = txn.open_table(REFS).map_err(db("open the refs table"))?;
-        let mut marked: BTreeSet<String> = BTreeSet::new();
-        let mut queue: VecDeque<String> = roots.into_iter().collect();
-        while let Some(d) = queue.pop_front() {
-            if !marked.insert(d.clone()) {
-                continue;
-            }
-            for child in crate::store::graph::range_second(&refs, &d)? {
-                queue.push_back(child);
-            }
-            if let Some(v) = blobs.get(d.as_str()).map_err(db("read a blob record"))? {
-                let rec: BlobRecord = records::decode(v.value(), &d)?;
-                queue.extend(label_refs(&rec.labels).map(|c| c.to_string()));
-            }
-        }
         // Sweep records.
         let mut doomed: Vec<(String, u64)> = Vec::new();
         for entry in blobs.iter().map_err(db("walk blobs"))? {
@@ -163,7 +95,6 @@ impl Store {
             }
         }
         drop(blobs);
-        drop(refs);
         let mut out = Outcome::default();
         let mut doomed_digests = Vec::new();
         for (key, size) in doomed {
@@ -181,62 +112,12 @@ impl Store {
                 bytes: size,
             });
         }
-        // Abandoned ingests: their locks are taken (and held) while we decide.
-        let mut held_locks = Vec::new();
-        let mut dropped_ingests = Vec::new();
-        {
-            let mut ingests = txn
-                .open_table(INGESTS)
-                .map_err(db("open the ingests table"))?;
-            let mut candidates = Vec::new();
-            for entry in ingests.iter().map_err(db("read ingests"))? {
-                let (k, v) = entry.map_err(db("read ingests"))?;
-                let rec: IngestRecord = records::decode(v.value(), k.value())?;
-                if !leased_ingests.contains(k.value()) {
-                    candidates.push((k.value().to_owned(), rec));
-                }
-            }
-            for (reference, _rec) in candidates {
-                let status = match crate::content::IngestManager::status(self, &reference) {
-                    Ok(s) => s,
-                    Err(_) => continue,
-                };
-                let idle = now.duration_since(status.updated_at).unwrap_or_default();
-                if idle < opts.ingest_expiry {
-                    continue;
-                }
-                let path = self.ingest_data(&reference);
-                // A dry run creates nothing; a real one creates a missing file to hold its
-                // lock, so that no writer can take up the reference while it decides.
-                let acquired = if opts.dry_run {
-                    RefLock::acquire_existing(&path, &reference)
-                } else {
-                    RefLock::acquire(&path, &reference).map(Some)
-                };
-                match acquired {
-                    Ok(lock) => held_locks.push((reference.clone(), lock)),
-                    Err(e) if e.kind() == ErrorKind::Unavailable => continue,
-                    Err(e) => return Err(e),
-                }
-                if !opts.dry_run {
-                    ingests
-                        .remove(reference.as_str())
-                        .map_err(db("remove an ingest"))?;
-                }
-                out.bytes_freed += status.offset;
-                out.removed.push(Removed {
-                    kind: "ingest",
-                    id: reference.clone(),
-                    bytes: status.offset,
-                });
-                dropped_ingests.push(reference);
-            }
-        }
+        let held_locks = self.abandon_ingests(&txn, opts, &roots.leased_ingests, now, &mut out)?;
         if opts.dry_run {
             txn.abort().map_err(db("end the dry run"))?;
         } else {
             txn.commit().map_err(db("commit the collection"))?;
-            for lock in held_locks.iter().filter_map(|(_, l)| l.as_ref()) {
+            for lock in held_locks.iter().flatten() {
                 lock.remove_file();
             }
             self.remove_unrecorded_files(&doomed_digests)?;
@@ -277,6 +158,65 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Removes (inside `txn`; a dry run only reports) the ingests that no live writer holds,
+    /// no lease protects, and nobody has written for `opts.ingest_expiry`. Their locks are
+    /// taken and returned, to be held until the transaction has committed.
+    pub(crate) fn abandon_ingests(
+        &self,
+        txn: &redb::WriteTransaction,
+        opts: &Options,
+        leased: &BTreeSet<String>,
+        now: SystemTime,
+        out: &mut Outcome,
+    ) -> Result<Vec<Option<RefLock>>> {
+        let mut held_locks = Vec::new();
+        let mut ingests = txn
+            .open_table(INGESTS)
+            .map_err(db("open the ingests table"))?;
+        let mut candidates = Vec::new();
+        for entry in ingests.iter().map_err(db("read ingests"))? {
+            let (k, _) = entry.map_err(db("read ingests"))?;
+            if !leased.contains(k.value()) {
+                candidates.push(k.value().to_owned());
+            }
+        }
+        for reference in candidates {
+            let status = match crate::content::IngestManager::status(self, &reference) {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            let idle = now.duration_since(status.updated_at).unwrap_or_default();
+            if idle < opts.ingest_expiry {
+                continue;
+            }
+            let path = self.ingest_data(&reference);
+            // A dry run creates nothing; a real one creates a missing file to hold its
+            // lock, so that no writer can take up the reference while it decides.
+            let acquired = if opts.dry_run {
+                RefLock::acquire_existing(&path, &reference)
+            } else {
+                RefLock::acquire(&path, &reference).map(Some)
+            };
+            match acquired {
+                Ok(lock) => held_locks.push(lock),
+                Err(e) if e.kind() == ErrorKind::Unavailable => continue,
+                Err(e) => return Err(e),
+            }
+            if !opts.dry_run {
+                ingests
+                    .remove(reference.as_str())
+                    .map_err(db("remove an ingest"))?;
+            }
+            out.bytes_freed += status.offset;
+            out.removed.push(Removed {
+                kind: "ingest",
+                id: reference,
+                bytes: status.offset,
+            });
+        }
+        Ok(held_locks)
     }
 
     /// Files under `ingest/` that belong to no ingest: data files without a record (a writer
@@ -388,4 +328,117 @@ fn tree_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// A name as gc and prune see it.
+#[derive(Debug, Clone)]
+pub(crate) struct NameRoot {
+    /// The digest the name points at.
+    pub target: String,
+    /// The name's record.
+    pub record: NameRecord,
+}
+
+/// The roots of a collection, read inside its write transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Roots {
+    /// Every name, by name.
+    pub names: BTreeMap<String, NameRoot>,
+    /// Roots other than names: `gc.root` blobs, leased content, targets of leased names.
+    pub fixed: BTreeSet<String>,
+    /// Names a lease holds.
+    pub leased_names: BTreeSet<String>,
+    /// Ingests a lease holds.
+    pub leased_ingests: BTreeSet<String>,
+}
+
+impl Roots {
+    /// Reads every root visible to `txn`; leases expired at `now` hold nothing.
+    pub(crate) fn read(txn: &redb::WriteTransaction, now: SystemTime) -> Result<Roots> {
+        let mut roots = Roots::default();
+        let names = txn.open_table(NAMES).map_err(db("open the names table"))?;
+        for entry in names.iter().map_err(db("read names"))? {
+            let (k, v) = entry.map_err(db("read names"))?;
+            let record: NameRecord = records::decode(v.value(), k.value())?;
+            let target: oci_spec::image::Descriptor = serde_json::from_str(&record.target)
+                .map_err(|e| Error::Corrupted(format!("name {}: {e}", k.value())))?;
+            roots.names.insert(
+                k.value().to_owned(),
+                NameRoot {
+                    target: target.digest().to_string(),
+                    record,
+                },
+            );
+        }
+        let index = txn
+            .open_table(BLOB_LABELS)
+            .map_err(db("open the label index"))?;
+        for entry in index
+            .range((GC_ROOT, "", "")..)
+            .map_err(db("read the label index"))?
+        {
+            let (k, _) = entry.map_err(db("read the label index"))?;
+            let (key, _, digest) = k.value();
+            if key != GC_ROOT {
+                break;
+            }
+            roots.fixed.insert(digest.to_owned());
+        }
+        let leases = txn
+            .open_table(LEASES)
+            .map_err(db("open the leases table"))?;
+        let resources = txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(db("open the lease resources"))?;
+        for entry in leases.iter().map_err(db("read leases"))? {
+            let (k, v) = entry.map_err(db("read leases"))?;
+            let rec: LeaseRecord = records::decode(v.value(), k.value())?;
+            if rec.expires.is_some_and(|e| SystemTime::from(e) <= now) {
+                continue;
+            }
+            for (kind, value) in crate::store::lease::resources_in(&resources, k.value())? {
+                match kind.as_str() {
+                    "content" => {
+                        roots.fixed.insert(value);
+                    }
+                    "name" => {
+                        if let Some(n) = roots.names.get(&value) {
+                            roots.fixed.insert(n.target.clone());
+                        }
+                        roots.leased_names.insert(value);
+                    }
+                    _ => {
+                        roots.leased_ingests.insert(value);
+                    }
+                }
+            }
+        }
+        Ok(roots)
+    }
+}
+
+/// Every blob reachable from `starts` along references and `gc.ref.content` labels (the
+/// starts included, whether they exist or not).
+pub(crate) fn mark(
+    txn: &redb::WriteTransaction,
+    starts: impl IntoIterator<Item = String>,
+) -> Result<BTreeSet<String>> {
+    let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
+    let refs = txn.open_table(REFS).map_err(db("open the refs table"))?;
+    let mut marked: BTreeSet<String> = BTreeSet::new();
+    let mut queue: VecDeque<String> = starts.into_iter().collect();
+    while let Some(d) = queue.pop_front() {
+        if marked.contains(&d) {
+            continue;
+        }
+        for child in crate::store::graph::range_second(&refs, &d)? {
+            queue.push_back(child);
+        }
+        if let Some(v) = blobs.get(d.as_str()).map_err(db("read a blob record"))? {
+            let rec: BlobRecord = records::decode(v.value(), &d)?;
+            queue.extend(label_refs(&rec.labels).map(|c| c.to_string()));
+        }
+        marked.insert(d);
+    }
+    Ok(marked)
 }

@@ -28,6 +28,7 @@ use crate::names::Name;
 use crate::store::locks::RefLock;
 use crate::store::records::Nanos;
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES};
+use crate::store::uses::Used;
 use crate::store::{Store, graph, images};
 
 /// A blob a batch holds.
@@ -430,6 +431,16 @@ impl Batch {
             graph::record(&txn, parent, c)?;
         }
         images::put_names(&txn, &self.names)?;
+        // Pulls and imports use what they name and what they hold: recorded exactly, here.
+        let used: Vec<Used> = (self.names.iter().map(|(n, _, _)| Used::Image(n.clone())))
+            .chain(
+                self.staged
+                    .keys()
+                    .chain(&self.present)
+                    .map(|d| Used::Content(*d)),
+            )
+            .collect();
+        self.store.write_uses_in(&txn, &used, Nanos::now())?;
         if !self.adopted.is_empty() {
             let mut ingests = txn
                 .open_table(INGESTS)

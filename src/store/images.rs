@@ -32,7 +32,7 @@ pub struct Completeness {
     pub missing: Vec<(String, String)>,
 }
 
-fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
+pub(crate) fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
     let target: Descriptor = serde_json::from_str(&rec.target).map_err(|e| {
         Error::Corrupted(format!("name {name:?} holds a malformed descriptor: {e}"))
     })?;
@@ -213,6 +213,7 @@ impl Store {
         if !existed {
             return Err(Error::NotFound(format!("image {key}")));
         }
+        crate::store::uses::forget_in(&txn, "image", &key)?;
         txn.commit()
             .map_err(|e| Error::db("commit a name removal", e))
     }
@@ -240,6 +241,9 @@ impl Store {
                     .remove(n.as_str())
                     .map_err(|e| Error::db("remove a name", e))?;
             }
+        }
+        for n in &doomed {
+            crate::store::uses::forget_in(&txn, "image", n)?;
         }
         self.remove_blob_in(&txn, &key)?;
         graph::forget(&txn, &key)?;
@@ -329,7 +333,48 @@ impl Store {
     /// Whether the image `name` is complete for `platform`: name → index → the platform's
     /// manifest → its config and every layer present with the size the descriptor states.
     pub fn check_image(&self, name: &str, platform: &Platform) -> Result<Completeness> {
-        self.check_target(&self.image(name)?.target, platform)
+        let image = self.image(name)?;
+        let c = self.check_target(&image.target, platform)?;
+        // A check is a use (a build checking its base image before it runs).
+        self.record_use(
+            std::iter::once(crate::store::uses::Used::Image(image.name))
+                .chain(c.manifest.map(crate::store::uses::Used::Content)),
+        );
+        Ok(c)
+    }
+
+    /// Sets (`set`) and removes (`remove`) labels of the image `name` in one transaction;
+    /// the image as it is after. `NotFound` when there is no such name. An image labelled
+    /// `ocistore.pin` is never pruned.
+    pub fn label_image(&self, name: &str, set: &Labels, remove: &[&str]) -> Result<Image> {
+        let key = Name::parse(name)?.to_string();
+        validate_labels(set)?;
+        let txn = self.write_txn("label an image")?;
+        {
+            let mut table = txn
+                .open_table(NAMES)
+                .map_err(|e| Error::db("open the names table", e))?;
+            let mut rec: NameRecord = match table
+                .get(key.as_str())
+                .map_err(|e| Error::db("read a name", e))?
+            {
+                Some(v) => records::decode(v.value(), &key)?,
+                None => return Err(Error::NotFound(format!("image {key}"))),
+            };
+            for k in remove {
+                rec.labels.remove(*k);
+            }
+            rec.labels
+                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            validate_labels(&rec.labels)?;
+            rec.updated = Nanos::now();
+            table
+                .insert(key.as_str(), records::encode(&rec).as_slice())
+                .map_err(|e| Error::db("write a name", e))?;
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit image labels", e))?;
+        self.image(&key)
     }
 
     /// [`Store::check_image`] of an image's target descriptor (no name lookup).

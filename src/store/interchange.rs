@@ -10,6 +10,7 @@ use crate::names::Name;
 use crate::oci::{export, import};
 use crate::store::Store;
 use crate::store::batch::Batch;
+use crate::store::uses::Used;
 
 impl import::Sink for Batch {
     fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
@@ -166,6 +167,11 @@ impl Store {
             .iter()
             .map(|i| crate::names::descriptor_digest(&i.descriptor))
             .collect::<Result<Vec<_>>>()?;
+        // An export is a use of what it exports.
+        self.record_use(
+            (images.iter().map(|i| Used::Image(i.name.clone())))
+                .chain(roots.iter().map(|d| Used::Content(*d))),
+        );
         self.lease_content("export", &roots, true)
     }
 }

@@ -229,6 +229,7 @@ impl Store {
             .open_table(BLOB_LABELS)
             .map_err(|e| Error::db("open the label index", e))?;
         unindex_labels(&mut index, key, &rec.labels)?;
+        crate::store::uses::forget_in(txn, "content", key)?;
         Ok(true)
     }
 

@@ -32,6 +32,7 @@ mod pipe;
 pub(crate) mod records;
 pub(crate) mod schema;
 mod snapshot;
+pub mod uses;
 pub(crate) mod writer;
 
 pub use writer::Sealed;
@@ -119,6 +120,20 @@ pub(crate) struct Inner {
     _store_lock: Option<fs::File>,
     /// The leftover of a rebuild that was killed before it replaced `meta.redb`.
     interrupted_rebuild: Option<PathBuf>,
+    /// Uses noted and not yet written (see `uses.rs`).
+    uses: Mutex<uses::Pending>,
+}
+
+impl Drop for Inner {
+    /// The last handle is going: the uses still noted are written if any is due.
+    fn drop(&mut self) {
+        let pending = std::mem::take(&mut *self.uses.lock());
+        if let Db::ReadWrite(db) = &self.db
+            && let Err(e) = uses::flush_due(db, pending, self.generation.as_ref())
+        {
+            tracing::warn!(error = %e, "could not record last uses");
+        }
+    }
 }
 
 /// Where a rebuild builds the new metadata before it atomically replaces `meta.redb`.
@@ -452,6 +467,7 @@ impl Inner {
             _layout: layout,
             _store_lock: store_lock,
             interrupted_rebuild,
+            uses: Mutex::default(),
         })
     }
 

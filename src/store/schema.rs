@@ -14,8 +14,12 @@
 //! ├── refs          (&str, &str) → ()       (parent digest, child digest): manifest/index edges
 //! ├── refs_rev      (&str, &str) → ()       (child digest, parent digest): the same, reversed
 //! ├── leases        &str → LeaseRecord      lease id → {created, expires, labels}
-//! └── lease_resources (&str, &str, &str) → () (lease id, kind, value); kind is "content",
-//!                                           "ingest" or "name"
+//! ├── lease_resources (&str, &str, &str) → () (lease id, kind, value); kind is "content",
+//! │                                         "ingest" or "name"
+//! │                                                                     (v4 and later:)
+//! └── uses          (&str, &str) → (u64, u64) (kind, id) → (last use in ns since the epoch,
+//!                                           use count); kind is "image" (id: the name) or
+//!                                           "content" (id: the digest)
 //! ```
 //!
 //! Records are encoded by `records.rs` (a format byte, then bincode).
@@ -28,7 +32,7 @@
 use redb::TableDefinition;
 
 /// The schema version this code writes and understands.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// Key of the schema version in [`META`].
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
@@ -57,3 +61,5 @@ pub(crate) const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("le
 /// What each lease holds: (lease id, kind, value) → ().
 pub(crate) const LEASE_RESOURCES: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("lease_resources");
+/// When each image and blob was last used, and how often: (kind, id) → (ns, count).
+pub(crate) const USES: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("uses");

@@ -108,6 +108,7 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
             match remote {
                 None => {
                     helpers::copy_blob_to(&store, &d, &mut out)?;
+                    store.record_use([ocistore::Used::Content(d)]);
                 }
                 Some(repo) => {
                     let name = ocistore::Name::parse(&repo)?;

@@ -78,6 +78,14 @@ pub enum ImageCmd {
         #[arg(long)]
         last: Option<String>,
     },
+    /// Set or remove an image's labels (label ocistore.pin keeps it from prune)
+    Label {
+        /// The image name
+        name: String,
+        /// KEY=VALUE to set, KEY= to remove
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
     /// Pull an image from its registry (only what the store lacks)
     Pull(crate::registry::PullArgs),
     /// Push an image to a registry (mounting what the registry has elsewhere)
@@ -313,6 +321,23 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 for t in tags {
                     println!("{t}");
                 }
+            }
+        }
+        ImageCmd::Label { name, labels } => {
+            let parsed = crate::content::parse_labels(&labels, true)?;
+            let remove: Vec<&str> = (parsed.iter())
+                .filter(|(_, v)| v.is_empty())
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let set: ocistore::Labels = (parsed.iter())
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let img = store.label_image(&name, &set, &remove)?;
+            if ctx.json {
+                print_json(&image_json(&img));
+            } else {
+                println!("{}", img.name);
             }
         }
         ImageCmd::Check { name, platform } => {

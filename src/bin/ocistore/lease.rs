@@ -1,11 +1,11 @@
 //! `ocistore lease ...` and `ocistore gc`.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 use ocistore::gc;
 use ocistore::query::rfc3339;
-use ocistore::{Error, Lease, Resource};
+use ocistore::{Lease, Resource};
 use serde_json::{Value, json};
 
 use crate::content::parse_labels;
@@ -64,10 +64,6 @@ pub struct GcArgs {
     ingest_expiry: String,
 }
 
-fn duration(s: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(s).map_err(|e| Error::InvalidArgument(format!("duration {s:?}: {e}")))
-}
-
 fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
     json!({
         "id": l.id,
@@ -89,7 +85,7 @@ pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
         } => {
             let expires = expires_in
                 .as_deref()
-                .map(duration)
+                .map(crate::output::parse_duration)
                 .transpose()?
                 .map(|d| SystemTime::now() + d);
             let labels = parse_labels(&labels, false)?;
@@ -160,7 +156,7 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> Result<(), Failure> {
     let store = ctx.open()?;
     let opts = gc::Options {
         dry_run: args.dry_run,
-        ingest_expiry: duration(&args.ingest_expiry)?,
+        ingest_expiry: crate::output::parse_duration(&args.ingest_expiry)?,
     };
     let outcome = store.gc(&opts)?;
     if ctx.json {

@@ -9,6 +9,7 @@ mod image;
 mod ingest;
 mod lease;
 mod output;
+mod prune;
 mod registry;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     Fsck(check::FsckArgs),
     /// Disk usage: blobs, ingests, metadata, total
     Du,
+    /// Remove least recently used images and content until the store is inside a budget
+    Prune(prune::PruneArgs),
     /// Ask a registry: inspect a reference, list tags, remove a manifest
     #[command(subcommand)]
     Remote(registry::RemoteCmd),
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => lease::gc(&ctx, a),
         Command::Fsck(a) => check::fsck(&ctx, a),
         Command::Du => check::du(&ctx),
+        Command::Prune(a) => prune::prune(&ctx, a),
         Command::Remote(c) => registry::run(&ctx, c),
     };
     match result {

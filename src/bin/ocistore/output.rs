@@ -121,6 +121,12 @@ pub fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
 }
 
 /// Parses a size such as `64GiB`, `500MB`, `4096` (bytes).
+/// A duration such as `90s`, `48h`, `7days`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, ocistore::Error> {
+    humantime::parse_duration(s)
+        .map_err(|e| ocistore::Error::InvalidArgument(format!("duration {s:?}: {e}")))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, ocistore::Error> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
