@@ -25,7 +25,7 @@
 //! or import committing concurrently is either seen (its name is a root, the blobs it found
 //! present are leased by its batch) or commits after the prune. Last use: see
 //! [`crate::store::uses`]; an item with no recorded use counts as used when its record was
-//! last written.
+//! last written (a recorded use, older or not, wins: labelling an image is no use of it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
@@ -169,7 +169,7 @@ impl Store {
             .into_iter()
             .map(|(d, rec)| {
                 let used = content_uses.get(&d).map(|u| Nanos::from(u.at));
-                let last_used = used.map_or(rec.updated, |u| u.max(rec.updated));
+                let last_used = used.unwrap_or(rec.updated);
                 let blob = Blob {
                     size: rec.size,
                     last_used,
@@ -193,9 +193,8 @@ impl Store {
         let mut held_images: Vec<(String, &'static str, String)> = Vec::new();
         for (name, root) in &roots.names {
             let image = crate::store::images::image_of(name, root.record.clone())?;
-            let last_used = image_uses.get(name).map_or(root.record.updated, |u| {
-                Nanos::from(u.at).max(root.record.updated)
-            });
+            let used = image_uses.get(name).map(|u| Nanos::from(u.at));
+            let last_used = used.unwrap_or(root.record.updated);
             let why = if roots.leased_names.contains(name) {
                 Some("leased")
             } else if root.record.labels.contains_key(PIN_LABEL) {

@@ -173,6 +173,41 @@ fn v2_fixture_opens_migrates_its_ingest_and_reads() {
     assert!(out.removed.iter().all(|r| r.kind != "debris"), "{out:?}");
 }
 
+/// v3 → v4 adds the `uses` table; everything reads as before, and uses are recorded.
+#[test]
+fn v3_fixture_opens_gains_last_use_and_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(3), tmp.path());
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), store_version());
+    for (alg, bytes, labels) in fixture_blobs() {
+        let d = alg.digest(bytes);
+        assert_eq!(store.info(&d).unwrap().labels, labels);
+        assert_eq!(helpers::read_blob_verified(&store, &d).unwrap(), bytes);
+    }
+    let name = ocistore::Used::image("hello:1.0").unwrap();
+    assert_eq!(store.last_use(&name).unwrap(), None, "nothing backfilled");
+    let at = std::time::SystemTime::now();
+    store
+        .record_use_at(std::slice::from_ref(&name), at)
+        .unwrap();
+    assert_eq!(store.last_use(&name).unwrap().unwrap().count, 1);
+    let st = store.status("fixture-ingest").unwrap();
+    assert_eq!((st.offset, st.total), (5, Some(10)));
+    // A prune with a budget already met removes nothing.
+    let out = store
+        .prune(&ocistore::prune::Options {
+            max_used: Some(u64::MAX),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        out.removed_images.is_empty() && out.removed_blobs == 0,
+        "{out:?}"
+    );
+    assert!(store.image("hello:1.0").is_ok());
+}
+
 /// A v2 ingest still written by an older ocistore (its lock held) stops the migration, which
 /// moves nothing; once the writer is gone, the store opens.
 #[test]
