@@ -20,7 +20,9 @@ impl<S: Source> ReadThrough<S> {
     /// `name@digest` or a digest) resolves in the store when the store has that name or
     /// blob (no request), else at the source ([`Source::manifest`]); then as
     /// [`ReadThrough::image_at`]. Blocks while documents are fetched; what is fetched is
-    /// durable on return; no name is written.
+    /// durable on return; no name is written, so a tag the store has no name for is asked
+    /// of the source each time (one manifest request): a digest, or [`ImageSource::root`]
+    /// given to [`ReadThrough::image_at`], makes none once the image is kept.
     ///
     /// Errors: `NotFound` when neither has the reference, or when the image has no manifest
     /// for `platform` (naming it and the platforms it has); `FailedPrecondition` for a
