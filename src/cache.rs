@@ -11,17 +11,32 @@
 //!   a caller that must not act on unverified bytes reads to the end first.)
 //! - Concurrent readers of one missing blob fetch it once: the second waits on the ingest's
 //!   lock while the first streams, then reads the committed blob.
+//!
+//! [`ReadThrough::image`] is an image source for one platform over the cache (linuxkit's
+//! `NewSource(ref, platform, descriptor)`): the reference resolves in the store when it
+//! names an image or blob there, else at the source; an index is walked to the platform's
+//! manifest; the index, the manifest and the config read through are kept in the store as
+//! blobs, and layers read through it as [`ReadThrough::open`] reads any blob. It never
+//! writes a name: the cache keeps blobs, and names are what pulls and imports write (so
+//! what it kept is unreferenced, and a gc may take it).
 
 use std::fs::File;
 use std::io::{self, Read};
 
-use crate::content::{Labels, Writer};
+use oci_spec::image::Descriptor;
+
+use crate::content::{Labels, Manager, Provider, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::{self, Name, descriptor_digest};
 use crate::registry::pull::source_label;
-use crate::registry::{BlobStream, Registry, Repository};
+use crate::registry::{BlobStream, MAX_MANIFEST, Registry, Repository, reference_of};
 use crate::store::Store;
 use crate::store::writer::StoreWriter;
+
+mod image;
+
+pub use image::ImageSource;
 
 /// Where blobs missing from the store come from.
 pub trait Source: Send + Sync {
@@ -30,6 +45,14 @@ pub trait Source: Send + Sync {
     fn fetch(&self, digest: &Digest, offset: u64, size: Option<u64>) -> Result<BlobStream>;
     /// The blob's size, when the caller did not give it.
     fn size_of(&self, digest: &Digest) -> Result<u64>;
+    /// The manifest or index `reference` names (a digest, or a tag or name as the source
+    /// understands them): its descriptor and its exact bytes, at most [`MAX_MANIFEST`] of
+    /// them. Asked for by digest, the bytes hash to it. Blocks on the source.
+    ///
+    /// Errors: `NotFound` when the source has no such manifest; `FailedPrecondition` for
+    /// a document larger than the limit or bytes that do not match the digest;
+    /// `InvalidArgument` for a reference the source cannot take.
+    fn manifest(&self, reference: &str) -> Result<(Descriptor, Vec<u8>)>;
     /// Labels recorded on blobs fetched from here.
     fn labels(&self) -> Labels {
         Labels::new()
@@ -58,12 +81,94 @@ impl Source for RegistrySource {
             .ok_or_else(|| Error::NotFound(format!("{}: blob {digest}", self.repository)))
     }
 
+    /// `reference`: a digest, a tag of this repository, or a name in it (`host/path:tag`,
+    /// `host/path@digest`); a word that is a valid tag is taken as a tag. One manifest GET;
+    /// the client checks the bytes against the digest asked for, or against
+    /// `Docker-Content-Digest`, and bounds them at [`MAX_MANIFEST`].
+    fn manifest(&self, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
+        let wanted = if Digest::parse(reference).is_ok() || crate::reference::is_tag(reference) {
+            reference.to_owned()
+        } else {
+            let name = Name::parse(reference)?;
+            if Repository::of(&name) != self.repository {
+                return Err(Error::InvalidArgument(format!(
+                    "reference {reference:?} is not in repository {}",
+                    self.repository
+                )));
+            }
+            reference_of(&name)
+        };
+        let m = self
+            .registry
+            .manifest_get(&self.repository, &wanted)?
+            .ok_or_else(|| Error::NotFound(format!("{}: manifest {wanted}", self.repository)))?;
+        let d = &m.descriptor;
+        Ok((
+            names::descriptor(&d.media_type, &d.digest, d.size)?,
+            m.bytes,
+        ))
+    }
+
     fn labels(&self) -> Labels {
         Labels::from([(
             source_label(&self.repository.host),
             self.repository.path.clone(),
         )])
     }
+}
+
+/// Another store as a [`Source`]: blobs from its files (from any offset), sizes from its
+/// records, manifests by [`Store::resolve`] (a name, `name@digest` or a digest). Fetched
+/// blobs get no labels.
+impl Source for Store {
+    fn fetch(&self, digest: &Digest, offset: u64, _size: Option<u64>) -> Result<BlobStream> {
+        let inner = Provider::reader_at(self, digest)?;
+        let start = if offset <= inner.size() { offset } else { 0 };
+        Ok(BlobStream {
+            start,
+            reader: Box::new(OwnedAtReader { inner, pos: start }),
+        })
+    }
+
+    fn size_of(&self, digest: &Digest) -> Result<u64> {
+        Ok(Manager::info(self, digest)?.size)
+    }
+
+    fn manifest(&self, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
+        let desc = self.resolve(reference)?;
+        let digest = descriptor_digest(&desc)?;
+        let bytes = read_document(self, &digest, desc.size())?
+            .ok_or_else(|| Error::NotFound(format!("manifest {digest}")))?;
+        let actual = digest.algorithm().digest(&bytes);
+        if actual != digest {
+            return Err(Error::Corrupted(format!(
+                "manifest {digest} reads back as {actual}: its bytes on disk have changed"
+            )));
+        }
+        Ok((desc, bytes))
+    }
+}
+
+/// The bytes of the manifest or index `digest` in `store` (`None` when absent), checked
+/// against the `size` its descriptor states and bounded by [`MAX_MANIFEST`].
+fn read_document(store: &Store, digest: &Digest, size: u64) -> Result<Option<Vec<u8>>> {
+    if size > MAX_MANIFEST {
+        return Err(Error::FailedPrecondition(format!(
+            "manifest {digest} is {size} bytes, more than the {MAX_MANIFEST} a manifest may be"
+        )));
+    }
+    let bytes = match crate::helpers::read_blob_prefix(store, digest, MAX_MANIFEST + 1) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() as u64 != size {
+        return Err(Error::FailedPrecondition(format!(
+            "manifest {digest} is {} bytes, its descriptor says {size}",
+            bytes.len()
+        )));
+    }
+    Ok(Some(bytes))
 }
 
 /// The store with a source behind it. See the module docs.
@@ -126,6 +231,16 @@ impl<S: Source> ReadThrough<S> {
             writer: Some(writer),
             received: offset,
         }))
+    }
+
+    /// The store blobs are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The source behind the store.
+    pub fn source(&self) -> &S {
+        &self.source
     }
 
     fn local(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>> {

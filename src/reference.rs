@@ -158,7 +158,7 @@ fn is_domain(d: &str) -> bool {
 }
 
 /// `[A-Za-z0-9_] [A-Za-z0-9_.-]{0,127}`.
-fn is_tag(t: &str) -> bool {
+pub(crate) fn is_tag(t: &str) -> bool {
     let b = t.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
     !b.is_empty()

@@ -1706,3 +1706,84 @@ fn pull_beside_gc_and_fsck_repair_loses_nothing() {
         println!("trial {trial}: {rounds} maintenance rounds beside the pull");
     }
 }
+
+/// An image source (`ReadThrough::image`) over a registry repository, for one platform of a
+/// two-platform image: the manifest, config and layers it reads are the bytes skopeo reads;
+/// it fetches that platform's blobs only, each once, keeps what it read with no name, and a
+/// second image source by the same tag makes one manifest GET and no blob GET.
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn image_source_reads_one_platform_through_the_cache() {
+    let env = Env::new();
+    let sizes = [300 << 10, 100 << 10];
+    let (reg, image, reference) = registry_with(&env, "source/app:1", AMD64_ARM64, &sizes, 61);
+    let copy = env.path("skopeo");
+    skopeo_reads(&format!("docker://{reference}"), &copy, &image);
+    let theirs = |d: &str| {
+        std::fs::read(
+            copy.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let read = |r: ocistore::Result<Box<dyn std::io::Read + Send + '_>>| {
+        let mut out = Vec::new();
+        r.unwrap().read_to_end(&mut out).unwrap();
+        out
+    };
+    let store = ocistore::Store::open(env.path("store")).unwrap();
+    let source = ocistore::cache::RegistrySource {
+        registry: anonymous(),
+        repository: Repository::of(&ocistore::Name::parse(&reference).unwrap()),
+    };
+    let rt = ocistore::cache::ReadThrough::new(store.clone(), source);
+    let arm = ocistore::names::parse_platform("linux/arm64/v8").unwrap();
+    let want = image.platform("linux/arm64/v8");
+
+    let mark = reg.ours().len();
+    let img = rt.image(&reference, &arm).unwrap();
+    assert_eq!(img.root().digest().to_string(), image.root.digest);
+    assert_eq!(img.descriptor().digest().to_string(), want.manifest.digest);
+    let m = ocistore::Digest::parse(&want.manifest.digest).unwrap();
+    assert_eq!(read(img.open(&m)), theirs(&want.manifest.digest));
+    assert_eq!(img.config(), theirs(&want.config.digest));
+    assert_eq!(img.layers().len(), want.layers.len());
+    for (i, layer) in want.layers.iter().enumerate() {
+        assert_eq!(img.layers()[i].digest().to_string(), layer.digest);
+        assert_eq!(read(img.layer(i)), theirs(&layer.digest), "layer {i}");
+    }
+    let reqs = reg.ours_since(mark);
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for b in std::iter::once(&want.config).chain(&want.layers) {
+        expected.insert(b.digest.clone(), 1);
+    }
+    assert_eq!(
+        blob_gets(&reqs),
+        expected,
+        "that platform's blobs, once each:\n{}",
+        list(&reqs)
+    );
+    let other = &image.platform("linux/amd64").manifest.digest;
+    assert!(
+        !reqs.iter().any(|r| r.uri.contains(other.as_str())),
+        "the other platform's manifest is not asked for:\n{}",
+        list(&reqs)
+    );
+    for d in [&image.root.digest, &want.manifest.digest] {
+        let info = ocistore::Manager::info(&store, &ocistore::Digest::parse(d).unwrap());
+        assert!(info.is_ok(), "{d} kept as a blob");
+    }
+    assert!(store.images(&[]).unwrap().is_empty(), "no name written");
+
+    // Again by tag: one manifest GET (the cache keeps no name for the tag), no blob GET.
+    let mark = reg.ours().len();
+    let again = rt.image(&reference, &arm).unwrap();
+    assert_eq!(again.descriptor(), img.descriptor());
+    for i in 0..again.layers().len() {
+        read(again.layer(i));
+    }
+    let reqs = reg.ours_since(mark);
+    assert_eq!(reqs.len(), 1, "{}", list(&reqs));
+    assert_eq!(reqs[0].method, "GET", "{}", reqs[0]);
+    assert_eq!(reqs[0].uri, "/v2/source/app/manifests/1", "{}", reqs[0]);
+}
