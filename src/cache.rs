@@ -32,6 +32,7 @@ use crate::names::{self, Name, descriptor_digest};
 use crate::registry::pull::source_label;
 use crate::registry::{BlobStream, MAX_MANIFEST, Registry, Repository, reference_of};
 use crate::store::Store;
+use crate::store::uses::Used;
 use crate::store::writer::StoreWriter;
 
 mod image;
@@ -245,7 +246,11 @@ impl<S: Source> ReadThrough<S> {
 
     fn local(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>> {
         match crate::content::Provider::reader_at(&self.store, digest) {
-            Ok(r) => Ok(Some(Box::new(OwnedAtReader { inner: r, pos: 0 }))),
+            Ok(r) => {
+                // A read through the cache is a use (noted in memory, see `store::uses`).
+                self.store.record_use([Used::Content(*digest)]);
+                Ok(Some(Box::new(OwnedAtReader { inner: r, pos: 0 })))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -312,7 +317,10 @@ impl Read for Tee {
             }
             let writer = self.writer.take().expect("checked above");
             return match writer.commit_boxed(self.size, &self.digest, self.labels.clone()) {
-                Ok(()) => Ok(0),
+                Ok(()) => {
+                    self.store.record_use([Used::Content(self.digest)]);
+                    Ok(0)
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(0),
                 Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
                     Err(self.refuse(format!("the source's bytes do not match: {e}")))
