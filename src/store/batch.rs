@@ -430,6 +430,7 @@ impl Batch {
             graph::record(&txn, parent, c)?;
         }
         images::put_names(&txn, &self.names)?;
+        crate::uncompressed::label_from_configs(&txn, &self.store, children.keys())?;
         if !self.adopted.is_empty() {
             let mut ingests = txn
                 .open_table(INGESTS)
