@@ -279,14 +279,19 @@ impl Store {
         let (diff_id, size, writer) = result.map_err(&abort)?;
         // Whatever the decoder left unread (nothing, for a well-formed stream) is hashed too.
         let mut rest = AtReader::new(&*reader);
-        io::Seek::seek(&mut rest, io::SeekFrom::Start(consumed))
+        let intact = io::Seek::seek(&mut rest, io::SeekFrom::Start(consumed))
             .and_then(|_| io::copy(&mut rest, &mut checker))
-            .map_err(|e| abort(Error::from_io(e, "read", digest.to_string())))?;
-        let actual = checker.finalize();
-        if actual != *digest {
-            return Err(abort(Error::Corrupted(format!(
-                "content {digest} reads back as {actual}: its bytes on disk have changed"
-            ))));
+            .map_err(|e| Error::from_io(e, "read", digest.to_string()))
+            .and_then(|_| match checker.finalize() {
+                actual if actual == *digest => Ok(()),
+                actual => Err(Error::Corrupted(format!(
+                    "content {digest} reads back as {actual}: its bytes on disk have changed"
+                ))),
+            });
+        if let Err(e) = intact {
+            // The writer holds the ingest's reference: release it, then abort.
+            drop(writer);
+            return Err(abort(e));
         }
         let kept = match writer {
             None => None,
