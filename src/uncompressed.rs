@@ -139,7 +139,9 @@ impl Store {
     /// When the label is recorded (and neither `verify` nor, for a blob not kept yet, `keep`
     /// asks for more) the answer comes without reading the blob. Otherwise the blob is read
     /// once, streaming (memory stays bounded whatever its size), its own digest checked as it
-    /// goes, and the label recorded in one transaction that re-reads the record. Blocks for
+    /// goes, and the label recorded in one transaction that re-reads the record. Memory:
+    /// gzip needs a few hundred KiB; zstd needs the window its frame declares, which the
+    /// decoder refuses past 128 MiB (`FailedPrecondition`). Blocks for
     /// as long as the decompression takes; durable on return.
     ///
     /// `NotFound` when the blob is absent (or deleted meanwhile: it is not brought back);

@@ -13,6 +13,10 @@ use ocistore::uncompressed::{COMPRESSED_LABEL, UNCOMPRESSED_LABEL, UncompressOpt
 use ocistore::{Algorithm, Digest, ErrorKind, Manager, Store, helpers, oci};
 use serde_json::{Value, json};
 
+#[path = "common/rss.rs"]
+mod rss;
+use rss::wait_max_rss;
+
 // ---------------------------------------------------------------- building images
 
 /// A tar holding `files` (path, contents), with fixed metadata.
@@ -515,6 +519,53 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let out = run(&root, &["content", "uncompressed", "sha256:nothex"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(state(&root), before, "a refused request changed the store");
+}
+
+#[test]
+fn decompression_holds_memory_flat() {
+    const SIZE: u64 = 256 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let zeros = || std::io::Read::take(std::io::repeat(0), SIZE);
+    let (diff_id, _) = ocistore::digest::hash_reader(Algorithm::Sha256, &mut zeros()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::copy(&mut zeros(), &mut gz).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut zst = Vec::new();
+    ruzstd::encoding::compress(
+        zeros(),
+        &mut zst,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    for (blob, keep) in [(gz, true), (zst, false)] {
+        let path = tmp.path().join("blob");
+        std::fs::write(&path, &blob).unwrap();
+        let put = json(&root, &["content", "put", path.to_str().unwrap()]);
+        let d = put["digest"].as_str().unwrap().to_owned();
+        let mut args = vec!["--json", "content", "uncompressed", d.as_str()];
+        if keep {
+            args.push("--keep");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
+            .arg("--root")
+            .arg(&root)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (status, max_rss_kib) = wait_max_rss(&mut child);
+        assert_eq!(status, 0);
+        assert!(
+            max_rss_kib < 64 * 1024,
+            "peak RSS {max_rss_kib} KiB decompressing 256 MiB (keep: {keep})"
+        );
+        let info = json(&root, &["content", "info", &d]);
+        assert_eq!(info["labels"][UNCOMPRESSED_LABEL], diff_id.to_string());
+    }
+    let kept = json(&root, &["content", "info", &diff_id.to_string()]);
+    assert_eq!(kept["size"], SIZE);
 }
 
 // ---------------------------------------------------------------- acceptance: real tools
