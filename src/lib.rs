@@ -37,6 +37,7 @@ pub mod refs;
 pub mod registry;
 pub mod store;
 pub mod testsuite;
+pub mod uncompressed;
 pub mod usage;
 pub mod verify;
 

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/rss.rs"]
+mod rss;
+use rss::wait_max_rss;
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ocistore"))
 }
@@ -275,16 +279,6 @@ fn locked_ref_is_unavailable_across_processes() {
     holder.wait().unwrap();
     let w = ocistore::Ingester::writer(&store, "shared", None, None).expect("released by death");
     assert!(w.status().unwrap().offset >= 1 << 20);
-}
-
-/// Peak resident memory of a child, from wait4's rusage, in KiB.
-fn wait_max_rss(child: &mut Child) -> (i32, i64) {
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
 #[test]

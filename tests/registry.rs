@@ -95,6 +95,16 @@ fn pull_what_skopeo_pushed() {
         "first/app",
         "{info}"
     );
+    // The config's diff_ids are recorded on the pulled gzip layers, and decompressing agrees.
+    let verified = env.ok(&root, &["content", "uncompressed", layer, "--verify"]);
+    assert_eq!(
+        info["labels"]["containerd.io/uncompressed"], verified["diff_id"],
+        "{info} {verified}"
+    );
+    assert_eq!(
+        verified["recorded"], false,
+        "the pull recorded it: {verified}"
+    );
 
     // Absent tags and repositories are "not found" (exit 1); malformed references exit 2.
     let nope = reg.reference("first/app:nope");

@@ -21,14 +21,15 @@ const DOCKER_REPOSITORIES_FILE: &str = "repositories";
 
 /// How a staged file's bytes begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Compression {
+pub(crate) enum Compression {
     None,
     Gzip,
     Zstd,
 }
 
 impl Compression {
-    fn sniff(head: &[u8]) -> Compression {
+    /// Tells gzip and zstd apart by their magic bytes; anything else is `None`.
+    pub(crate) fn sniff(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -441,14 +442,15 @@ impl<R: Read> Read for Pushback<R> {
 
 /// A zstd stream of any number of frames (pzstd and `zstd -T` write several), skippable
 /// frames skipped. ruzstd's decoder reads one frame.
-struct ZstdFrames<R: Read> {
+pub(crate) struct ZstdFrames<R: Read> {
     source: Option<Pushback<R>>,
     decoder: Option<StreamingDecoder<Pushback<R>, FrameDecoder>>,
     spare: Option<FrameDecoder>,
 }
 
 impl<R: Read> ZstdFrames<R> {
-    fn new(inner: R) -> Self {
+    /// A decoder of the frames `inner` holds.
+    pub(crate) fn new(inner: R) -> Self {
         ZstdFrames {
             source: Some(Pushback {
                 pending: Vec::new(),

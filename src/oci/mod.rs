@@ -22,6 +22,8 @@ mod archive;
 mod legacy;
 mod targuard;
 
+pub(crate) use archive::{Compression, ZstdFrames};
+
 use oci_spec::image::Platform;
 use serde_json::Value;
 

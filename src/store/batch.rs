@@ -441,6 +441,7 @@ impl Batch {
             )
             .collect();
         self.store.write_uses_in(&txn, &used, Nanos::now())?;
+        crate::uncompressed::label_from_configs(&txn, &self.store, children.keys())?;
         if !self.adopted.is_empty() {
             let mut ingests = txn
                 .open_table(INGESTS)

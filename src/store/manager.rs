@@ -70,6 +70,81 @@ fn unindex_labels(index: &mut LabelIndex<'_>, digest: &str, labels: &Labels) -> 
     Ok(())
 }
 
+/// The digest strings the label index holds under `key`=`value`, in order: a range read,
+/// never a scan of the blobs.
+pub(crate) fn labelled(
+    index: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
+    key: &str,
+    value: &str,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let range = index
+        .range((key, value, "")..)
+        .map_err(|e| Error::db("read the label index", e))?;
+    for entry in range {
+        let (k, _) = entry.map_err(|e| Error::db("read the label index", e))?;
+        let (ik, iv, d) = k.value();
+        if ik != key || iv != value {
+            break;
+        }
+        out.push(d.to_owned());
+    }
+    Ok(out)
+}
+
+/// What [`set_label_in`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LabelSet {
+    /// The blob has no record (never committed, or deleted meanwhile); nothing was written.
+    NoRecord,
+    /// The label had this value before (`None`: it was absent); it now has the new one,
+    /// unless it had a value and `overwrite` was false.
+    Was(Option<String>),
+}
+
+/// Sets label `name`=`value` on the record of `key` inside `txn`, keeping the label index in
+/// step and moving `updated`. With `overwrite` false an existing value is left as it is. A
+/// record that already has the value is not rewritten.
+pub(crate) fn set_label_in(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    name: &str,
+    value: &str,
+    overwrite: bool,
+) -> Result<LabelSet> {
+    let mut blobs = txn
+        .open_table(BLOBS)
+        .map_err(|e| Error::db("open the blobs table", e))?;
+    let mut rec: BlobRecord = match blobs
+        .get(key)
+        .map_err(|e| Error::db("read a blob record", e))?
+    {
+        Some(v) => records::decode(v.value(), key)?,
+        None => return Ok(LabelSet::NoRecord),
+    };
+    let previous = rec.labels.get(name).cloned();
+    if previous.as_deref() == Some(value) || (previous.is_some() && !overwrite) {
+        return Ok(LabelSet::Was(previous));
+    }
+    let mut index = txn
+        .open_table(BLOB_LABELS)
+        .map_err(|e| Error::db("open the label index", e))?;
+    if let Some(old) = &previous {
+        index
+            .remove((name, old.as_str(), key))
+            .map_err(|e| Error::db("unindex a label", e))?;
+    }
+    index
+        .insert((name, value, key), ())
+        .map_err(|e| Error::db("index a label", e))?;
+    rec.labels.insert(name.to_owned(), value.to_owned());
+    rec.updated = Nanos::now().max(rec.updated);
+    blobs
+        .insert(key, records::encode(&rec).as_slice())
+        .map_err(|e| Error::db("write a blob record", e))?;
+    Ok(LabelSet::Was(previous))
+}
+
 impl Store {
     /// Turns the fsynced, verified ingest `reference` into the blob `digest`: publish the file,
     /// then one transaction inserts the record with its labels and drops the ingest record.
@@ -259,17 +334,7 @@ impl Store {
                     .map_err(|e| Error::db("open the label index", e))?;
                 let mut set = BTreeSet::new();
                 for (k, v) in &pairs {
-                    let range = index
-                        .range((k.as_str(), v.as_str(), "")..)
-                        .map_err(|e| Error::db("read the label index", e))?;
-                    for entry in range {
-                        let (key, _) = entry.map_err(|e| Error::db("read the label index", e))?;
-                        let (ik, iv, d) = key.value();
-                        if ik != k || iv != v {
-                            break;
-                        }
-                        set.insert(d.to_owned());
-                    }
+                    set.extend(labelled(&index, k, v)?);
                 }
                 Some(set)
             } else {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use ocistore::helpers::{self, Source};
+use ocistore::uncompressed::UncompressOptions;
 use ocistore::{Digest, Error, ErrorKind, Info, Labels, Manager};
 use serde_json::json;
 
@@ -73,6 +74,19 @@ pub enum ContentCmd {
         #[arg(long)]
         reverse: bool,
     },
+    /// Print the uncompressed digest (diffID) of a gzip or zstd blob: its
+    /// containerd.io/uncompressed label, or computed by decompressing it once and recorded
+    Uncompressed {
+        /// The compressed blob's digest
+        digest: String,
+        /// Also store the uncompressed bytes as a blob (labelled ocistore.io/compressed; gc
+        /// removes it unless something roots it)
+        #[arg(long)]
+        keep: bool,
+        /// Decompress even when a label is recorded, and correct a wrong one
+        #[arg(long)]
+        verify: bool,
+    },
     /// Remove blobs
     Rm {
         /// Digests to remove
@@ -133,6 +147,11 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
             Ok(())
         }
         ContentCmd::Label { digest, labels } => label(ctx, &digest, &labels),
+        ContentCmd::Uncompressed {
+            digest,
+            keep,
+            verify,
+        } => uncompressed(ctx, &digest, UncompressOptions { keep, verify }),
         ContentCmd::Rm { digests } => rm(ctx, &digests),
         ContentCmd::Refs { digest, reverse } => {
             let d = Digest::parse(&digest)?;
@@ -325,6 +344,31 @@ fn label(ctx: &Ctx, digest: &str, args: &[String]) -> Result<(), Failure> {
     info.labels = labels;
     let updated = store.update(&info, &paths)?;
     show_info(ctx, &updated);
+    Ok(())
+}
+
+fn uncompressed(ctx: &Ctx, digest: &str, opts: UncompressOptions) -> Result<(), Failure> {
+    let d = Digest::parse(digest)?;
+    let out = ctx.open()?.uncompressed(&d, &opts)?;
+    if ctx.json {
+        print_json(&json!({
+            "digest": out.digest.to_string(),
+            "diff_id": out.diff_id.to_string(),
+            "size": out.size,
+            "recorded": out.recorded,
+            "corrected": out.corrected,
+            "kept": out.kept.as_ref().map(ToString::to_string),
+        }));
+        return Ok(());
+    }
+    println!("{}", out.diff_id);
+    if let Some(was) = &out.replaced {
+        eprintln!(
+            "ocistore: corrected the {} label of {}: it said {was}",
+            ocistore::uncompressed::UNCOMPRESSED_LABEL,
+            out.digest
+        );
+    }
     Ok(())
 }
 
