@@ -192,11 +192,17 @@ impl Store {
         };
         // What the store has is leased before the downloads start: a gc meanwhile cannot
         // take it from under the name.
+        // Downloads are leased too: once sealed they wait unlocked for the batch to adopt
+        // them, and gc or prune must not take them meanwhile.
+        let mut downloads = Vec::new();
         for job in &plan.blobs {
-            if self.blob_record(&job.digest)?.is_some() {
-                batch.is_committed(&job.digest)?;
+            let present =
+                self.blob_record(&job.digest)?.is_some() && batch.is_committed(&job.digest)?;
+            if !present {
+                downloads.push(format!("pull-{}", job.digest));
             }
         }
+        batch.lease_ingests(&downloads)?;
         let mut sealed = Vec::new();
         for (job, got) in
             plan.blobs

@@ -63,6 +63,8 @@ pub struct Batch {
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
+    /// Ingests leased by [`Batch::lease_ingests`].
+    leased_ingests: Vec<String>,
     names: Vec<(String, Descriptor, Option<Labels>)>,
     /// Sealed ingests taken in, with their held locks: their files are staged as they are,
     /// their records go in the commit's transaction and their names after it.
@@ -94,6 +96,7 @@ impl Store {
             lease,
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
+            leased_ingests: Vec::new(),
             names: Vec::new(),
             adopted: Vec::new(),
             files: 0,
@@ -126,6 +129,29 @@ impl Batch {
             self.present.insert(*digest);
         }
         Ok(found)
+    }
+
+    /// Leases the ingests `references` to the batch until it commits or is dropped, so that
+    /// neither gc nor prune takes them while they wait to be adopted (a pull's downloads
+    /// release their locks once sealed). One transaction.
+    pub fn lease_ingests(&mut self, references: &[String]) -> Result<()> {
+        if references.is_empty() {
+            return Ok(());
+        }
+        let txn = self.store.write_txn("lease ingests")?;
+        {
+            let mut r = txn
+                .open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?;
+            for reference in references {
+                r.insert((self.lease.as_str(), "ingest", reference.as_str()), ())
+                    .map_err(|e| Error::db("lease an ingest", e))?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit ingest leases", e))?;
+        self.leased_ingests.extend(references.iter().cloned());
+        Ok(())
     }
 
     /// The recorded size of a committed blob, if it is committed.
@@ -462,6 +488,10 @@ impl Batch {
                 .map_err(|e| Error::db("open the lease resources", e))?;
             for d in &self.present {
                 r.remove((self.lease.as_str(), "content", d.to_string().as_str()))
+                    .map_err(|e| Error::db("drop the batch lease", e))?;
+            }
+            for reference in &self.leased_ingests {
+                r.remove((self.lease.as_str(), "ingest", reference.as_str()))
                     .map_err(|e| Error::db("drop the batch lease", e))?;
             }
         }
