@@ -66,13 +66,13 @@ pub struct LastUse {
 /// Uses noted in memory and not yet written.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    items: HashMap<(&'static str, String), (u64, u64)>,
+    items: HashMap<Used, (u64, u64)>,
     since: Option<Instant>,
 }
 
 impl Pending {
-    fn note(&mut self, item: &Used, at: Nanos) {
-        let e = self.items.entry(item.key()).or_insert((0, 0));
+    fn note(&mut self, item: Used, at: Nanos) {
+        let e = self.items.entry(item).or_insert((0, 0));
         e.0 = e.0.max(at.0);
         e.1 += 1;
         self.since.get_or_insert_with(Instant::now);
@@ -92,7 +92,7 @@ impl Store {
         let due = {
             let mut p = self.inner.uses.lock();
             for item in items {
-                p.note(&item, now);
+                p.note(item, now);
             }
             p.since.is_some_and(|s| s.elapsed() >= USE_GRANULARITY)
         };
@@ -160,7 +160,7 @@ impl Store {
     ) -> Result<()> {
         let mut pending = std::mem::take(&mut *self.inner.uses.lock());
         for item in extra {
-            pending.note(item, at);
+            pending.note(item.clone(), at);
         }
         write_pending(txn, &pending)
     }
@@ -209,14 +209,15 @@ fn write_pending(txn: &WriteTransaction, pending: &Pending) -> Result<()> {
     let mut table = txn
         .open_table(USES)
         .map_err(|e| Error::db("open the uses table", e))?;
-    for ((kind, id), (ns, count)) in &pending.items {
+    for (item, (ns, count)) in &pending.items {
+        let (kind, id) = item.key();
         let old = table
-            .get((*kind, id.as_str()))
+            .get((kind, id.as_str()))
             .map_err(|e| Error::db("read a last use", e))?
             .map(|v| v.value())
             .unwrap_or((0, 0));
         table
-            .insert((*kind, id.as_str()), (old.0.max(*ns), old.1 + count))
+            .insert((kind, id.as_str()), (old.0.max(*ns), old.1 + count))
             .map_err(|e| Error::db("record a last use", e))?;
     }
     Ok(())
@@ -240,9 +241,10 @@ pub(crate) fn flush_due(
         match txn.open_table(USES) {
             Ok(table) => {
                 let mut due = false;
-                for ((kind, id), (ns, _)) in &pending.items {
+                for (item, (ns, _)) in &pending.items {
+                    let (kind, id) = item.key();
                     let recorded = table
-                        .get((*kind, id.as_str()))
+                        .get((kind, id.as_str()))
                         .map_err(|e| Error::db("read a last use", e))?
                         .map(|v| v.value().0);
                     if recorded.is_none_or(|r| r.saturating_add(granularity) <= *ns) {
