@@ -544,3 +544,26 @@ fn last_use_is_recorded_by_imports_exactly_and_by_reads_coarsely() {
     store.delete_image("img0:1").unwrap();
     assert_eq!(store.last_use(&name).unwrap(), None);
 }
+
+/// `fsck --rebuild` carries last uses over, so a prune after it still knows what is old.
+#[test]
+fn a_rebuild_keeps_last_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::open(&root).unwrap();
+    image(&store, "docker.io/library/old:1", &[bytes(7, 1000)]);
+    let name = Used::image("old:1").unwrap();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    store
+        .record_use_at(std::slice::from_ref(&name), at)
+        .unwrap();
+    store
+        .record_use_at(std::slice::from_ref(&name), at)
+        .unwrap();
+    drop(store);
+    let out = ocistore::verify::rebuild(&root).unwrap();
+    assert_eq!(out.names_recovered, 1);
+    let store = Store::open(&root).unwrap();
+    let u = store.last_use(&name).unwrap().expect("carried over");
+    assert_eq!((u.at, u.count), (at, 2));
+}

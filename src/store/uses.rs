@@ -151,6 +151,46 @@ impl Store {
             }))
     }
 
+    /// Every recorded use (a rebuild carries them over).
+    pub(crate) fn all_uses(&self) -> Result<Vec<(Used, LastUse)>> {
+        let txn = self.read_txn()?;
+        let table = match txn.open_table(USES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::db("open the uses table", e)),
+        };
+        let mut out = Vec::new();
+        for (id, u) in all_in(&table, "image")? {
+            out.push((Used::Image(id), u));
+        }
+        for (id, u) in all_in(&table, "content")? {
+            if let Ok(d) = Digest::parse(&id) {
+                out.push((Used::Content(d), u));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `uses` as they are (times and counts), in one transaction.
+    pub(crate) fn restore_uses(&self, uses: &[(Used, LastUse)]) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let txn = self.write_txn("restore last uses")?;
+        {
+            let mut table = txn
+                .open_table(USES)
+                .map_err(|e| Error::db("open the uses table", e))?;
+            for (item, u) in uses {
+                let (kind, id) = item.key();
+                table
+                    .insert((kind, id.as_str()), (Nanos::from(u.at).0, u.count))
+                    .map_err(|e| Error::db("restore a last use", e))?;
+            }
+        }
+        txn.commit().map_err(|e| Error::db("commit last uses", e))
+    }
+
     /// Records `extra` as used at `at`, and every note still in memory, inside `txn`.
     pub(crate) fn write_uses_in(
         &self,

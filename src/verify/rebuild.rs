@@ -86,7 +86,7 @@ pub fn rebuild_with(root: &Path, opts: &RebuildOptions) -> Result<RebuildOutcome
         fs::remove_file(&new).map_err(|e| Error::io("discard an interrupted rebuild", &new, e))?;
         out.resumed_interrupted = true;
     }
-    let (mut salvage_labels, salvage_names) = salvage(&root, &meta, &mut out)?;
+    let (mut salvage_labels, salvage_names, salvage_uses) = salvage(&root, &meta, &mut out)?;
     let store = Store::open_private(
         &root,
         &OpenAt {
@@ -134,6 +134,7 @@ pub fn rebuild_with(root: &Path, opts: &RebuildOptions) -> Result<RebuildOutcome
                 .push(format!("name {}: its content is gone", image.name)),
         }
     }
+    store.restore_uses(&salvage_uses)?;
     drop(store);
     fs::File::open(&new)
         .and_then(|f| f.sync_all())
@@ -188,7 +189,11 @@ fn refuse_other_holders(meta: &Path) -> Result<()> {
     )))
 }
 
-type Salvaged = (BTreeMap<Digest, Labels>, Vec<crate::names::Image>);
+type Salvaged = (
+    BTreeMap<Digest, Labels>,
+    Vec<crate::names::Image>,
+    Vec<(crate::store::uses::Used, crate::store::uses::LastUse)>,
+);
 
 /// Labels and names from the old metadata, when it can be read. `FailedPrecondition` when it
 /// is readable but of an older schema.
@@ -249,5 +254,7 @@ fn salvage(root: &Path, meta: &Path, out: &mut RebuildOutcome) -> Result<Salvage
             .push(format!("old names unreadable ({e}): they are lost"));
         Vec::new()
     });
-    Ok((labels, names))
+    // Last uses are worth keeping (prune orders by them) but not worth failing for.
+    let uses = old.all_uses().unwrap_or_default();
+    Ok((labels, names, uses))
 }
