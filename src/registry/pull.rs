@@ -17,7 +17,7 @@
 //! to its digest, fail the blob and drop its ingest: nothing unverified is ever visible.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,20 +131,23 @@ impl Store {
             opts.platforms.clone()
         };
         let local = self.image(&key).ok();
-        let complete = |store: &Store| -> Result<bool> {
+        // Checked by the target seen, not the name: a prune or `image rm` elsewhere may
+        // remove the name meanwhile, and then the pull just goes on.
+        let complete = |store: &Store, image: &crate::names::Image| -> Result<bool> {
             if opts.all_platforms {
                 return Ok(false);
             }
             for p in &platforms {
-                if !store.check_image(&key, p)?.complete {
+                if !store.check_target(&image.target, p)?.complete {
                     return Ok(false);
                 }
             }
             Ok(true)
         };
         if let Some(image) = local.as_ref().filter(|_| opts.if_missing)
-            && complete(self)?
+            && complete(self, image)?
         {
+            self.record_use([crate::store::uses::Used::Image(key.clone())]);
             return Ok(PullOutcome {
                 name: key,
                 digest: image.target.digest().to_string(),
@@ -158,8 +161,9 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?;
         if let Some(image) = &local
             && image.target.digest().to_string() == head.digest.to_string()
-            && complete(self)?
+            && complete(self, image)?
         {
+            self.record_use([crate::store::uses::Used::Image(key.clone())]);
             return Ok(PullOutcome {
                 name: key,
                 digest: head.digest.to_string(),
@@ -199,7 +203,7 @@ impl Store {
             let present =
                 self.blob_record(&job.digest)?.is_some() && batch.is_committed(&job.digest)?;
             if !present {
-                downloads.push(format!("pull-{}", job.digest));
+                downloads.push((format!("pull-{}", job.digest), job.size, job.digest));
             }
         }
         batch.lease_ingests(&downloads)?;
@@ -303,7 +307,6 @@ impl Store {
         }
         let mut fetched = 0u64;
         let mut attempt = 0u32;
-        let mut buf = vec![0u8; 256 << 10];
         while offset < job.size {
             attempt += 1;
             let retry = |attempt: u32, e: Error| -> Result<()> {
@@ -322,30 +325,24 @@ impl Store {
                 w.truncate(0)?;
                 offset = 0;
             }
-            let mut reader = stream.reader;
-            let cut = loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break None,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Some(e),
-                };
-                if offset + n as u64 > job.size {
-                    drop(w);
-                    self.drop_ingest(&reference);
-                    return Err(Error::FailedPrecondition(format!(
-                        "{repo}: blob {}: the registry sent more than the descriptor's {} bytes",
-                        job.digest, job.size
-                    )));
-                }
-                w.write_all(&buf[..n])
-                    .map_err(|e| Error::from_io(e, "write", "ingest"))?;
-                offset += n as u64;
-                fetched += n as u64;
+            // Straight into the ingest's buffers; one byte more than the descriptor allows
+            // is enough to know the registry sent too much.
+            let mut body = stream.reader.take(job.size - offset + 1);
+            let (n, cut) = w.read_from(&mut body, &mut |chunk| {
                 if let Some(p) = &opts.progress {
-                    p.advance(&job.digest, n as u64);
+                    p.advance(&job.digest, chunk.len() as u64);
                 }
-            };
+            })?;
+            offset += n;
+            fetched += n;
+            if offset > job.size {
+                drop(w);
+                self.drop_ingest(&reference);
+                return Err(Error::FailedPrecondition(format!(
+                    "{repo}: blob {}: the registry sent more than the descriptor's {} bytes",
+                    job.digest, job.size
+                )));
+            }
             if offset < job.size {
                 // Cut short: resume from here.
                 let why = cut.map_or_else(|| "the body ended early".to_owned(), |e| e.to_string());

@@ -131,11 +131,13 @@ impl Batch {
         Ok(found)
     }
 
-    /// Leases the ingests `references` to the batch until it commits or is dropped, so that
-    /// neither gc nor prune takes them while they wait to be adopted (a pull's downloads
-    /// release their locks once sealed). One transaction.
-    pub fn lease_ingests(&mut self, references: &[String]) -> Result<()> {
-        if references.is_empty() {
+    /// Leases the ingests `downloads` (reference, size, digest) to the batch until it commits
+    /// or is dropped, so that neither gc nor prune takes them while they wait to be adopted
+    /// (a pull's downloads release their locks once sealed), and records each that has no
+    /// record yet: its writer then opens as a resumed ingest and pays no transaction of its
+    /// own. One transaction for all.
+    pub fn lease_ingests(&mut self, downloads: &[(String, u64, Digest)]) -> Result<()> {
+        if downloads.is_empty() {
             return Ok(());
         }
         let txn = self.store.write_txn("lease ingests")?;
@@ -143,14 +145,38 @@ impl Batch {
             let mut r = txn
                 .open_table(LEASE_RESOURCES)
                 .map_err(|e| Error::db("open the lease resources", e))?;
-            for reference in references {
+            let mut ingests = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            let started = Nanos::now();
+            for (reference, size, digest) in downloads {
+                crate::content::validate_reference(reference)?;
                 r.insert((self.lease.as_str(), "ingest", reference.as_str()), ())
                     .map_err(|e| Error::db("lease an ingest", e))?;
+                let recorded = ingests
+                    .get(reference.as_str())
+                    .map_err(|e| Error::db("read an ingest record", e))?
+                    .is_some();
+                if !recorded {
+                    let rec = crate::store::records::IngestRecord {
+                        total: Some(*size),
+                        expected: Some(digest.to_string()),
+                        started,
+                        id: crate::store::ingest::ingest_id(reference),
+                    };
+                    ingests
+                        .insert(
+                            reference.as_str(),
+                            crate::store::records::encode(&rec).as_slice(),
+                        )
+                        .map_err(|e| Error::db("record an ingest", e))?;
+                }
             }
         }
         txn.commit()
             .map_err(|e| Error::db("commit ingest leases", e))?;
-        self.leased_ingests.extend(references.iter().cloned());
+        self.leased_ingests
+            .extend(downloads.iter().map(|(r, _, _)| r.clone()));
         Ok(())
     }
 
@@ -517,5 +543,39 @@ impl Drop for Batch {
         {
             tracing::warn!(lease = %self.lease, error = %e, "could not drop an abandoned batch's lease; it expires in 24h");
         }
+        if !self.done
+            && let Err(e) = self.forget_unstarted_ingests()
+        {
+            tracing::warn!(error = %e, "could not drop the records of downloads that never started");
+        }
+    }
+}
+
+impl Batch {
+    /// The records [`Batch::lease_ingests`] made for downloads that never wrote a byte (no
+    /// data file): an abandoned batch leaves no empty ingests behind.
+    fn forget_unstarted_ingests(&self) -> Result<()> {
+        let unstarted: Vec<&String> = (self.leased_ingests.iter())
+            .filter(|r| !self.store.ingest_data(r).exists())
+            .collect();
+        if unstarted.is_empty() {
+            return Ok(());
+        }
+        let txn = self.store.write_txn("drop unstarted ingests")?;
+        {
+            let mut ingests = txn
+                .open_table(INGESTS)
+                .map_err(|e| Error::db("open the ingests table", e))?;
+            for reference in unstarted {
+                // Started meanwhile (by another pull of the same blob): theirs now.
+                if !self.store.ingest_data(reference).exists() {
+                    ingests
+                        .remove(reference.as_str())
+                        .map_err(|e| Error::db("remove an ingest record", e))?;
+                }
+            }
+        }
+        txn.commit()
+            .map_err(|e| Error::db("commit dropped ingests", e))
     }
 }

@@ -105,6 +105,11 @@ impl Pipe {
         }
     }
 
+    /// The file it writes.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The offset after the last byte handed over.
     pub(crate) fn end(&self) -> u64 {
         self.end

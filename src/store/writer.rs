@@ -100,6 +100,35 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Reads `src` to its end straight into the pipe's buffers (no copy through a buffer of
+    /// the caller's), hashing as it goes; `each` sees every chunk. Returns the bytes taken
+    /// and, when `src` failed, its error: the bytes before it are kept, as a cut download's
+    /// are. `Err` is the store's own failure (recording the ingest, writing the file).
+    pub(crate) fn read_from(
+        &mut self,
+        src: &mut dyn io::Read,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(u64, Option<io::Error>)> {
+        self.ensure_recorded()?;
+        let mut src = Capture {
+            inner: src,
+            failed: None,
+            taken: 0,
+        };
+        let path = self.pipe.path().to_path_buf();
+        let hasher = &mut self.hasher;
+        let got = self.pipe.read_from(&mut src, &path, &mut |chunk| {
+            hasher.update(chunk);
+            each(chunk);
+        });
+        self.updated = Nanos::now();
+        match (got, src.failed) {
+            (Ok(n), _) => Ok((n, None)),
+            (Err(_), Some(e)) => Ok((src.taken, Some(e))),
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// The digest to check against `expected`: the running one, or a re-hash of the file when
     /// the caller names another algorithm than the writer was opened with.
     fn final_digest(&mut self, expected: Option<&Digest>) -> Result<Digest> {
@@ -113,7 +142,10 @@ impl StoreWriter {
     }
 }
 
-/// A finished ingest: every byte durable, size and digest checked, its reference released.
+/// Ingests at least this large are fsynced when sealed; smaller ones by their batch.
+const SEAL_SYNC_MIN: u64 = 4 << 20;
+
+/// A finished ingest: every byte written, size and digest checked, its reference released.
 /// The ingest stays (recorded, resumable) until a batch adopts it and commits
 /// ([`Batch::adopt`](crate::store::batch::Batch::adopt)), which makes its file the blob's
 /// bytes without a copy.
@@ -131,16 +163,22 @@ pub struct Sealed {
 }
 
 impl StoreWriter {
-    /// Makes every byte durable and checks `size` and `expected`, then releases the
+    /// Writes every byte out and checks `size` and `expected`, then releases the
     /// reference, keeping the ingest. A mismatch is `FailedPrecondition` naming both values
     /// (the ingest is kept; the caller decides whether to abort it).
     pub(crate) fn seal(mut self, size: u64, expected: &Digest) -> Result<Sealed> {
         use std::os::unix::fs::MetadataExt;
         self.flush_buf()?;
         self.ensure_recorded()?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fsync ingest data", &self.data_path, e))?;
+        // The adopting batch fsyncs every file before it links any, so this is only about
+        // when: a large file now, while other downloads go on (most of it is being written
+        // back already); a small one with the batch, where many share one journal commit
+        // instead of paying one each. (An ingest a crash tore is re-hashed when resumed.)
+        if self.pipe.end() >= SEAL_SYNC_MIN {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("fsync ingest data", &self.data_path, e))?;
+        }
         let written = self.pipe.end();
         if written != size {
             return Err(Error::FailedPrecondition(format!(
@@ -305,6 +343,30 @@ impl Drop for StoreWriter {
         }
         if let Err(e) = self.flush_buf().and_then(|()| self.ensure_recorded()) {
             tracing::warn!(reference = %self.reference, error = %e, "could not flush ingest on drop");
+        }
+    }
+}
+
+/// A reader that keeps its source's error (the pipe only reports that reading failed).
+struct Capture<'a> {
+    inner: &'a mut dyn io::Read,
+    failed: Option<io::Error>,
+    taken: u64,
+}
+
+impl io::Read for Capture<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.taken += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                self.failed = Some(e);
+                Err(io::Error::new(kind, "the source failed"))
+            }
         }
     }
 }
