@@ -311,6 +311,57 @@ fn small_blobs(dir: &Path) {
     );
 }
 
+/// The wall under concurrent small writers: how long one durable redb commit of one row
+/// takes in the store's multi-process mode, against redb's single-process mode and against
+/// the file system's own fsync of a 4 KiB file, each timed over `n` commits in a row.
+fn commit_wall(dir: &Path) {
+    let n = 300;
+    let table: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("t");
+    let commits = |mode: Option<redb::ConcurrencyMode>, name: &str| -> Duration {
+        let mut b = redb::Builder::new();
+        if let Some(m) = mode {
+            b.set_concurrency_mode(m);
+        }
+        let db = b.create(dir.join(name)).unwrap();
+        settle();
+        let t = Instant::now();
+        for i in 0..n {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(table).unwrap().insert(i, i).unwrap();
+            txn.commit().unwrap();
+        }
+        t.elapsed() / n as u32
+    };
+    let multi = commits(Some(redb::ConcurrencyMode::MultiWriter), "multi.redb");
+    let single = commits(None, "single.redb");
+    let files = dir.join("fsync-each");
+    fs::create_dir_all(&files).unwrap();
+    settle();
+    let t = Instant::now();
+    for i in 0..n {
+        put_file(&files, &format!("f{i}"), &data(4096, i as u64));
+    }
+    let file = t.elapsed() / n as u32;
+    let ms = |d: Duration| secs(d) * 1e3;
+    println!("one durable commit of one row, {n} in a row (the wall under 8 small writers)");
+    println!(
+        "  redb, multi-process mode (the store's): {:.2} ms = {:.0} commits/s",
+        ms(multi),
+        1.0 / secs(multi)
+    );
+    println!(
+        "  redb, single-process mode:               {:.2} ms = {:.0} commits/s ({:.2}x the multi-process rate)",
+        ms(single),
+        1.0 / secs(single),
+        secs(multi) / secs(single)
+    );
+    println!(
+        "  a 4 KiB file made durable (write, fsync, rename): {:.2} ms = {:.0} files/s",
+        ms(file),
+        1.0 / secs(file)
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument selects one benchmark.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -323,5 +374,8 @@ fn main() {
     }
     if run("small") {
         small_blobs(dir.path());
+    }
+    if run("commit") {
+        commit_wall(dir.path());
     }
 }
