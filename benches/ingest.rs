@@ -339,7 +339,7 @@ fn commit_wall(dir: &Path) {
     settle();
     let t = Instant::now();
     for i in 0..n {
-        put_file(&files, &format!("f{i}"), &data(4096, i as u64));
+        put_file(&files, &format!("f{i}"), &data(4096, i));
     }
     let file = t.elapsed() / n as u32;
     let ms = |d: Duration| secs(d) * 1e3;
