@@ -30,17 +30,9 @@ fn put(store: &Store, bytes: &[u8], labels: Labels) -> Digest {
     .unwrap()
 }
 
-/// Deterministic bytes: `len` of them for `seed`.
+/// Deterministic bytes: `len` of them for `seed` (the testsuite's generator).
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    ocistore::testsuite::sample(len, seed)
 }
 
 /// Writes an image `name` with the given layers; returns its blobs (manifest first).
