@@ -77,6 +77,19 @@ fn regenerate_v1_fixture() {
     w.close().unwrap();
 }
 
+/// What the v2 and later fixtures hold: the v1 blobs, the sample image under its names, and
+/// an ingest in progress (5 of 10 bytes).
+fn put_fixture_content(store: &Store) {
+    put_fixture_blobs(store);
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    store
+        .import_path(&sample, ocistore::oci::import::Options::default())
+        .unwrap();
+    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
+    w.write_all(b"12345").unwrap();
+    w.close().unwrap();
+}
+
 /// The v2 fixture: the v1 content, the sample image under its names, and an ingest in
 /// progress in v2's layout (`ingest/<id>/data` beside `ingest/<id>/lock`).
 #[test]
@@ -85,14 +98,7 @@ fn regenerate_v2_fixture() {
     let root = fixture(2);
     let _ = std::fs::remove_dir_all(&root);
     let store = Store::open(&root).unwrap();
-    put_fixture_blobs(&store);
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    store
-        .import_path(&sample, ocistore::oci::import::Options::default())
-        .unwrap();
-    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
-    w.write_all(b"12345").unwrap();
-    w.close().unwrap();
+    put_fixture_content(&store);
 }
 
 /// The v3 fixture: the v2 content (fixture blobs, the sample image under its names, an
@@ -104,14 +110,7 @@ fn regenerate_v3_fixture() {
     let _ = std::fs::remove_dir_all(&root);
     let store = Store::open(&root).unwrap();
     assert_eq!(store.schema_version().unwrap(), 3);
-    put_fixture_blobs(&store);
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    store
-        .import_path(&sample, ocistore::oci::import::Options::default())
-        .unwrap();
-    let mut w = store.writer("fixture-ingest", Some(10), None).unwrap();
-    w.write_all(b"12345").unwrap();
-    w.close().unwrap();
+    put_fixture_content(&store);
 }
 
 #[test]
