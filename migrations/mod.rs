@@ -24,6 +24,10 @@ pub(crate) struct Step {
     pub what: &'static str,
     /// Applies the step inside the open-time write transaction; the path is the blob tree.
     pub apply: fn(&WriteTransaction, &Path) -> Result<()>,
+    /// Whether creating a store runs it: false for a step that only moves what an older
+    /// version left on disk (a new store has nothing to move, and no older process can have
+    /// it open: one would have recorded a schema version, and now refuses the newer one).
+    pub on_create: bool,
 }
 
 /// Every step, in order.
@@ -32,20 +36,24 @@ pub(crate) const STEPS: &[Step] = &[
         to: 1,
         what: "blobs, blob_labels, ingests",
         apply: v001_initial::apply,
+        on_create: true,
     },
     Step {
         to: 2,
         what: "names, refs, refs_rev, leases, lease_resources; refs of existing manifests",
         apply: v002_images::apply,
+        on_create: true,
     },
     Step {
         to: 3,
         what: "ingest data moves from ingest/<id>/data to ingest/<id>.data, its own lock",
         apply: v003_flat_ingests::apply,
+        on_create: false,
     },
     Step {
         to: 4,
         what: "uses: last use and use count of images and blobs",
         apply: v004_last_use::apply,
+        on_create: true,
     },
 ];

@@ -78,7 +78,13 @@ pub(crate) fn migrate(db: &Database, blobs_root: &std::path::Path) -> Result<()>
     if found == SCHEMA_VERSION {
         return Ok(());
     }
-    for step in steps::STEPS.iter().filter(|s| s.to > found) {
+    // A new store's steps create its tables; its open should not pay for moving old layouts
+    // (step 3 reads /proc/locks, up to 15 ms on a busy machine, on every `pull` into a new
+    // directory).
+    let steps = steps::STEPS
+        .iter()
+        .filter(|s| s.to > found && (found > 0 || s.on_create));
+    for step in steps {
         tracing::info!(to = step.to, what = step.what, "migrating store schema");
         (step.apply)(&txn, blobs_root)?;
     }
