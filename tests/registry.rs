@@ -123,6 +123,17 @@ fn repull_costs_one_manifest_head_and_if_missing_nothing() {
         registry_with(&env, "again/app:v1", AMD64, &[400 << 10, 100 << 10], 2);
     let root = env.path("store");
     env.pull(&root, &[&reference], &image.root.digest);
+    // A first pull has nothing to compare with: one GET resolves the tag, no HEAD.
+    let first = reg.ours();
+    let manifests: Vec<_> = first
+        .iter()
+        .filter(|r| r.uri.contains("/manifests/"))
+        .collect();
+    assert!(
+        manifests.len() == 1 && manifests[0].method == "GET",
+        "a first pull asks for its manifest once, with a GET:\n{}",
+        list(&first)
+    );
 
     let mark = reg.ours().len();
     let out = env.pull(&root, &[&reference], &image.root.digest);
@@ -1089,7 +1100,7 @@ fn fault_429_retry_after_is_honoured() {
     let env = Env::new();
     let too_many = Fault::Status(429, "Retry-After: 1\r\n");
     let (_reg, proxy, image, _big, reference) = faulty(&env, 23, |_| {
-        vec![Rule::new("HEAD", "/manifests/", too_many).times(1)]
+        vec![Rule::new("GET", "/manifests/", too_many).times(1)]
     });
     let root = env.path("store");
     env.pull(&root, &[&reference], &image.root.digest);
@@ -1291,7 +1302,9 @@ fn token_auth_push_then_pull_with_docker_config_credentials() {
     assert!(
         reqs.iter()
             .filter(|r| r.status == 401)
-            .all(|r| r.method == "HEAD" || r.method == "POST"),
+            .all(|r| r.method == "HEAD"
+                || r.method == "POST"
+                || (r.method == "GET" && r.uri.contains("/manifests/"))),
         "a 401 only on a command's first request (before it has a token):\n{}",
         list(&reqs)
     );

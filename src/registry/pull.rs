@@ -156,32 +156,40 @@ impl Store {
             });
         }
         let wanted = reference_of(&name);
-        let head = registry
-            .manifest_head(&repo, &wanted)?
-            .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?;
-        if let Some(image) = &local
-            && image.target.digest().to_string() == head.digest.to_string()
-            && complete(self, image)?
-        {
-            self.record_use([crate::store::uses::Used::Image(key.clone())]);
-            return Ok(PullOutcome {
-                name: key,
-                digest: head.digest.to_string(),
-                media_type: image.target.media_type().to_string(),
-                ..PullOutcome::default()
-            });
-        }
+        let root = match &local {
+            // Nothing here to compare with: one GET resolves and fetches (a HEAD first would
+            // cost a round trip, about a tenth of a small image's pull).
+            None => registry
+                .manifest_get(&repo, &wanted)?
+                .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?,
+            Some(image) => {
+                let head = registry
+                    .manifest_head(&repo, &wanted)?
+                    .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?;
+                if image.target.digest().to_string() == head.digest.to_string()
+                    && complete(self, image)?
+                {
+                    self.record_use([crate::store::uses::Used::Image(key.clone())]);
+                    return Ok(PullOutcome {
+                        name: key,
+                        digest: head.digest.to_string(),
+                        media_type: image.target.media_type().to_string(),
+                        ..PullOutcome::default()
+                    });
+                }
+                registry
+                    .manifest_get(&repo, head.digest.as_str())?
+                    .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", head.digest)))?
+            }
+        };
         if let Some(pinned) = name.digest
-            && pinned != head.digest
+            && pinned != root.descriptor.digest
         {
             return Err(Error::FailedPrecondition(format!(
                 "{repo}: asked for {pinned}, the registry answered for {}",
-                head.digest
+                root.descriptor.digest
             )));
         }
-        let root = registry
-            .manifest_get(&repo, head.digest.as_str())?
-            .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", head.digest)))?;
         let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
         // One batch: its lease keeps what the store has from gc; downloads are ingests until
         // the batch adopts them and commits everything with the name in one transaction.
