@@ -4,9 +4,19 @@
 //! copying them into the page cache; done one after the other, a put costs their sum. A
 //! [`Pipe`] gathers bytes into 1 MiB buffers and hands each full buffer to a worker thread
 //! that writes it at its offset, while the caller hashes (and gathers) the next one: a large
-//! ingest then costs about the larger of the two. The worker also asks the kernel to start
-//! writing back every few MiB it has written (`sync_file_range`), so that the disk works
-//! while the bytes still arrive and the fsync at commit finds little left to do.
+//! ingest then costs about the larger of the two.
+//!
+//! Full buffers at aligned offsets are written with direct I/O (`O_DIRECT`, through a second
+//! descriptor of the same file): the bytes go from the buffer to the disk, with no copy into
+//! the page cache and no writeback later. On this project's machines that took the kernel's
+//! share of a 200 MiB import from about 480 ms to 70 ms, and its wall time from 0.6-0.8 s to
+//! about 0.2 s whenever the page cache's writeback was slow (it is throttled on virtual disks;
+//! a direct `dd` of 200 MiB ran at 1.2-1.7 GB/s while the same write through the page cache
+//! and an fsync ran at 0.25-0.38 GB/s). The cost: a blob just written is not in the page
+//! cache, so its first read comes from the disk. Everything else (a small blob, a tail, a
+//! resumed ingest's unaligned offsets, a file system without direct I/O) goes through the
+//! page cache, and the worker then asks the kernel to start writing back every few MiB
+//! (`sync_file_range`), so that the fsync at commit finds little left to do.
 //!
 //! Buffers are reused, within a pipe and across pipes through the store's [`BufferPool`]: at
 //! most [`IN_FLIGHT`] are with the worker and one is being filled. Bytes read from a source
@@ -41,25 +51,61 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Spare buffers a store keeps for its pipes.
 const POOLED: usize = 8;
 
+/// Alignment of buffers and direct writes: the page size, which every block device's
+/// logical block size divides.
+const ALIGN: usize = 4096;
+
 /// A buffer, the bytes of it to write, and the file offset they belong at.
-type Job = (Vec<u8>, usize, u64);
+type Job = (Buffer, usize, u64);
 
 /// What the worker sends back: the buffer, and whether its write succeeded.
-type Done = (Vec<u8>, io::Result<()>);
+type Done = (Buffer, io::Result<()>);
+
+/// [`BUFFER`] bytes starting at an [`ALIGN`]ed address (as direct I/O needs), or nothing.
+#[derive(Default)]
+pub(crate) struct Buffer {
+    /// Allocated once, never grown (which would move it): `BUFFER + ALIGN` bytes, or none.
+    bytes: Vec<u8>,
+    /// Where the aligned part starts in `bytes`.
+    start: usize,
+}
+
+impl Buffer {
+    fn allocate() -> Buffer {
+        let bytes = vec![0u8; BUFFER + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        Buffer { bytes, start }
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let len = self.bytes.len().saturating_sub(ALIGN);
+        &self.bytes[self.start..self.start + len]
+    }
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.bytes.len().saturating_sub(ALIGN);
+        &mut self.bytes[self.start..self.start + len]
+    }
+}
 
 /// Buffers of [`BUFFER`] bytes, zeroed once when first made and reused after: a small put
 /// neither allocates nor clears a buffer of its own.
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<Buffer>>,
 }
 
 impl BufferPool {
-    fn take(&self) -> Vec<u8> {
-        self.free.lock().pop().unwrap_or_else(|| vec![0u8; BUFFER])
+    fn take(&self) -> Buffer {
+        self.free.lock().pop().unwrap_or_else(Buffer::allocate)
     }
 
-    fn give(&self, buf: Vec<u8>) {
+    fn give(&self, buf: Buffer) {
         let mut free = self.free.lock();
         if free.len() < POOLED && buf.len() == BUFFER {
             free.push(buf);
@@ -82,7 +128,7 @@ pub(crate) struct Pipe {
     /// Where the next byte goes: everything before it was handed over.
     end: u64,
     /// The buffer being filled (empty until the first byte), always [`BUFFER`] long...
-    buf: Vec<u8>,
+    buf: Buffer,
     /// ...of which the first `fill` bytes were handed over but not yet given to a write.
     fill: usize,
     worker: Option<Worker>,
@@ -98,7 +144,7 @@ impl Pipe {
             path,
             pool,
             end,
-            buf: Vec::new(),
+            buf: Buffer::default(),
             fill: 0,
             worker: None,
             failed: None,
@@ -257,9 +303,10 @@ impl Pipe {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(IN_FLIGHT);
         let (tx, done) = crossbeam_channel::unbounded();
         let file = Arc::clone(&self.file);
+        let direct = open_direct(&self.path, &self.file);
         let thread = std::thread::Builder::new()
             .name("ocistore-write".into())
-            .spawn(move || write_jobs(&file, &rx, &tx))
+            .spawn(move || write_jobs(&file, direct, &rx, &tx))
             .map_err(|e| Error::io("start a writer thread for", &self.path, e))?;
         Ok(Worker {
             jobs,
@@ -303,22 +350,67 @@ impl Drop for Pipe {
 
 /// The worker: writes each buffer at its offset, sends it back, and starts writeback every
 /// [`WRITEBACK_EVERY`] bytes. Stops at the first error (sent back) or when the pipe is gone.
-fn write_jobs(file: &File, jobs: &Receiver<Job>, done: &Sender<Done>) {
+/// Aligned buffers go through `direct` when there is one; a file system that refuses a direct
+/// write (`EINVAL`) gets it, and every later one, through the page cache.
+fn write_jobs(file: &File, mut direct: Option<File>, jobs: &Receiver<Job>, done: &Sender<Done>) {
     let mut unflushed_from: Option<u64> = None;
     for (buf, len, at) in jobs {
-        let written = file.write_all_at(&buf[..len], at);
-        let failed = written.is_err();
-        if !failed {
-            let from = *unflushed_from.get_or_insert(at);
-            let to = at + len as u64;
-            if to - from >= WRITEBACK_EVERY {
-                start_writeback(file, from, to - from);
-                unflushed_from = Some(to);
+        let bytes = &buf[..len];
+        let aligned = len % ALIGN == 0 && at % ALIGN as u64 == 0;
+        let written = match direct.as_ref().filter(|_| aligned) {
+            Some(d) => match d.write_all_at(bytes, at) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    direct = None;
+                    file.write_all_at(bytes, at)
+                }
+                other => other,
+            },
+            None => {
+                let written = file.write_all_at(bytes, at);
+                if written.is_ok() {
+                    let from = *unflushed_from.get_or_insert(at);
+                    let to = at + len as u64;
+                    if to - from >= WRITEBACK_EVERY {
+                        start_writeback(file, from, to - from);
+                        unflushed_from = Some(to);
+                    }
+                }
+                written
             }
-        }
+        };
+        let failed = written.is_err();
         if done.send((buf, written)).is_err() || failed {
             return;
         }
+    }
+}
+
+/// A second descriptor of the pipe's file that writes around the page cache (`O_DIRECT`), so
+/// that a large blob's bytes go from our buffer to the disk with no copy into the page cache
+/// and no writeback work later: that copy was a third of a pull's kernel time. `None` where
+/// the file system has no direct I/O, or the path no longer names the pipe's file.
+fn open_direct(path: &Path, file: &File) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+        let mode = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
+        if mode != libc::O_WRONLY && mode != libc::O_RDWR {
+            return None; // never write where the pipe's own descriptor could not
+        }
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        let (a, b) = (direct.metadata().ok()?, file.metadata().ok()?);
+        ((a.dev(), a.ino()) == (b.dev(), b.ino())).then_some(direct)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, file);
+        None
     }
 }
 
@@ -343,6 +435,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn bytes(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 4093) as u8).collect()
@@ -369,6 +462,35 @@ mod tests {
         assert!(p.worker.is_some());
         p.flush().unwrap();
         assert_eq!(p.end(), data.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn unaligned_offsets_mix_direct_and_buffered_writes_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let head = bytes(100);
+        std::fs::write(&path, &head).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // Resumed at offset 100: no buffer lands aligned, so every write goes buffered...
+        let pool = Arc::new(BufferPool::default());
+        let mut p = Pipe::new(Arc::new(file), path.clone(), 100, Arc::clone(&pool));
+        let data = bytes(3 * BUFFER + 999);
+        p.write(&data).unwrap();
+        p.flush().unwrap();
+        drop(p);
+        let mut want = head.clone();
+        want.extend_from_slice(&data);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        // ...and from 0 the full buffers go direct (where the file system has it), the tail
+        // through the page cache; reads see both.
+        let mut p = pooled_pipe_to(&path, File::create(&path).unwrap(), &pool);
+        p.write(&data).unwrap();
+        p.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 

@@ -10,6 +10,7 @@
 
 #![allow(clippy::missing_panics_doc)]
 
+pub mod baseline;
 mod checks;
 mod filters;
 pub mod fuzzing;
