@@ -52,7 +52,7 @@ pub struct RegistryOptions {
     pub credentials: Credentials,
     /// Plain HTTP for every host (`--plain-http`).
     pub plain_http: bool,
-    /// Blob transfers at a time per pull or push (default 3).
+    /// Blob transfers at a time per pull or push (default 6).
     pub concurrency: usize,
     /// How failed requests are retried.
     pub retry: RetryPolicy,
@@ -67,7 +67,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             credentials: Credentials::from_env(),
             plain_http: false,
-            concurrency: 3,
+            concurrency: 6,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
             hosts_dirs: hosts::search_dirs(),
