@@ -259,6 +259,51 @@ fn killed_put_resumes() {
 }
 
 #[test]
+fn read_commands_write_nothing_and_see_other_processes_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let first = run(&root, &["content", "put", "-"], Some(b"first blob"));
+    assert!(first.status.success());
+    let d1 = String::from_utf8(first.stdout).unwrap().trim().to_owned();
+    // Listing and inspecting leave meta.redb byte for byte as it was: they open read-only.
+    let meta = root.join("meta.redb");
+    let before = std::fs::read(&meta).unwrap();
+    for args in [
+        &["content", "ls"][..],
+        &["content", "info", &d1],
+        &["image", "ls"],
+        &["ingest", "ls"],
+        &["lease", "ls"],
+    ] {
+        ok(&root, args);
+    }
+    assert!(
+        std::fs::read(&meta).unwrap() == before,
+        "a read command wrote meta.redb"
+    );
+    // Beside a process that holds the store open read-write (an ingest in progress), reads
+    // see what a third process commits.
+    let mut holder = spawn_put(&root, "held");
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(&[7u8; 2 << 20]).unwrap();
+    wait_for("the holder to write", || {
+        let v = json(&root, &["ingest", "ls"]);
+        v[0]["offset"].as_u64().unwrap_or(0) > 0
+    });
+    let second = run(&root, &["content", "put", "-"], Some(b"second blob"));
+    assert!(second.status.success());
+    let d2 = String::from_utf8(second.stdout).unwrap().trim().to_owned();
+    let listed = ls_digests(&root, &[]);
+    assert!(listed.contains(&d1) && listed.contains(&d2), "{listed:?}");
+    assert_eq!(json(&root, &["content", "info", &d2])["size"], 11);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drop(stdin);
+    // After the holder was killed, reads still work.
+    assert_eq!(json(&root, &["ingest", "ls"])[0]["ref"], "held");
+}
+
+#[test]
 fn locked_ref_is_unavailable_across_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");

@@ -106,7 +106,7 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
         } => put(ctx, &path, reference, expected, size, &labels),
         ContentCmd::Info { digest } => {
             let d = Digest::parse(&digest)?;
-            let info = ctx.open()?.info(&d)?;
+            let info = ctx.open_to_read()?.info(&d)?;
             show_info(ctx, &info);
             Ok(())
         }
@@ -288,7 +288,7 @@ fn show_info(ctx: &Ctx, info: &Info) {
 }
 
 fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
-    let store = ctx.open()?;
+    let store = ctx.open_to_read()?;
     let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
     if quiet && !ctx.json {
         // Streams: one line per blob as the walk finds it.

@@ -113,7 +113,11 @@ pub fn image_json(i: &Image) -> Value {
 }
 
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
-    let store = ctx.open()?;
+    let store = if matches!(cmd, ImageCmd::Ls { .. } | ImageCmd::Inspect { .. }) {
+        ctx.open_to_read()?
+    } else {
+        ctx.open()?
+    };
     match cmd {
         ImageCmd::Pull(a) => crate::registry::pull(&store, ctx, a)?,
         ImageCmd::Push(a) => crate::registry::push(&store, ctx, a)?,

@@ -26,7 +26,7 @@ pub enum IngestCmd {
 pub fn run(ctx: &Ctx, cmd: IngestCmd) -> Result<(), Failure> {
     match cmd {
         IngestCmd::Ls { filters } => {
-            let store = ctx.open()?;
+            let store = ctx.open_to_read()?;
             let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
             let statuses = store.list_statuses(&filters)?;
             if ctx.json {

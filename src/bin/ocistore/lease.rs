@@ -75,7 +75,11 @@ fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
 }
 
 pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
-    let store = ctx.open()?;
+    let store = if matches!(cmd, LeaseCmd::Ls) {
+        ctx.open_to_read()?
+    } else {
+        ctx.open()?
+    };
     match cmd {
         LeaseCmd::Create {
             id,

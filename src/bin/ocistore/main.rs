@@ -71,6 +71,29 @@ impl Ctx {
     /// Opens the store (read-write when possible).
     pub fn open(&self) -> ocistore::Result<Store> {
         let store = Store::open(&self.root)?;
+        Self::warn_of_rebuild(&store);
+        Ok(store)
+    }
+
+    /// Opens the store for a command that only reads: read-only, so that nothing is written
+    /// when it opens or closes (a read-write open of redb writes and fsyncs its header at
+    /// both ends, a third of a listing's time); read-write where a read-only open cannot
+    /// serve (no store yet, one that needs migrating or recovering after a crash), as
+    /// before.
+    pub fn open_to_read(&self) -> ocistore::Result<Store> {
+        match ocistore::OpenOptions::new()
+            .read_only(true)
+            .open(&self.root)
+        {
+            Ok(store) => {
+                Self::warn_of_rebuild(&store);
+                Ok(store)
+            }
+            Err(_) => self.open(),
+        }
+    }
+
+    fn warn_of_rebuild(store: &Store) {
         if let Some(new) = store.interrupted_rebuild() {
             eprintln!(
                 "ocistore: warning: a rebuild was killed before it replaced meta.redb; the \
@@ -79,7 +102,6 @@ impl Ctx {
                 new.display()
             );
         }
-        Ok(store)
     }
 
     /// The store's root directory.
