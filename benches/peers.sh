@@ -7,6 +7,7 @@
 #   registry push:  ocistore image push  vs  skopeo copy oci: docker://  vs  ctr images push
 #                   (the push registry restarted empty before every run), plus a re-pull, a
 #                   push to a second repository (mounts) and a repeated push (HEADs only)
+#                   and pull against our own import of the image, taking turns
 #   CLI latency:    read commands on a small store (hyperfine, warm cache)
 # Installs containerd, skopeo and hyperfine from Debian, runs containerd as a plain process
 # with a private root and socket (stopped at exit), and prints a table of medians and ratios.
@@ -155,6 +156,31 @@ json pull \
   --prepare "rm -rf $W/skp; sync" "skopeo --insecure-policy copy --src-tls-verify=false docker://$PULLREG/bench/image:1 oci:$W/skp:x" \
   --prepare "$CTR_CLEAN; sync" "$CTR content fetch --plain-http $PULLREG/bench/image:1" \
   --prepare "rm -rf $W/pl; sync" "$BIN --root $W/pl image import $W/image.tar"
+echo "== pull and import taking turns (${TURNS:-11} rounds)"
+# hyperfine runs a command's runs back to back, so a phase of this machine's disk can favour
+# one side; here pull and import alternate, each after a sync and a rest, and the ratio of
+# their medians is reported.
+python3 - "$BIN" "$W" "$PULLREG" "${TURNS:-11}" >"$W/turns.txt" <<'PY'
+import statistics, subprocess, sys, time
+bin_, w, reg, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sides = {
+    "pull": [bin_, "--root", f"{w}/pl", "image", "pull", f"{reg}/bench/image:1"],
+    "import": [bin_, "--root", f"{w}/pl", "image", "import", f"{w}/image.tar"],
+}
+took = {k: [] for k in sides}
+for r in range(rounds):
+    for k in (["pull", "import"] if r % 2 == 0 else ["import", "pull"]):
+        subprocess.run(["rm", "-rf", f"{w}/pl"], check=True)
+        subprocess.run(["sync"], check=True)
+        time.sleep(1)
+        t = time.perf_counter()
+        done = subprocess.run(sides[k], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        took[k].append(time.perf_counter() - t)
+        if done.returncode != 0:
+            sys.exit(f"{k} failed: {done.stderr.decode(errors='replace')}")
+p, i = statistics.median(took["pull"]), statistics.median(took["import"])
+print(f"{p} {i}")
+PY
 echo "== re-pull of a present image"
 rm -rf "$W/rp"; "$BIN" --root "$W/rp" image pull "$PULLREG/bench/image:1" >/dev/null
 json repull "$BIN --root $W/rp image pull $PULLREG/bench/image:1"
@@ -182,15 +208,18 @@ read -r ob cb <<<"$(median blob)"
 read -r os cs <<<"$(median small)"
 read -r pl_o pl_s pl_c pl_i <<<"$(median pull)"
 read -r rp <<<"$(median repull)"
+read -r turn_p turn_i <"$W/turns.txt"
 read -r ps_o ps_s ps_c <<<"$(median push)"
 read -r mnt rep <<<"$(median mount)"
 python3 - "$oi" "$ci" "$si" "$ob" "$cb" "$os" "$cs" "$ARCHIVE_MIB" "$BLOB_MIB" "$SMALL" \
-  "$pl_o" "$pl_s" "$pl_c" "$rp" "$ps_o" "$ps_s" "$ps_c" "$mnt" "$rep" "$W/cli.json" "$pl_i" <<'PY'
+  "$pl_o" "$pl_s" "$pl_c" "$rp" "$ps_o" "$ps_s" "$ps_c" "$mnt" "$rep" "$W/cli.json" "$pl_i" \
+  "$turn_p" "$turn_i" <<'PY'
 import json, sys
 oi, ci, si, ob, cb, os_, cs = map(float, sys.argv[1:8])
 am, bm, n = sys.argv[8:11]
 pl_o, pl_s, pl_c, rp, ps_o, ps_s, ps_c, mnt, rep = map(float, sys.argv[11:20])
 pl_i = float(sys.argv[21])
+turn_p, turn_i = float(sys.argv[22]), float(sys.argv[23])
 print()
 print("| work | ocistore | ctr | skopeo | ctr / ocistore | skopeo / ocistore |")
 print("|---|---|---|---|---|---|")
@@ -201,6 +230,7 @@ print(f"| pull the {am} MiB image from a loopback registry | {pl_o:.3f} s | {pl_
 print(f"| push it to an empty registry | {ps_o:.3f} s | {ps_c:.3f} s | {ps_s:.3f} s | {ps_c/ps_o:.2f}x | {ps_s/ps_o:.2f}x |")
 print()
 print(f"pull / import of the same image, measured in the pull's run: {pl_o:.3f} s / {pl_i:.3f} s = {pl_o/pl_i:.2f}x (target <= 1.2x)")
+print(f"pull / import taking turns, medians: {turn_p:.3f} s / {turn_i:.3f} s = {turn_p/turn_i:.2f}x")
 print(f"re-pull of a present image: {rp*1000:.1f} ms; push to a second repository (mounts): {mnt:.3f} s; repeated push (HEADs only): {rep*1000:.1f} ms")
 print()
 print("| CLI command (small store) | median |")
