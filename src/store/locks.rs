@@ -249,7 +249,7 @@ pub(crate) fn lock_holders(path: &Path) -> Option<String> {
 /// description locks (which `/proc/locks` shows without a pid) are not counted.
 pub(crate) fn holder_pids(path: &Path) -> Option<Vec<String>> {
     let ino = fs::metadata(path).ok()?.ino();
-    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let locks = proc_locks()?;
     let mut pids: Vec<String> = locks
         .lines()
         .filter_map(|line| {
@@ -267,6 +267,25 @@ pub(crate) fn holder_pids(path: &Path) -> Option<Vec<String>> {
     pids.sort();
     pids.dedup();
     Some(pids)
+}
+
+/// `/proc/locks` read in one `read` call, so that its lines are one snapshot. Read in pieces
+/// (`read_to_string` starts with 32 bytes), each piece walks the kernel's list of locks
+/// anew from a line number: a lock released by another thread between two pieces shifts
+/// the list, and the line after it (ours, say) is never seen.
+fn proc_locks() -> Option<String> {
+    use std::io::Read;
+    let mut cap = 1 << 16;
+    while cap <= 64 << 20 {
+        let mut buf = vec![0u8; cap];
+        let n = File::open("/proc/locks").ok()?.read(&mut buf).ok()?;
+        if n < cap {
+            buf.truncate(n);
+            return String::from_utf8(buf).ok();
+        }
+        cap *= 4;
+    }
+    None
 }
 
 /// "a live writer, pid 123 (ocistore), last write 2.5s ago": the holder from `/proc/locks`,
