@@ -74,7 +74,7 @@ pub(crate) struct Buffer {
 }
 
 impl Buffer {
-    fn allocate() -> Buffer {
+    pub(crate) fn allocate() -> Buffer {
         let bytes = vec![0u8; BUFFER + ALIGN];
         let start = bytes.as_ptr().align_offset(ALIGN);
         Buffer { bytes, start }
@@ -392,7 +392,7 @@ fn write_jobs(file: &File, mut direct: Option<File>, jobs: &Receiver<Job>, done:
 /// that a large blob's bytes go from our buffer to the disk with no copy into the page cache
 /// and no writeback work later: that copy was a third of a pull's kernel time. `None` where
 /// the file system has no direct I/O, or the path no longer names the pipe's file.
-fn open_direct(path: &Path, file: &File) -> Option<File> {
+pub(crate) fn open_direct(path: &Path, file: &File) -> Option<File> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

@@ -2,22 +2,21 @@
 //! same run: through the page cache, or around it with direct I/O, whichever is faster on the
 //! machine at hand is the reference a put or an import is held to.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const ALIGN: usize = 4096;
-const BUF: usize = 1 << 20;
+use crate::store::pipe::{BUFFER, Buffer, open_direct};
 
 /// A new file written in order and made durable by [`PlainFile::finish`].
 pub struct PlainFile {
     file: File,
-    /// The same file opened with `O_DIRECT`, when asked for and the file system has it.
+    /// The same file opened with `O_DIRECT` (the store's own way of opening it), when asked
+    /// for and the file system has it.
     direct: Option<File>,
-    /// `BUF + ALIGN` bytes, of which `BUF` from `start` are page aligned (direct I/O only).
-    raw: Vec<u8>,
-    start: usize,
+    /// One page-aligned buffer, for direct I/O only.
+    buf: Buffer,
     fill: usize,
     at: u64,
 }
@@ -27,33 +26,20 @@ impl PlainFile {
     /// (from one page-aligned buffer, the unaligned tail through the page cache).
     pub fn create(path: &Path, direct: bool) -> io::Result<PlainFile> {
         let file = File::create(path)?;
-        #[cfg(target_os = "linux")]
-        let direct = direct
-            .then(|| {
-                use std::os::unix::fs::OpenOptionsExt;
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .ok()
-            })
-            .flatten();
-        #[cfg(not(target_os = "linux"))]
-        let direct: Option<File> = {
-            let _ = direct;
+        let direct = if direct {
+            open_direct(path, &file)
+        } else {
             None
         };
-        let raw = if direct.is_some() {
-            vec![0u8; BUF + ALIGN]
+        let buf = if direct.is_some() {
+            Buffer::allocate()
         } else {
-            Vec::new()
+            Buffer::default()
         };
-        let start = raw.as_ptr().align_offset(ALIGN);
         Ok(PlainFile {
             file,
             direct,
-            raw,
-            start,
+            buf,
             fill: 0,
             at: 0,
         })
@@ -62,8 +48,7 @@ impl PlainFile {
     /// Writes what is left and fsyncs the file.
     pub fn finish(self) -> io::Result<()> {
         if self.fill > 0 {
-            let tail = &self.raw[self.start..self.start + self.fill];
-            self.file.write_all_at(tail, self.at)?;
+            self.file.write_all_at(&self.buf[..self.fill], self.at)?;
         }
         self.file.sync_all()
     }
@@ -74,13 +59,12 @@ impl Write for PlainFile {
         let Some(direct) = &self.direct else {
             return self.file.write(bytes);
         };
-        let take = bytes.len().min(BUF - self.fill);
-        let buf = &mut self.raw[self.start..self.start + BUF];
-        buf[self.fill..self.fill + take].copy_from_slice(&bytes[..take]);
+        let take = bytes.len().min(BUFFER - self.fill);
+        self.buf[self.fill..self.fill + take].copy_from_slice(&bytes[..take]);
         self.fill += take;
-        if self.fill == BUF {
-            direct.write_all_at(buf, self.at)?;
-            self.at += BUF as u64;
+        if self.fill == BUFFER {
+            direct.write_all_at(&self.buf, self.at)?;
+            self.at += BUFFER as u64;
             self.fill = 0;
         }
         Ok(take)
