@@ -171,6 +171,39 @@ fn repull_costs_one_manifest_head_and_if_missing_nothing() {
     env.fsck_clean(&root);
 }
 
+/// The store's commit counter (`meta.gen`: the number of write transactions committed).
+fn commits(root: &std::path::Path) -> u64 {
+    let g = std::fs::read(root.join("meta.gen")).expect("meta.gen");
+    u64::from_le_bytes(g[..8].try_into().expect("8 bytes"))
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn a_pull_of_present_blobs_leases_them_in_one_transaction() {
+    // Pulling a name whose blobs the store already has (a new tag of a known image, or a
+    // name removed and pulled again) leases all of them with one commit, not one each.
+    let env = Env::new();
+    let layers = [20 << 10; 10];
+    let (_reg, image, reference) = registry_with(&env, "present/app:v1", AMD64, &layers, 4);
+    let root = env.path("store");
+    env.pull(&root, &[&reference], &image.root.digest);
+    env.ok(&root, &["image", "rm", &reference]);
+    let before = commits(&root);
+    let out = env.pull(&root, &[&reference], &image.root.digest);
+    assert_eq!(out["blobs_fetched"], 0, "{out}");
+    let spent = commits(&root) - before;
+    // The batch's lease, the pull's leases, the batch's commit, the lease's removal; the
+    // 11 present blobs (10 layers and the config) cost one transaction between them.
+    assert!(
+        spent <= 5,
+        "a pull of 11 present blobs took {spent} transactions"
+    );
+    assert_eq!(
+        env.ok(&root, &["image", "ls"]).as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
 // ================================================================ 3. multi-platform
 
 #[test]

@@ -206,15 +206,12 @@ impl Store {
         // take it from under the name.
         // Downloads are leased too: once sealed they wait unlocked for the batch to adopt
         // them, and gc or prune must not take them meanwhile.
-        let mut downloads = Vec::new();
-        for job in &plan.blobs {
-            let present =
-                self.blob_record(&job.digest)?.is_some() && batch.is_committed(&job.digest)?;
-            if !present {
-                downloads.push((format!("pull-{}", job.digest), job.size, job.digest));
-            }
-        }
-        batch.lease_ingests(&downloads)?;
+        let wanted: Vec<(String, u64, Digest)> = plan
+            .blobs
+            .iter()
+            .map(|job| (format!("pull-{}", job.digest), job.size, job.digest))
+            .collect();
+        batch.lease_wanted(&wanted)?;
         let mut sealed = Vec::new();
         for (job, got) in
             plan.blobs

@@ -63,7 +63,7 @@ pub struct Batch {
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
-    /// Ingests leased by [`Batch::lease_ingests`].
+    /// Ingests leased by [`Batch::lease_wanted`].
     leased_ingests: Vec<String>,
     names: Vec<(String, Descriptor, Option<Labels>)>,
     /// Sealed ingests taken in, with their held locks: their files are staged as they are,
@@ -131,17 +131,27 @@ impl Batch {
         Ok(found)
     }
 
-    /// Leases the ingests `downloads` (reference, size, digest) to the batch until it commits
-    /// or is dropped, so that neither gc nor prune takes them while they wait to be adopted
-    /// (a pull's downloads release their locks once sealed), and records each that has no
-    /// record yet: its writer then opens as a resumed ingest and pays no transaction of its
-    /// own. One transaction for all.
-    pub fn lease_ingests(&mut self, downloads: &[(String, u64, Digest)]) -> Result<()> {
-        if downloads.is_empty() {
-            return Ok(());
+    /// Leases what a pull needs, `wanted` (ingest reference, size, digest), in one
+    /// transaction: each blob the store has is leased as content (so that no gc takes it
+    /// before the name lands); each it lacks is leased as an ingest until the batch commits
+    /// or is dropped (a pull's downloads release their locks once sealed, and neither gc nor
+    /// prune may take them while they wait to be adopted), and recorded if it has no record
+    /// yet: its writer then opens as a resumed ingest and pays no transaction of its own.
+    /// Returns, in order, whether each was present. One durable commit however many blobs
+    /// are present, where asking [`Batch::is_committed`] of each costs one per blob.
+    pub fn lease_wanted(&mut self, wanted: &[(String, u64, Digest)]) -> Result<Vec<bool>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
         }
-        let txn = self.store.write_txn("lease ingests")?;
+        for (reference, _, _) in wanted {
+            crate::content::validate_reference(reference)?;
+        }
+        let mut present = Vec::with_capacity(wanted.len());
+        let txn = self.store.write_txn("lease a pull's blobs")?;
         {
+            let blobs = txn
+                .open_table(BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?;
             let mut r = txn
                 .open_table(LEASE_RESOURCES)
                 .map_err(|e| Error::db("open the lease resources", e))?;
@@ -149,8 +159,19 @@ impl Batch {
                 .open_table(INGESTS)
                 .map_err(|e| Error::db("open the ingests table", e))?;
             let started = Nanos::now();
-            for (reference, size, digest) in downloads {
-                crate::content::validate_reference(reference)?;
+            for (reference, size, digest) in wanted {
+                let key = digest.to_string();
+                let found = self.present.contains(digest)
+                    || blobs
+                        .get(key.as_str())
+                        .map_err(|e| Error::db("read a blob record", e))?
+                        .is_some();
+                present.push(found);
+                if found {
+                    r.insert((self.lease.as_str(), "content", key.as_str()), ())
+                        .map_err(|e| Error::db("lease present content", e))?;
+                    continue;
+                }
                 r.insert((self.lease.as_str(), "ingest", reference.as_str()), ())
                     .map_err(|e| Error::db("lease an ingest", e))?;
                 let recorded = ingests
@@ -160,7 +181,7 @@ impl Batch {
                 if !recorded {
                     let rec = crate::store::records::IngestRecord {
                         total: Some(*size),
-                        expected: Some(digest.to_string()),
+                        expected: Some(key.clone()),
                         started,
                         id: crate::store::ingest::ingest_id(reference),
                     };
@@ -174,10 +195,15 @@ impl Batch {
             }
         }
         txn.commit()
-            .map_err(|e| Error::db("commit ingest leases", e))?;
-        self.leased_ingests
-            .extend(downloads.iter().map(|(r, _, _)| r.clone()));
-        Ok(())
+            .map_err(|e| Error::db("commit a pull's leases", e))?;
+        for ((reference, _, digest), found) in wanted.iter().zip(&present) {
+            if *found {
+                self.present.insert(*digest);
+            } else {
+                self.leased_ingests.push(reference.clone());
+            }
+        }
+        Ok(present)
     }
 
     /// The recorded size of a committed blob, if it is committed.
@@ -552,7 +578,7 @@ impl Drop for Batch {
 }
 
 impl Batch {
-    /// The records [`Batch::lease_ingests`] made for downloads that never wrote a byte (no
+    /// The records [`Batch::lease_wanted`] made for downloads that never wrote a byte (no
     /// data file): an abandoned batch leaves no empty ingests behind.
     fn forget_unstarted_ingests(&self) -> Result<()> {
         let unstarted: Vec<&String> = (self.leased_ingests.iter())
