@@ -966,6 +966,33 @@ fn pull_of_a_platform_the_index_lacks_fails() {
 
 #[test]
 #[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn an_index_s_manifests_are_fetched_side_by_side() {
+    // A multi-platform index names a manifest per platform (a dozen or more on Docker Hub);
+    // the pull asks for them together, not a round trip after another. The fault proxy is a
+    // test double for a slow registry (each manifest GET by digest waits 2 s): a real one
+    // cannot be made slow.
+    let env = Env::new();
+    let (reg, image, _) = registry_with(&env, "side/app:1", AMD64_ARM64, &[20 << 10, 10 << 10], 43);
+    let delay = Fault::Delay(Duration::from_secs(2));
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new("GET", "/manifests/sha256:", delay)],
+    );
+    let root = env.path("store");
+    env.pull(&root, &[&proxy.reference("side/app:1")], &image.root.digest);
+    let gets = proxy.seen_where(|s| s.method == "GET" && s.uri.contains("/manifests/sha256:"));
+    assert_eq!(gets.len(), 2, "{}", seen_list(&gets));
+    let apart = gets[1].at.duration_since(gets[0].at);
+    assert!(
+        apart < Duration::from_secs(1),
+        "the second manifest was asked {apart:?} after the first, whose answer took 2 s:\n{}",
+        seen_list(&gets)
+    );
+    env.fsck_clean(&root);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
 fn remote_inspect_platform_of_a_single_manifest_checks_its_config() {
     let env = Env::new();
     let (_reg, image, reference) = registry_with(&env, "single/app:1", AMD64, &[10 << 10], 19);

@@ -16,7 +16,7 @@
 //! never downloads it twice. More bytes than the descriptor says, or bytes that do not hash
 //! to its digest, fail the blob and drop its ingest: nothing unverified is ever visible.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use crate::content::{IngestManager, Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{self, Name, platform_matches};
-use crate::oci::{ChildKind, is_index};
+use crate::oci::{Child, ChildKind, is_index};
 use crate::store::writer::StoreWriter;
 use crate::store::{Sealed, Store};
 
@@ -191,9 +191,6 @@ impl Store {
             )));
         }
         let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
-        // One batch: its lease keeps what the store has from gc; downloads are ingests until
-        // the batch adopts them and commits everything with the name in one transaction.
-        let mut batch = self.batch()?;
         let mut labels = Labels::new();
         labels.insert(source_label(&repo.host), repo.path.clone());
         let mut out = PullOutcome {
@@ -202,16 +199,16 @@ impl Store {
             media_type: root.descriptor.media_type.clone(),
             ..PullOutcome::default()
         };
-        // What the store has is leased before the downloads start: a gc meanwhile cannot
-        // take it from under the name.
-        // Downloads are leased too: once sealed they wait unlocked for the batch to adopt
-        // them, and gc or prune must not take them meanwhile.
+        // One batch, whose lease is made together with leases on every blob wanted before
+        // the downloads start: what the store has, so that a gc meanwhile cannot take it
+        // from under the name, and the downloads, which once sealed wait unlocked for the
+        // batch to adopt them. The batch commits everything with the name in one transaction.
         let wanted: Vec<(String, u64, Digest)> = plan
             .blobs
             .iter()
             .map(|job| (format!("pull-{}", job.digest), job.size, job.digest))
             .collect();
-        batch.lease_wanted(&wanted)?;
+        let (mut batch, _) = self.batch_wanting(&wanted)?;
         let mut sealed = Vec::new();
         for (job, got) in
             plan.blobs
@@ -500,67 +497,71 @@ impl Plan {
         // The root index's entries for the asked platforms, and every platform it has.
         let mut matched = 0usize;
         let mut offered: Vec<String> = Vec::new();
-        // (descriptor, bytes, depth, whether its layers are wanted)
-        let mut queue = VecDeque::from([(root.clone(), bytes, 0usize, true)]);
-        while let Some((desc, bytes, depth, wanted)) = queue.pop_front() {
-            if !seen.insert(desc.digest) {
-                continue;
-            }
-            if depth > 8 {
-                return Err(Error::FailedPrecondition(format!(
-                    "{repo}: indexes nested deeper than 8 at {}",
-                    desc.digest
-                )));
-            }
-            let children = crate::oci::try_children(Some(&desc.media_type), &bytes)
-                .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
-                .unwrap_or_default();
-            plan.docs.push((desc, bytes));
-            for c in children {
-                match c.kind {
-                    ChildKind::Manifest => {
-                        let keep_layers = platforms.is_empty()
-                            || c.platform
-                                .as_ref()
-                                .is_none_or(|p| platforms.iter().any(|w| platform_matches(w, p)));
-                        if depth == 0
-                            && let Some(p) = &c.platform
-                        {
-                            offered.push(names::platform_string(p));
-                            if platforms.iter().any(|w| platform_matches(w, p)) {
-                                matched += 1;
+        // Breadth first, a level at a time: (descriptor, bytes, depth, whether its layers are
+        // wanted). The manifests a level names are fetched together, `concurrency` at a
+        // time: a multi-platform index names a dozen or more, and one after another they
+        // cost a round trip each.
+        let mut level = vec![(root.clone(), bytes, 0usize, true)];
+        while !level.is_empty() {
+            // Manifests the level names: (descriptor, depth, whether its layers are wanted).
+            let mut next: Vec<(Child, usize, bool)> = Vec::new();
+            for (desc, bytes, depth, wanted) in level {
+                if !seen.insert(desc.digest) {
+                    continue;
+                }
+                if depth > 8 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{repo}: indexes nested deeper than 8 at {}",
+                        desc.digest
+                    )));
+                }
+                let children = crate::oci::try_children(Some(&desc.media_type), &bytes)
+                    .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
+                    .unwrap_or_default();
+                plan.docs.push((desc, bytes));
+                for c in children {
+                    match c.kind {
+                        ChildKind::Manifest => {
+                            let keep_layers = platforms.is_empty()
+                                || c.platform.as_ref().is_none_or(|p| {
+                                    platforms.iter().any(|w| platform_matches(w, p))
+                                });
+                            if depth == 0
+                                && let Some(p) = &c.platform
+                            {
+                                offered.push(names::platform_string(p));
+                                if platforms.iter().any(|w| platform_matches(w, p)) {
+                                    matched += 1;
+                                }
+                            }
+                            if !seen.contains(&c.digest) {
+                                next.push((c, depth + 1, keep_layers));
                             }
                         }
-                        let m =
-                            registry
-                                .manifest_get(repo, c.digest.as_str())?
-                                .ok_or_else(|| {
-                                    Error::NotFound(format!(
-                                        "{repo}: manifest {} named by the index",
-                                        c.digest
-                                    ))
-                                })?;
-                        if m.descriptor.size != c.size {
-                            return Err(Error::FailedPrecondition(format!(
-                                "{repo}: manifest {} is {} bytes, its descriptor says {}",
-                                c.digest, m.descriptor.size, c.size
-                            )));
+                        ChildKind::Config => {
+                            blobs.insert(c.digest, c.size);
                         }
-                        let mut d = m.descriptor;
-                        if !c.media_type.is_empty() {
-                            d.media_type = c.media_type.clone();
+                        ChildKind::Layer | ChildKind::Blob if wanted => {
+                            blobs.insert(c.digest, c.size);
                         }
-                        queue.push_back((d, m.bytes, depth + 1, keep_layers));
+                        _ => {}
                     }
-                    ChildKind::Config => {
-                        blobs.insert(c.digest, c.size);
-                    }
-                    ChildKind::Layer | ChildKind::Blob if wanted => {
-                        blobs.insert(c.digest, c.size);
-                    }
-                    _ => {}
                 }
             }
+            if next.is_empty() {
+                break;
+            }
+            let fetched = super::largest_first(
+                &next,
+                registry.concurrency(),
+                |(c, _, _)| c.size,
+                |(c, _, _)| Self::child_manifest(registry, repo, c),
+            )?;
+            level = next
+                .into_iter()
+                .zip(fetched)
+                .map(|((_, depth, keep), (desc, bytes))| (desc, bytes, depth, keep))
+                .collect();
         }
         if root_is_index && !platforms.is_empty() && matched == 0 {
             return Err(Error::NotFound(format!(
@@ -584,5 +585,30 @@ impl Plan {
             .map(|(digest, size)| Job { digest, size })
             .collect();
         Ok(plan)
+    }
+
+    /// Fetches the manifest an index names as `c`, checked against its descriptor's size,
+    /// with the media type the index gives it.
+    fn child_manifest(
+        registry: &Registry,
+        repo: &Repository,
+        c: &Child,
+    ) -> Result<(RemoteDescriptor, Vec<u8>)> {
+        let m = registry
+            .manifest_get(repo, c.digest.as_str())?
+            .ok_or_else(|| {
+                Error::NotFound(format!("{repo}: manifest {} named by the index", c.digest))
+            })?;
+        if m.descriptor.size != c.size {
+            return Err(Error::FailedPrecondition(format!(
+                "{repo}: manifest {} is {} bytes, its descriptor says {}",
+                c.digest, m.descriptor.size, c.size
+            )));
+        }
+        let mut d = m.descriptor;
+        if !c.media_type.is_empty() {
+            d.media_type = c.media_type.clone();
+        }
+        Ok((d, m.bytes))
     }
 }

@@ -63,7 +63,7 @@ pub struct Batch {
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
-    /// Ingests leased by [`Batch::lease_wanted`].
+    /// Ingests leased by [`Store::batch_wanting`].
     leased_ingests: Vec<String>,
     names: Vec<(String, Descriptor, Option<Labels>)>,
     /// Sealed ingests taken in, with their held locks: their files are staged as they are,
@@ -77,78 +77,64 @@ impl Store {
     /// Starts a batch. It holds a staging directory and a lease until it is committed or
     /// dropped.
     pub fn batch(&self) -> Result<Batch> {
+        Ok(self.batch_wanting(&[])?.0)
+    }
+
+    /// [`Store::batch`] for a pull: the transaction that makes the batch's lease also leases
+    /// what the pull wants, `wanted` (ingest reference, size, digest). Each blob the store
+    /// has is leased as content, so that no gc takes it before the name lands; each it lacks
+    /// is leased as an ingest until the batch commits or is dropped (a pull's downloads
+    /// release their locks once sealed, and neither gc nor prune may take them while they
+    /// wait to be adopted), and recorded if it has no record yet: its writer then opens as a
+    /// resumed ingest and pays no transaction of its own. Returns the batch and, in order,
+    /// whether each blob was present. One durable commit for all, where asking
+    /// [`Batch::is_committed`] of each present blob costs a commit each.
+    pub fn batch_wanting(&self, wanted: &[(String, u64, Digest)]) -> Result<(Batch, Vec<bool>)> {
         self.writable("start a batch")?;
+        for (reference, _, _) in wanted {
+            crate::content::validate_reference(reference)?;
+        }
         let stamp = Nanos::now().0;
         let id = format!("batch-{}-{stamp}", std::process::id());
         let dir = self.ingest_root().join(&id);
         fs::create_dir_all(&dir).map_err(|e| Error::io("create a batch directory", &dir, e))?;
         let lock = RefLock::acquire(&dir.join("lock"), &id)?;
-        let lease = format!("ocistore.batch/{id}");
-        self.create_lease(
-            &lease,
-            Some(SystemTime::now() + Duration::from_secs(24 * 3600)),
-            Labels::new(),
-        )?;
-        Ok(Batch {
+        let mut batch = Batch {
             store: self.clone(),
             dir,
             lock: Some(lock),
-            lease,
+            lease: format!("ocistore.batch/{id}"),
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
             leased_ingests: Vec::new(),
             names: Vec::new(),
             adopted: Vec::new(),
             files: 0,
-            done: false,
-        })
+            // Until its lease is committed there is nothing for a drop to undo but the
+            // directory (which it always removes).
+            done: true,
+        };
+        let present = batch.lease(wanted)?;
+        batch.done = false;
+        Ok((batch, present))
     }
 }
 
 impl Batch {
-    /// Whether `digest` is committed in the store; if so the batch's lease now protects it.
-    pub fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
-        if self.present.contains(digest) {
-            return Ok(true);
-        }
-        let key = digest.to_string();
-        let txn = self.store.write_txn("lease present content")?;
-        let found = txn
-            .open_table(BLOBS)
-            .map_err(|e| Error::db("open the blobs table", e))?
-            .get(key.as_str())
-            .map_err(|e| Error::db("read a blob record", e))?
-            .is_some();
-        if found {
-            txn.open_table(LEASE_RESOURCES)
-                .map_err(|e| Error::db("open the lease resources", e))?
-                .insert((self.lease.as_str(), "content", key.as_str()), ())
-                .map_err(|e| Error::db("lease present content", e))?;
-            txn.commit()
-                .map_err(|e| Error::db("commit a lease resource", e))?;
-            self.present.insert(*digest);
-        }
-        Ok(found)
-    }
-
-    /// Leases what a pull needs, `wanted` (ingest reference, size, digest), in one
-    /// transaction: each blob the store has is leased as content (so that no gc takes it
-    /// before the name lands); each it lacks is leased as an ingest until the batch commits
-    /// or is dropped (a pull's downloads release their locks once sealed, and neither gc nor
-    /// prune may take them while they wait to be adopted), and recorded if it has no record
-    /// yet: its writer then opens as a resumed ingest and pays no transaction of its own.
-    /// Returns, in order, whether each was present. One durable commit however many blobs
-    /// are present, where asking [`Batch::is_committed`] of each costs one per blob.
-    pub fn lease_wanted(&mut self, wanted: &[(String, u64, Digest)]) -> Result<Vec<bool>> {
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        for (reference, _, _) in wanted {
-            crate::content::validate_reference(reference)?;
-        }
+    /// Makes the batch's lease and leases `wanted` to it, in one transaction (see
+    /// [`Store::batch_wanting`]).
+    fn lease(&mut self, wanted: &[(String, u64, Digest)]) -> Result<Vec<bool>> {
         let mut present = Vec::with_capacity(wanted.len());
-        let txn = self.store.write_txn("lease a pull's blobs")?;
-        {
+        let txn = self.store.write_txn("start a batch")?;
+        let rec = crate::store::records::LeaseRecord {
+            created: Nanos::now(),
+            expires: Some(Nanos::from(
+                SystemTime::now() + Duration::from_secs(24 * 3600),
+            )),
+            labels: Labels::new(),
+        };
+        crate::store::lease::insert_lease(&txn, &self.lease, &rec)?;
+        if !wanted.is_empty() {
             let blobs = txn
                 .open_table(BLOBS)
                 .map_err(|e| Error::db("open the blobs table", e))?;
@@ -161,11 +147,10 @@ impl Batch {
             let started = Nanos::now();
             for (reference, size, digest) in wanted {
                 let key = digest.to_string();
-                let found = self.present.contains(digest)
-                    || blobs
-                        .get(key.as_str())
-                        .map_err(|e| Error::db("read a blob record", e))?
-                        .is_some();
+                let found = blobs
+                    .get(key.as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_some();
                 present.push(found);
                 if found {
                     r.insert((self.lease.as_str(), "content", key.as_str()), ())
@@ -195,7 +180,7 @@ impl Batch {
             }
         }
         txn.commit()
-            .map_err(|e| Error::db("commit a pull's leases", e))?;
+            .map_err(|e| Error::db("commit a batch's lease", e))?;
         for ((reference, _, digest), found) in wanted.iter().zip(&present) {
             if *found {
                 self.present.insert(*digest);
@@ -204,6 +189,33 @@ impl Batch {
             }
         }
         Ok(present)
+    }
+}
+
+impl Batch {
+    /// Whether `digest` is committed in the store; if so the batch's lease now protects it.
+    pub fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
+        if self.present.contains(digest) {
+            return Ok(true);
+        }
+        let key = digest.to_string();
+        let txn = self.store.write_txn("lease present content")?;
+        let found = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+            .is_some();
+        if found {
+            txn.open_table(LEASE_RESOURCES)
+                .map_err(|e| Error::db("open the lease resources", e))?
+                .insert((self.lease.as_str(), "content", key.as_str()), ())
+                .map_err(|e| Error::db("lease present content", e))?;
+            txn.commit()
+                .map_err(|e| Error::db("commit a lease resource", e))?;
+            self.present.insert(*digest);
+        }
+        Ok(found)
     }
 
     /// The recorded size of a committed blob, if it is committed.
@@ -578,7 +590,7 @@ impl Drop for Batch {
 }
 
 impl Batch {
-    /// The records [`Batch::lease_wanted`] made for downloads that never wrote a byte (no
+    /// The records [`Store::batch_wanting`] made for downloads that never wrote a byte (no
     /// data file): an abandoned batch leaves no empty ingests behind.
     fn forget_unstarted_ingests(&self) -> Result<()> {
         let unstarted: Vec<&String> = (self.leased_ingests.iter())

@@ -194,19 +194,7 @@ impl Store {
             labels,
         };
         let txn = self.write_txn("create a lease")?;
-        {
-            let mut t = txn
-                .open_table(LEASES)
-                .map_err(|e| Error::db("open the leases table", e))?;
-            if t.get(id)
-                .map_err(|e| Error::db("read a lease", e))?
-                .is_some()
-            {
-                return Err(Error::AlreadyExists(format!("lease {id:?}")));
-            }
-            t.insert(id, records::encode(&rec).as_slice())
-                .map_err(|e| Error::db("write a lease", e))?;
-        }
+        insert_lease(&txn, id, &rec)?;
         txn.commit().map_err(|e| Error::db("commit a lease", e))?;
         Ok(lease_of(id, rec))
     }
@@ -326,4 +314,24 @@ pub(crate) fn resources_in(
         out.push((kind.to_owned(), value.to_owned()));
     }
     Ok(out)
+}
+
+/// Inserts the lease `id` in `txn`; `AlreadyExists` when there is one.
+pub(crate) fn insert_lease(
+    txn: &redb::WriteTransaction,
+    id: &str,
+    rec: &LeaseRecord,
+) -> Result<()> {
+    let mut t = txn
+        .open_table(LEASES)
+        .map_err(|e| Error::db("open the leases table", e))?;
+    if t.get(id)
+        .map_err(|e| Error::db("read a lease", e))?
+        .is_some()
+    {
+        return Err(Error::AlreadyExists(format!("lease {id:?}")));
+    }
+    t.insert(id, records::encode(rec).as_slice())
+        .map_err(|e| Error::db("write a lease", e))?;
+    Ok(())
 }
