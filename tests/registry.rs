@@ -993,6 +993,47 @@ fn an_index_s_manifests_are_fetched_side_by_side() {
 
 #[test]
 #[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn an_index_s_manifests_are_pushed_side_by_side() {
+    // The push side of the above: an index's manifests go up together (each before the
+    // index that names them), not a HEAD and a PUT after another's. The fault proxy is a
+    // test double for a slow registry (each manifest PUT by digest waits 2 s).
+    let env = Env::new();
+    let (reg, image, reference) =
+        registry_with(&env, "sidep/app:1", AMD64_ARM64, &[20 << 10, 10 << 10], 44);
+    let root = env.path("store");
+    env.pull(&root, &["--all-platforms", &reference], &image.root.digest);
+    let delay = Fault::Delay(Duration::from_secs(2));
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new("PUT", "/manifests/sha256:", delay)],
+    );
+    let target = proxy.reference("sidep/copy:1");
+    let out = env.push(&root, &[&reference, &target], &image.root.digest);
+    let puts = proxy.seen_where(|s| s.method == "PUT" && s.uri.contains("/manifests/"));
+    assert_eq!(
+        puts.len(),
+        3,
+        "two manifests, then the index by tag: {}",
+        seen_list(&puts)
+    );
+    let apart = puts[1].at.duration_since(puts[0].at);
+    assert!(
+        apart < Duration::from_secs(1),
+        "the second manifest went {apart:?} after the first, whose answer took 2 s:\n{}",
+        seen_list(&puts)
+    );
+    assert!(
+        puts[2].uri.ends_with("/manifests/1") && puts[2].at >= puts[1].at + Duration::from_secs(2),
+        "the index goes last, once both manifests are in: {}",
+        seen_list(&puts)
+    );
+    // What went up is the image: a pull of the copy finds everything present.
+    let again = env.pull(&root, &[&target], &image.root.digest);
+    assert_eq!(again["blobs_fetched"], 0, "{again} after push {out}");
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
 fn remote_inspect_platform_of_a_single_manifest_checks_its_config() {
     let env = Env::new();
     let (_reg, image, reference) = registry_with(&env, "single/app:1", AMD64, &[10 << 10], 19);

@@ -62,6 +62,10 @@ pub struct PushOutcome {
 /// A manifest or index to put: digest, media type, bytes.
 type Doc = (Digest, String, Vec<u8>);
 
+/// The manifests under a root, parents first, each with its depth in the index (the root's
+/// is 0), and the blobs (digest → size).
+type PushPlan = (Vec<(Doc, usize)>, BTreeMap<Digest, u64>);
+
 enum Sent {
     Pushed(u64),
     Mounted,
@@ -104,33 +108,51 @@ impl Store {
         for sent in self.send_blobs(registry, &repo, &blobs, opts)? {
             out.count(sent);
         }
-        // Manifests children first (the plan lists parents first), the root last, by tag.
-        for (digest, media_type, bytes) in docs.iter().rev() {
-            let is_root = *digest == root.0;
-            let reference = if is_root {
-                reference_of(&target_name)
-            } else {
-                digest.to_string()
-            };
-            let present = registry
-                .manifest_head_on_server(&repo, &reference)?
-                .is_some_and(|d| d.digest == *digest);
-            if present {
-                out.count(Sent::Skipped);
-                continue;
+        // Manifests children first, a level of the index at a time from the deepest (a
+        // registry may refuse an index naming a manifest it lacks), each level `concurrency`
+        // at a time; the root last, by tag. A manifest named at several levels goes with
+        // the deepest.
+        let deepest = docs.iter().map(|(_, depth)| *depth).max().unwrap_or(0);
+        let mut done = std::collections::BTreeSet::new();
+        for depth in (0..=deepest).rev() {
+            let level: Vec<&Doc> = docs
+                .iter()
+                .filter(|(doc, d)| *d == depth && done.insert(doc.0))
+                .map(|(doc, _)| doc)
+                .collect();
+            let sent = super::largest_first(
+                &level,
+                registry.concurrency(),
+                |(_, _, bytes)| bytes.len() as u64,
+                |(digest, media_type, bytes)| {
+                    let reference = if *digest == root.0 {
+                        reference_of(&target_name)
+                    } else {
+                        digest.to_string()
+                    };
+                    let present = registry
+                        .manifest_head_on_server(&repo, &reference)?
+                        .is_some_and(|d| d.digest == *digest);
+                    if present {
+                        return Ok(Sent::Skipped);
+                    }
+                    registry.manifest_put(&repo, &reference, media_type, bytes)?;
+                    Ok(Sent::Pushed(bytes.len() as u64))
+                },
+            )?;
+            for s in sent {
+                out.count(s);
             }
-            registry.manifest_put(&repo, &reference, media_type, bytes)?;
-            out.count(Sent::Pushed(bytes.len() as u64));
         }
         let mut all: Vec<Digest> = blobs.keys().copied().collect();
-        all.extend(docs.iter().map(|(d, _, _)| *d));
+        all.extend(docs.iter().map(|((d, _, _), _)| *d));
         self.label_source(&repo, &all);
         Ok(out)
     }
 
-    /// The manifests (parents first) and the blobs (digest → size) under `root`.
-    fn push_plan(&self, root: &Doc, name: &str) -> Result<(Vec<Doc>, BTreeMap<Digest, u64>)> {
-        let mut docs: Vec<Doc> = Vec::new();
+    /// What is under `root`: see [`PushPlan`].
+    fn push_plan(&self, root: &Doc, name: &str) -> Result<PushPlan> {
+        let mut docs: Vec<(Doc, usize)> = Vec::new();
         let mut blobs = BTreeMap::new();
         let mut queue = VecDeque::from([(root.clone(), 0usize)]);
         while let Some(((digest, media_type, bytes), depth)) = queue.pop_front() {
@@ -140,7 +162,7 @@ impl Store {
                 )));
             }
             let children = crate::oci::try_children(Some(&media_type), &bytes)?.unwrap_or_default();
-            docs.push((digest, media_type, bytes));
+            docs.push(((digest, media_type, bytes), depth));
             for c in children {
                 match c.kind {
                     ChildKind::Manifest => {
