@@ -255,3 +255,57 @@ impl Seek for AtReader<'_> {
         Ok(self.pos)
     }
 }
+
+/// Runs `work` on every item, `workers` at a time, largest first (`size` says how large);
+/// the results in the items' order. The first error stops the rest from starting and is
+/// returned.
+pub(crate) fn largest_first<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    size: impl Fn(&T) -> u64,
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if items.len() <= 1 || workers <= 1 {
+        // Nothing to overlap: no thread.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+        let mut results: Vec<Option<R>> = items.iter().map(|_| None).collect();
+        for i in order {
+            results[i] = Some(work(&items[i])?);
+        }
+        return Ok(results.into_iter().flatten().collect());
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+    let queue =
+        parking_lot::Mutex::new(order.into_iter().collect::<std::collections::VecDeque<_>>());
+    let results: parking_lot::Mutex<Vec<Option<R>>> =
+        parking_lot::Mutex::new(items.iter().map(|_| None).collect());
+    let failure: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()).max(1) {
+            s.spawn(|| {
+                while failure.lock().is_none() {
+                    let Some(i) = queue.lock().pop_front() else {
+                        return;
+                    };
+                    match work(&items[i]) {
+                        Ok(r) => results.lock()[i] = Some(r),
+                        Err(e) => {
+                            failure.lock().get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    Ok(results
+        .into_inner()
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect())
+}

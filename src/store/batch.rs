@@ -31,6 +31,9 @@ use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES}
 use crate::store::uses::Used;
 use crate::store::{Store, graph, images};
 
+/// How many fsyncs a batch's commit runs at once.
+const SYNCS_AT_ONCE: usize = 4;
+
 /// A blob a batch holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {
@@ -70,6 +73,9 @@ pub struct Batch {
     /// their records go in the commit's transaction and their names after it.
     adopted: Vec<(String, RefLock)>,
     files: u64,
+    /// Staged files already durable (sealed ingests fsynced by their seal and unchanged
+    /// since): the commit does not sync them again.
+    durable: BTreeSet<Digest>,
     done: bool,
 }
 
@@ -110,6 +116,7 @@ impl Store {
             names: Vec::new(),
             adopted: Vec::new(),
             files: 0,
+            durable: BTreeSet::new(),
             // Until its lease is committed there is nothing for a drop to undo but the
             // directory (which it always removes).
             done: true,
@@ -383,7 +390,8 @@ impl Batch {
         if (m.dev(), m.ino()) != (dev, ino) || m.len() != sealed.size || m.nlink() != 1 {
             return Err(changed());
         }
-        if (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()) != sealed.identity {
+        let unchanged = (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()) == sealed.identity;
+        if !unchanged {
             // Touched since (another process sealing the same download, say): what counts
             // is that its bytes are still the digest's, checked again under our lock.
             let (hasher, n) = crate::store::ingest::hash_prefix(
@@ -398,6 +406,9 @@ impl Batch {
         }
         self.staged
             .insert(sealed.digest, (sealed.path.clone(), sealed.size, labels));
+        if unchanged && sealed.synced {
+            self.durable.insert(sealed.digest);
+        }
         self.adopted.push((sealed.reference.clone(), lock));
         Ok(true)
     }
@@ -443,12 +454,23 @@ impl Batch {
         let mut children = BTreeMap::new();
         // Every file durable before any is linked: the links then land together, just before
         // the transaction, which keeps the window in which another process sees a published
-        // file without its record (and counts it as a commit in flight) short.
-        for (path, _, _) in self.staged.values() {
-            File::open(path)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| Error::io("fsync staged blob", path, e))?;
-        }
+        // file without its record (and counts it as a commit in flight) short. The syncs run
+        // a few at a time: the disk takes concurrent ones together, where one after another
+        // each waits for its own cache flush.
+        let unsynced: Vec<&PathBuf> = (self.staged.iter())
+            .filter(|(d, _)| !self.durable.contains(d))
+            .map(|(_, (path, _, _))| path)
+            .collect();
+        crate::helpers::largest_first(
+            &unsynced,
+            SYNCS_AT_ONCE,
+            |_| 0,
+            |path| {
+                File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| Error::io("fsync staged blob", path, e))
+            },
+        )?;
         for (digest, (path, size, _)) in &self.staged {
             let target = blobs.link(path, digest, *size)?;
             shards.insert(
@@ -461,9 +483,8 @@ impl Batch {
                 children.insert(digest.to_string(), c);
             }
         }
-        for shard in &shards {
-            sync_dir(shard)?;
-        }
+        let shards: Vec<PathBuf> = shards.into_iter().collect();
+        crate::helpers::largest_first(&shards, SYNCS_AT_ONCE, |_| 0, |shard| sync_dir(shard))?;
         let mut outcome = BatchOutcome {
             blobs_present: self.present.len() as u64,
             names: self.names.iter().map(|(n, _, _)| n.clone()).collect(),

@@ -160,6 +160,8 @@ pub struct Sealed {
     /// The file as sealed (device, inode, ctime): an adopting batch checks it is still that
     /// file, unchanged (any write or truncation moves the ctime).
     pub(crate) identity: (u64, u64, i64, i64),
+    /// Whether sealing fsynced it (a large ingest): unchanged since, it needs no other.
+    pub(crate) synced: bool,
 }
 
 impl StoreWriter {
@@ -174,7 +176,8 @@ impl StoreWriter {
         // when: a large file now, while other downloads go on (most of it is being written
         // back already); a small one with the batch, where many share one journal commit
         // instead of paying one each. (An ingest a crash tore is re-hashed when resumed.)
-        if self.pipe.end() >= SEAL_SYNC_MIN {
+        let synced = self.pipe.end() >= SEAL_SYNC_MIN;
+        if synced {
             self.file
                 .sync_data()
                 .map_err(|e| Error::io("fsync ingest data", &self.data_path, e))?;
@@ -208,6 +211,7 @@ impl StoreWriter {
             digest: actual,
             size,
             identity: (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
+            synced,
         })
     }
 }
