@@ -1831,6 +1831,74 @@ fn pull_beside_gc_and_fsck_repair_loses_nothing() {
     }
 }
 
+/// A pull of blobs the store has but no name holds, beside `gc` in other processes: the
+/// transaction that starts the pull's batch leases what it finds present, and gc must keep
+/// it while the pull downloads the rest. The fault proxy (a test double: a real registry
+/// cannot be made slow) holds the one missing layer's GET for 2 s, while gc runs in a loop.
+/// (A gc before the pull's first transaction may take the unnamed blobs, and then the pull
+/// downloads them: correct, but not what this test is about, so gc starts after it.)
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn pull_of_unnamed_present_blobs_beside_gc_loses_nothing() {
+    let env = Env::new();
+    let sizes = [1 << 20, 256 << 10, 64 << 10];
+    let (reg, image, reference) = registry_with(&env, "unnamed/app:1", AMD64, &sizes, 52);
+    let missing = image.platforms[0].layers[0].digest.clone();
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new(
+            "GET",
+            &missing,
+            Fault::Delay(Duration::from_secs(2)),
+        )],
+    );
+    let via_proxy = proxy.reference("unnamed/app:1");
+    let root = env.path("store");
+    env.pull(&root, &[&reference], &image.root.digest);
+    env.ok(&root, &["image", "rm", &reference]);
+    env.ok(&root, &["content", "rm", &missing]);
+    let pull = env
+        .cmd(&root, &["image", "pull", &via_proxy])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pull = pull;
+    // gc from the moment the pull asks for the missing layer, which is after its leases.
+    assert!(
+        poll(Duration::from_secs(30), Duration::from_millis(5), || {
+            !proxy
+                .seen_where(|s| s.method == "GET" && s.uri.ends_with(&missing))
+                .is_empty()
+        }),
+        "the pull never asked for the missing layer"
+    );
+    let mut rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pull.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        env.ok(&root, &["gc"]);
+        rounds += 1;
+    }
+    let out = pull.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the pull failed beside gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rounds >= 1, "gc ran {rounds} times beside the pull");
+    // Only the removed layer is downloaded: gc kept the leased rest. (The manifest is not
+    // a download: the pull has its bytes, and stages them again if gc took them.)
+    let blob_gets = proxy.seen_where(|s| s.method == "GET" && s.uri.contains("/blobs/"));
+    assert!(
+        blob_gets.len() == 1 && blob_gets[0].uri.ends_with(&missing),
+        "one blob GET, the removed layer's:\n{}",
+        seen_list(&blob_gets)
+    );
+    pulled_whole(&env, &root, &via_proxy, &image);
+    env.ok(&root, &["gc"]);
+    pulled_whole(&env, &root, &via_proxy, &image);
+}
+
 /// An image source (`ReadThrough::image`) over a registry repository, for one platform of a
 /// two-platform image: the manifest, config and layers it reads are the bytes skopeo reads;
 /// it fetches that platform's blobs only, each once, keeps what it read with no name, and a
