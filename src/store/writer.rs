@@ -172,10 +172,10 @@ impl StoreWriter {
         use std::os::unix::fs::MetadataExt;
         self.flush_buf()?;
         self.ensure_recorded()?;
-        // The adopting batch fsyncs every file before it links any, so this is only about
-        // when: a large file now, while other downloads go on (most of it is being written
-        // back already); a small one with the batch, where many share one journal commit
-        // instead of paying one each. (An ingest a crash tore is re-hashed when resumed.)
+        // Every file is durable before the adopting batch links any; this decides when: a
+        // large file now, while other downloads go on (most of it is being written back
+        // already), and the batch does not sync it again if it is unchanged; a small one by
+        // the batch, with the others. (An ingest a crash tore is re-hashed when resumed.)
         let synced = self.pipe.end() >= SEAL_SYNC_MIN;
         if synced {
             self.file
