@@ -79,6 +79,7 @@ impl Store {
     /// removing records; durable on return.
     pub fn gc(&self, opts: &Options) -> Result<Outcome> {
         let now = SystemTime::now();
+        let _removal = self.begin_removal("collect garbage")?;
         let txn = self.write_txn("collect garbage")?;
         let roots = Roots::read(&txn, now)?;
         let mut starts = roots.fixed.clone();

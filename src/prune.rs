@@ -136,6 +136,7 @@ impl Store {
             opts.keep_duration
                 .is_some_and(|keep| now.duration_since(t.into()).unwrap_or_default() < keep)
         };
+        let _removal = self.begin_removal("prune")?;
         let txn = self.write_txn("prune")?;
         // This process's own reads count: written in this transaction.
         self.write_uses_in(&txn, &[], Nanos::from(now))?;

@@ -779,3 +779,65 @@ fn library_repair_in_a_loop_beside_an_import() {
     intact(&root).unwrap();
     println!("library repair: {repairs} repairs beside the import, {in_flight} in flight");
 }
+
+// ------------------------------------------------------- fsck beside removals
+
+/// A store at `root` holding `n` small blobs that nothing names (all of it is garbage).
+fn unnamed_blobs(root: &Path, n: usize) {
+    let store = Store::open(root).unwrap();
+    let mut batch = store.batch().unwrap();
+    for i in 0..n {
+        let bytes = format!("unnamed blob {i}");
+        batch
+            .stage(&mut bytes.as_bytes(), None, None, Default::default())
+            .unwrap();
+    }
+    batch.commit().unwrap();
+}
+
+/// Runs read-only `fsck` back to back, as separate processes, while `remover` (a child
+/// removing content from `root`) runs, and once after it. Every run must be clean: a blob
+/// whose record the remover has dropped and whose file it is about to remove is not debris.
+/// Returns how many fsck runs began before the remover ended.
+fn fsck_until_done(root: &Path, what: &str, remover: std::process::Child) -> usize {
+    let waiter = std::thread::spawn(move || remover.wait_with_output().unwrap());
+    let mut beside = 0;
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = !waiter.is_finished();
+        let out = run(root, &["--json", "fsck"]);
+        if let Err(e) = fsck_output_clean(&out) {
+            failures.push(e);
+        }
+        if !running || Instant::now() > deadline {
+            break;
+        }
+        beside += 1;
+    }
+    let removed = waiter.join().unwrap();
+    assert!(removed.status.success(), "{what}: {}", describe(&removed));
+    assert!(
+        failures.is_empty(),
+        "fsck beside {what} ({beside} runs beside it):\n{}",
+        failures.join("\n")
+    );
+    beside
+}
+
+/// `gc` removing thousands of unnamed blobs (one transaction drops the records, then the
+/// files go) while fsck runs in other processes: no fsck calls those files debris.
+#[test]
+fn fsck_beside_gc_finds_nothing_wrong() {
+    let mut beside = 0;
+    for _ in 0..trials() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        unnamed_blobs(&root, 4000);
+        let gc = ocistore(&root, &["gc"]).spawn().unwrap();
+        beside += fsck_until_done(&root, "gc", gc);
+        let left = check_ok(&root, &["content", "ls", "-q"]).unwrap();
+        assert_eq!(left.lines().count(), 0, "gc left {left}");
+    }
+    println!("fsck beside gc: {beside} runs beside it, all clean");
+}

@@ -231,6 +231,7 @@ impl Store {
         if doomed.is_empty() && !had_blob {
             return Err(Error::NotFound(format!("manifest {digest}")));
         }
+        let _removal = self.begin_removal("delete a manifest")?;
         let txn = self.write_txn("delete a manifest")?;
         {
             let mut names = txn

@@ -209,6 +209,58 @@ pub(crate) fn exclusive_store_lock(root: &Path, wait: Duration) -> Result<File> 
     }
 }
 
+/// The file that processes removing content hold a shared lock on while a blob they took
+/// out of the metadata still has its file (from before their transaction until the files are
+/// gone), and that fsck locks exclusively, briefly, before it calls a file without a record
+/// debris: with the lock it knows that no removal is half done.
+pub(crate) const REMOVAL_LOCK: &str = "removal.lock";
+
+/// Takes a shared lock on `<root>/removal.lock` (creating it), kept while the returned file is
+/// open. Waits while an fsck confirms its debris (a moment).
+pub(crate) fn hold_removal_lock(root: &Path) -> Result<File> {
+    let path = root.join(REMOVAL_LOCK);
+    let file = open_lock_file(&path).map_err(|e| Error::io("open the removal lock", &path, e))?;
+    file.lock_shared()
+        .map_err(|e| Error::io("lock the removal lock", &path, e))?;
+    Ok(file)
+}
+
+/// What [`quiet_removals`] found.
+#[derive(Debug)]
+pub(crate) enum Removals {
+    /// No removal is half done while this is held (`None`: the store never had a removal
+    /// lock, so no process has ever removed content from it).
+    Quiet { _held: Option<File> },
+    /// Other processes kept removing content for the whole wait.
+    Busy,
+}
+
+/// Takes `<root>/removal.lock` exclusively, waiting at most `wait` for the removals under way
+/// to finish. Needs no write access: the lock file is only opened.
+pub(crate) fn quiet_removals(root: &Path, wait: Duration) -> Result<Removals> {
+    let path = root.join(REMOVAL_LOCK);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Removals::Quiet { _held: None });
+        }
+        Err(e) => return Err(Error::io("open the removal lock", &path, e)),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Removals::Quiet { _held: Some(file) }),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(Removals::Busy),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock the removal lock", &path, e));
+            }
+        }
+    }
+}
+
 fn open_lock_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)

@@ -243,6 +243,14 @@ impl Store {
             .map_err(|e| Error::db("commit recovered blobs", e))
     }
 
+    /// Opens a removal: until the returned lock is dropped, a blob whose record this process
+    /// drops may keep its file without fsck calling it debris. Take it before the transaction
+    /// that drops records and keep it until [`Store::remove_unrecorded_files`] has run.
+    pub(crate) fn begin_removal(&self, action: &str) -> Result<File> {
+        self.writable(action)?;
+        crate::store::locks::hold_removal_lock(self.root())
+    }
+
     /// Removes the file of `digest` if, inside a write transaction, it has no record. Deletes
     /// and gc use this so that a file is never removed under a concurrent commit.
     pub(crate) fn remove_unrecorded_files(&self, digests: &[Digest]) -> Result<()> {
@@ -423,6 +431,7 @@ impl Manager for Store {
 
     fn delete(&self, digest: &Digest) -> Result<()> {
         let key = digest.to_string();
+        let _removal = self.begin_removal("delete a blob")?;
         let txn = self.write_txn("delete a blob")?;
         if !self.remove_blob_in(&txn, &key)? {
             return Err(Error::NotFound(format!("content {digest}")));

@@ -15,7 +15,11 @@
 //! committed), a record without a file may have been deleted meanwhile. Every suspicion is
 //! checked again against a newer snapshot before it is reported, and a blob file that may be
 //! being published (see `blobs::in_flight`: a second name, linked within
-//! [`IN_FLIGHT_GRACE`]) is counted as in flight, not reported. Repair decides each removal, quarantine and record drop inside the
+//! [`IN_FLIGHT_GRACE`]) is counted as in flight, not reported. A removal (`content rm`, `gc`,
+//! `prune`, a manifest's deletion) drops records first and files after, holding the removal
+//! lock (`removal.lock`, shared) from before its transaction until its files are gone; fsck
+//! judges files without a record only once it holds that lock exclusively, so a file whose
+//! removal is under way is never reported as debris. Repair decides each removal, quarantine and record drop inside the
 //! write transaction that performs it, against what that transaction sees; committers
 //! re-check their file under their own transaction, so nothing committed is lost either way.
 
@@ -99,6 +103,10 @@ struct Suspect {
     file: Option<(u64, u64)>,
 }
 
+/// How long fsck waits for removals in other processes to finish before it judges files
+/// without a record.
+const REMOVALS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn recorded_in(txn: &redb::WriteTransaction, key: &str) -> Result<bool> {
     Ok(txn
         .open_table(BLOBS)
@@ -146,28 +154,10 @@ impl Store {
         }
         let now = SystemTime::now();
         let scan = self.blob_dir().scan()?;
-        let mut debris = Vec::new();
-        for (d, len) in scan.blobs {
-            if recorded.contains(&d) {
-                continue;
-            }
-            let path = self.blob_dir().path_for(&d);
-            let Some(in_flight) = crate::blobs::in_flight(&path, now) else {
-                continue; // removed meanwhile
-            };
-            if in_flight || crate::store::lookup_blob(&*self.read_txn()?, &d)?.is_some() {
-                out.in_flight += 1;
-                continue;
-            }
-            out.problems.push(Problem {
-                kind: "debris",
-                id: d.to_string(),
-                path: Some(path),
-                detail: format!("{len}-byte file without a record"),
-                repaired: None,
-            });
-            debris.push(d);
-        }
+        let unrecorded: Vec<(Digest, u64)> = (scan.blobs.into_iter())
+            .filter(|(d, _)| !recorded.contains(d))
+            .collect();
+        let debris = self.confirm_debris(unrecorded, now, &mut out)?;
         let mut strays = Vec::new();
         for stray in scan.strays {
             // A publish's temporary link, in flight, or gone meanwhile.
@@ -187,6 +177,53 @@ impl Store {
             self.repair(&mut out, &bad, &debris, &strays)?;
         }
         Ok(out)
+    }
+
+    /// Of the blob files that had no record in fsck's snapshot, those that are debris: no
+    /// record now, not a commit in flight, and not a removal in flight. A process removing
+    /// content drops the records first and the files after, holding the removal lock in
+    /// between; the files are judged once no removal is half done (waiting up to
+    /// [`REMOVALS_WAIT`]), so that a `gc` or `rm` beside fsck is not reported as debris.
+    fn confirm_debris(
+        &self,
+        unrecorded: Vec<(Digest, u64)>,
+        now: SystemTime,
+        out: &mut Outcome,
+    ) -> Result<Vec<Digest>> {
+        use crate::store::locks::{Removals, quiet_removals};
+        if unrecorded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let removals = quiet_removals(self.root(), REMOVALS_WAIT)?;
+        let busy = matches!(removals, Removals::Busy);
+        let mut debris = Vec::new();
+        for (d, len) in unrecorded {
+            let path = self.blob_dir().path_for(&d);
+            let Some(in_flight) = crate::blobs::in_flight(&path, now) else {
+                continue; // removed meanwhile
+            };
+            if in_flight || crate::store::lookup_blob(&*self.read_txn()?, &d)?.is_some() {
+                out.in_flight += 1;
+                continue;
+            }
+            let mut detail = format!("{len}-byte file without a record");
+            if busy {
+                detail.push_str(&format!(
+                    " (other processes were removing content throughout fsck's wait of \
+                     {REMOVALS_WAIT:?}: it may be theirs)"
+                ));
+            }
+            out.problems.push(Problem {
+                kind: "debris",
+                id: d.to_string(),
+                path: Some(path),
+                detail,
+                repaired: None,
+            });
+            debris.push(d);
+        }
+        drop(removals);
+        Ok(debris)
     }
 
     /// The checks made on one snapshot: every record against its file, names and references
@@ -410,5 +447,65 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Commits `bytes` as a blob, then drops its record the way a removal does, holding the
+    /// removal lock from before that transaction; the file stays, and so does the lock until
+    /// the returned file is dropped.
+    fn half_removed(store: &Store, bytes: &[u8]) -> (Digest, fs::File) {
+        let mut batch = store.batch().unwrap();
+        let mut reader = bytes;
+        let digest = batch
+            .stage(&mut reader, None, None, Default::default())
+            .unwrap()
+            .digest;
+        batch.commit().unwrap();
+        let removal = store.begin_removal("test").unwrap();
+        let txn = store.write_txn("test").unwrap();
+        assert!(store.remove_blob_in(&txn, &digest.to_string()).unwrap());
+        txn.commit().unwrap();
+        (digest, removal)
+    }
+
+    /// A removal half done in another process (here: this test, holding the removal lock
+    /// between dropping a record and removing its file, as `content rm` and `gc` do) is not
+    /// debris: fsck waits for it, then finds the file gone and nothing wrong.
+    #[test]
+    fn a_file_whose_removal_is_under_way_is_not_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (digest, removal) = half_removed(&store, b"being removed");
+        let checker = store.clone();
+        let fsck = std::thread::spawn(move || {
+            let started = Instant::now();
+            (
+                checker.fsck(&Options::default()).unwrap(),
+                started.elapsed(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !fsck.is_finished(),
+            "fsck judged the file while its removal ran"
+        );
+        store.remove_unrecorded_files(&[digest]).unwrap();
+        drop(removal);
+        let (out, took) = fsck.join().unwrap();
+        assert!(out.problems.is_empty(), "{out:?}");
+        assert!(took >= Duration::from_millis(300));
+
+        // A remover that died in between leaves its file: that is debris, reported at once.
+        let (_, removal) = half_removed(&store, b"left behind");
+        drop(removal);
+        let out = store.fsck(&Options::default()).unwrap();
+        let kinds: Vec<&str> = out.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, ["debris"], "{out:?}");
     }
 }
