@@ -333,3 +333,56 @@ fn rebuild_with_readable_metadata_keeps_labels_and_names() {
         0
     );
 }
+
+/// A writer killed while it has the store open leaves `meta.redb` needing recovery, which only
+/// an open that may write performs. A read-only fsck then says so within a moment (no writer
+/// is live to recover it), naming the command that does; `fsck --repair` recovers it, and the
+/// next read-only fsck is clean. (It used to fail with redb's bare "Database repair aborted".)
+#[test]
+fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _) = store_with_content(tmp.path());
+    let mut put = Command::new(env!("CARGO_BIN_EXE_ocistore"))
+        .arg("--root")
+        .arg(&root)
+        .args(["content", "put"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = put.stdin.take().unwrap();
+    // More than one buffer, so that the ingest is recorded: the writer is open and has
+    // committed.
+    stdin.write_all(&vec![7u8; 3 << 20]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = json(&root, &["ingest", "ls"]);
+        if v.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put never recorded its ingest"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    put.kill().unwrap();
+    put.wait().unwrap();
+    drop(stdin);
+
+    let started = std::time::Instant::now();
+    let out = run(&root, &["fsck"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs recovery") && err.contains("fsck --repair"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (code, v) = json(&root, &["fsck", "--repair"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+}

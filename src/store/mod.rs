@@ -136,6 +136,10 @@ impl Drop for Inner {
     }
 }
 
+/// How long a read-only open keeps retrying a file marked for recovery when no process is
+/// writing to it: the moment between one writer's close and the next one's open.
+const RECOVERY_HANDOVER: Duration = Duration::from_millis(250);
+
 /// Where a rebuild builds the new metadata before it atomically replaces `meta.redb`.
 pub(crate) const REBUILD_FILE: &str = "meta.redb.new";
 
@@ -394,7 +398,8 @@ impl Inner {
         };
         let mut builder = redb::Builder::new();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
-        let deadline = Instant::now() + wait;
+        let opened_at = Instant::now();
+        let deadline = opened_at + wait;
         let db = loop {
             let attempt = if read_only {
                 if !meta.exists() {
@@ -420,6 +425,37 @@ impl Inner {
                         "'{}' is held exclusively by {holder} (waited {:?})",
                         meta.display(),
                         wait,
+                    )));
+                }
+                // A read-only open finds the file marked for recovery, which only a writing
+                // open performs, when a writer crashed, and for moments while other processes
+                // open and close it for writing (a closing writer that cannot take redb's
+                // writer lock skips its clean shutdown and leaves it to the others). While a
+                // writer is live, wait for it; with none, say what would recover the file.
+                Err(redb::DatabaseError::RepairAborted) if read_only => {
+                    let writers = locks::holder_pids(&root.join(locks::LAYOUT_LOCK))
+                        .is_some_and(|pids| !pids.is_empty());
+                    // A hand-over between writer processes can show no live writer for a
+                    // moment: a short grace even then.
+                    let handing_over = opened_at.elapsed() < RECOVERY_HANDOVER;
+                    if (writers || handing_over) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    return Err(Error::FailedPrecondition(format!(
+                        "'{}' needs recovery (a process writing to it crashed or was killed, \
+                         or closed while another was opening it){}; a read-only open cannot \
+                         recover it: any command that writes to the store does, e.g. \
+                         `ocistore --root {} fsck --repair`",
+                        meta.display(),
+                        if writers {
+                            format!(
+                                " and the processes writing to it did not recover it within {wait:?}"
+                            )
+                        } else {
+                            String::new()
+                        },
+                        root.display(),
                     )));
                 }
                 Err(e) => return Err(Error::db("open meta.redb", e)),
