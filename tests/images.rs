@@ -505,6 +505,46 @@ fn batch_is_all_or_nothing() {
     assert!(store.leases().unwrap().is_empty());
 }
 
+/// Content a batch found present is leased (gc cannot take it), but an explicit delete in
+/// another process can: reading it then, or committing, says it was removed while the batch
+/// ran, not a bare "not found", and no name lands on missing content.
+#[test]
+fn a_batch_whose_present_content_is_deleted_says_so() {
+    let (_d, store) = fresh();
+    let existing = put(&store, b"present, then deleted");
+    let mut b = store.batch().unwrap();
+    let again = b
+        .stage(
+            &mut &b"present, then deleted"[..],
+            Some(&existing),
+            None,
+            Labels::new(),
+        )
+        .unwrap();
+    assert!(!again.written);
+    store.delete(&existing).unwrap();
+    let read = b.read(&existing, 1 << 20).unwrap_err();
+    assert_eq!(read.kind(), ErrorKind::FailedPrecondition);
+    assert!(
+        read.to_string().contains("was removed while the batch ran"),
+        "{read}"
+    );
+    b.put_name(
+        "deleted:1",
+        descriptor("application/octet-stream", &existing, 21).unwrap(),
+        None,
+    )
+    .unwrap();
+    let commit = b.commit().unwrap_err();
+    assert!(
+        commit
+            .to_string()
+            .contains("was removed while the batch ran"),
+        "{commit}"
+    );
+    assert!(store.images(&[]).unwrap().is_empty());
+}
+
 #[test]
 fn gc_during_batches_never_loses_a_blob() {
     let (_d, store) = fresh();

@@ -23,7 +23,7 @@ use redb::ReadableTable;
 use crate::blobs::sync_dir;
 use crate::content::{Labels, validate_labels};
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::names::Name;
 use crate::store::locks::RefLock;
 use crate::store::records::Nanos;
@@ -424,7 +424,15 @@ impl Batch {
                     .map_err(|e| Error::io("read staged blob", path, e))?;
                 out
             }
-            None => crate::helpers::read_blob_prefix(&self.store, digest, limit + 1)?,
+            None => match crate::helpers::read_blob_prefix(&self.store, digest, limit + 1) {
+                // Leased by this batch, so no gc took it: an explicit delete elsewhere did.
+                Err(e) if e.kind() == ErrorKind::NotFound && self.present.contains(digest) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "content {digest} was removed while the batch ran; run it again"
+                    )));
+                }
+                other => other?,
+            },
         };
         if bytes.len() as u64 > limit {
             return Err(Error::FailedPrecondition(format!(
