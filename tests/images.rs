@@ -545,6 +545,41 @@ fn a_batch_whose_present_content_is_deleted_says_so() {
     assert!(store.images(&[]).unwrap().is_empty());
 }
 
+/// A pull's batch leases every blob it wants, present or not. Another process may commit
+/// one of them meanwhile (a second pull of the same image) and then lose its name; a gc must
+/// still not take it from under the first pull, which then finds it committed and lands its
+/// name on whole content. (Leased only as an ingest, the blob went, and the pull failed with
+/// "removed while the pull ran".)
+#[test]
+fn content_a_batch_wants_is_kept_once_another_commits_it() {
+    let (_d, store) = fresh();
+    let bytes = b"downloaded by two pulls at once";
+    let digest = Algorithm::Sha256.digest(bytes);
+    let wanted = [(format!("pull-{digest}"), bytes.len() as u64, digest)];
+    let (mut ours, present) = store.batch_wanting(&wanted).unwrap();
+    assert_eq!(present, [false]);
+
+    // The other pull commits it under its own name, which is then removed, and gc runs.
+    let mut theirs = store.batch().unwrap();
+    theirs
+        .stage(&mut &bytes[..], Some(&digest), None, Labels::new())
+        .unwrap();
+    let target = descriptor("application/octet-stream", &digest, bytes.len() as u64).unwrap();
+    theirs.put_name("other:1", target.clone(), None).unwrap();
+    theirs.commit().unwrap();
+    store.delete_image("other:1").unwrap();
+    store.gc(&Options::default()).unwrap();
+
+    assert!(ours.is_committed(&digest).unwrap(), "gc took a wanted blob");
+    ours.put_name("ours:1", target, None).unwrap();
+    ours.commit().unwrap();
+    assert_eq!(helpers::read_blob(&store, &digest).unwrap(), bytes);
+    assert!(
+        store.leases().unwrap().is_empty(),
+        "the batch lease is gone"
+    );
+}
+
 #[test]
 fn gc_during_batches_never_loses_a_blob() {
     let (_d, store) = fresh();

@@ -66,6 +66,9 @@ pub struct Batch {
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
+    /// Content the lease holds: everything [`Store::batch_wanting`] was asked for, present
+    /// or not, and what [`Batch::is_committed`] found since.
+    leased_content: BTreeSet<Digest>,
     /// Ingests leased by [`Store::batch_wanting`].
     leased_ingests: Vec<String>,
     names: Vec<(String, Descriptor, Option<Labels>)>,
@@ -87,12 +90,14 @@ impl Store {
     }
 
     /// [`Store::batch`] for a pull: the transaction that makes the batch's lease also leases
-    /// what the pull wants, `wanted` (ingest reference, size, digest). Each blob the store
-    /// has is leased as content, so that no gc takes it before the name lands; each it lacks
-    /// is leased as an ingest until the batch commits or is dropped (a pull's downloads
-    /// release their locks once sealed, and neither gc nor prune may take them while they
-    /// wait to be adopted), and recorded if it has no record yet: its writer then opens as a
-    /// resumed ingest and pays no transaction of its own. Returns the batch and, in order,
+    /// what the pull wants, `wanted` (ingest reference, size, digest). Every blob is leased
+    /// as content, present or not, so that no gc or prune takes it before the name lands:
+    /// also one that another process commits meanwhile (a second pull of the same image,
+    /// whose download this pull then finds committed). Each the store lacks is also leased
+    /// as an ingest until the batch commits or is dropped (a pull's downloads release their
+    /// locks once sealed, and neither gc nor prune may take them while they wait to be
+    /// adopted), and recorded if it has no record yet: its writer then opens as a resumed
+    /// ingest and pays no transaction of its own. Returns the batch and, in order,
     /// whether each blob was present. One durable commit for all, where asking
     /// [`Batch::is_committed`] of each present blob costs a commit each.
     pub fn batch_wanting(&self, wanted: &[(String, u64, Digest)]) -> Result<(Batch, Vec<bool>)> {
@@ -112,6 +117,7 @@ impl Store {
             lease: format!("ocistore.batch/{id}"),
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
+            leased_content: BTreeSet::new(),
             leased_ingests: Vec::new(),
             names: Vec::new(),
             adopted: Vec::new(),
@@ -159,9 +165,9 @@ impl Batch {
                     .map_err(|e| Error::db("read a blob record", e))?
                     .is_some();
                 present.push(found);
+                r.insert((self.lease.as_str(), "content", key.as_str()), ())
+                    .map_err(|e| Error::db("lease content", e))?;
                 if found {
-                    r.insert((self.lease.as_str(), "content", key.as_str()), ())
-                        .map_err(|e| Error::db("lease present content", e))?;
                     continue;
                 }
                 r.insert((self.lease.as_str(), "ingest", reference.as_str()), ())
@@ -189,6 +195,7 @@ impl Batch {
         txn.commit()
             .map_err(|e| Error::db("commit a batch's lease", e))?;
         for ((reference, _, digest), found) in wanted.iter().zip(&present) {
+            self.leased_content.insert(*digest);
             if *found {
                 self.present.insert(*digest);
             } else {
@@ -204,6 +211,14 @@ impl Batch {
     pub fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
         if self.present.contains(digest) {
             return Ok(true);
+        }
+        if self.leased_content.contains(digest) {
+            // Leased already (wanted at the start): a look is enough.
+            let found = self.store.blob_record(digest)?.is_some();
+            if found {
+                self.present.insert(*digest);
+            }
+            return Ok(found);
         }
         let key = digest.to_string();
         let txn = self.store.write_txn("lease present content")?;
@@ -221,6 +236,7 @@ impl Batch {
             txn.commit()
                 .map_err(|e| Error::db("commit a lease resource", e))?;
             self.present.insert(*digest);
+            self.leased_content.insert(*digest);
         }
         Ok(found)
     }
@@ -579,7 +595,7 @@ impl Batch {
             let mut r = txn
                 .open_table(LEASE_RESOURCES)
                 .map_err(|e| Error::db("open the lease resources", e))?;
-            for d in &self.present {
+            for d in &self.leased_content {
                 r.remove((self.lease.as_str(), "content", d.to_string().as_str()))
                     .map_err(|e| Error::db("drop the batch lease", e))?;
             }
