@@ -1899,6 +1899,66 @@ fn pull_of_unnamed_present_blobs_beside_gc_loses_nothing() {
     pulled_whole(&env, &root, &via_proxy, &image);
 }
 
+/// A push leases what it pushes: an `image rm` and a gc in another process while it runs
+/// take nothing from under it. Here a proxy holds the push's HEAD of the first layer for 2 s,
+/// and meanwhile the image's name is removed and gc runs; the push still sends the whole
+/// image. (Without the lease it failed with "could not open for upload …: No such file or
+/// directory" or "content … not found": 8 of about 330 pushes beside rm and gc loops.)
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn push_beside_rm_and_gc_sends_the_whole_image() {
+    let env = Env::new();
+    let sizes = [256 << 10, 64 << 10];
+    let (reg, image, reference) = registry_with(&env, "pushrm/app:1", AMD64, &sizes, 81);
+    let root = env.path("store");
+    env.pull(&root, &[&reference], &image.root.digest);
+    // Through the proxy the registry is another host: nothing to mount from, every blob is
+    // read from its file and uploaded.
+    let layer = image.platforms[0].layers[0].digest.clone();
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new(
+            "HEAD",
+            &layer,
+            Fault::Delay(Duration::from_secs(2)),
+        )],
+    );
+    let target = proxy.reference("pushrm/copy:1");
+    let push = env
+        .cmd(&root, &["image", "push", &reference, &target])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        poll(Duration::from_secs(30), Duration::from_millis(5), || {
+            !proxy
+                .seen_where(|s| s.method == "HEAD" && s.uri.ends_with(&layer))
+                .is_empty()
+        }),
+        "the push never asked for the layer"
+    );
+    env.ok(&root, &["image", "rm", &reference]);
+    let gc = env.ok(&root, &["gc"]);
+    assert_eq!(
+        gc["removed"],
+        json!([]),
+        "gc took what the push holds: {gc}"
+    );
+    let out = push.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the push failed beside rm and gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = env.path("check");
+    env.pull(&check, &[&target], &image.root.digest);
+    pulled_whole(&env, &check, &target, &image);
+    // The lease went with the push: now gc takes the unnamed image.
+    let gc = env.ok(&root, &["gc"]);
+    assert!(!gc["removed"].as_array().unwrap().is_empty(), "{gc}");
+}
+
 /// Two processes pulling one image at once (by tag and by digest) into one store, while a
 /// third removes the tag's name whenever it lands and runs gc in a loop: every pull succeeds
 /// and the image is whole. A blob that one pull committed, and gc then took once that name

@@ -8,7 +8,8 @@
 //! mounts. After a push, every blob is labelled with the target repository, so the next push
 //! elsewhere on that registry can mount. `platforms` pushes a subset of an index as
 //! `image export --platform` does (a new index of the kept entries); without it, a
-//! multi-platform index keeps its digest.
+//! multi-platform index keeps its digest. Like an export, a push leases the image's content
+//! for its duration, so an `image rm` and a gc in another process cannot take it midway.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -90,6 +91,9 @@ impl Store {
         let target_name = Name::parse(target.unwrap_or(name))?;
         let repo = Repository::of(&target_name);
         let root_digest = names::descriptor_digest(&image.target)?;
+        // Held until the push is done: an `image rm` and a gc elsewhere cannot take the bytes
+        // it is sending (gc marks from a leased root through everything it references).
+        let _lease = self.lease_content("push", &[root_digest], true)?;
         let mut root_type = image.target.media_type().to_string();
         let mut root_bytes = crate::helpers::read_blob_prefix(self, &root_digest, MAX_MANIFEST)?;
         if !opts.platforms.is_empty() && is_index(&root_type) {
