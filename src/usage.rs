@@ -1,7 +1,11 @@
 //! Disk usage of a store: blobs, ingests, the metadata file, and the total, in apparent and
 //! allocated bytes. The total walks the whole root (directories included), so it agrees with
-//! the filesystem's own measure (`du -s --block-size=1 <root>`).
+//! the filesystem's own measure (`du -s --block-size=1 <root>`). Like `du`, a file with
+//! several names counts once: a blob being committed has its ingest's name too, for a
+//! moment, and a pull's sealed download keeps both until its batch lands; it counts under
+//! `blobs`, which is walked first.
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -54,7 +58,15 @@ fn stat_entry(entry: &fs::DirEntry) -> Result<Option<fs::Metadata>> {
     }
 }
 
-fn walk(dir: &Path, part: &mut Part, dirs: &mut Part) -> Result<()> {
+/// Files with more than one name counted so far, by device and inode.
+type Seen = HashSet<(u64, u64)>;
+
+/// Whether `meta`'s file is counted for the first time (always, for a file with one name).
+fn first_sight(meta: &fs::Metadata, seen: &mut Seen) -> bool {
+    meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino()))
+}
+
+fn walk(dir: &Path, part: &mut Part, dirs: &mut Part, seen: &mut Seen) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -69,8 +81,8 @@ fn walk(dir: &Path, part: &mut Part, dirs: &mut Part) -> Result<()> {
         };
         if meta.is_dir() {
             dirs.add(&meta);
-            walk(&entry.path(), part, dirs)?;
-        } else {
+            walk(&entry.path(), part, dirs, seen)?;
+        } else if first_sight(&meta, seen) {
             part.add(&meta);
         }
     }
@@ -86,9 +98,13 @@ impl Store {
         let root_meta = fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
         dirs.add(&root_meta);
         let mut other = Part::default();
-        let rd = fs::read_dir(root).map_err(|e| Error::io("read directory", root, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::io("read directory", root, e))?;
+        let mut seen = Seen::new();
+        let mut entries = fs::read_dir(root)
+            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+            .map_err(|e| Error::io("read directory", root, e))?;
+        // `blobs` first: a file that is also an ingest counts as the blob it is (becoming).
+        entries.sort_by_key(|e| e.file_name() != "blobs");
+        for entry in entries {
             let path = entry.path();
             let Some(meta) = stat_entry(&entry)? else {
                 continue;
@@ -101,10 +117,10 @@ impl Store {
                     Some("ingest") => &mut u.ingests,
                     _ => &mut other,
                 };
-                walk(&path, part, &mut dirs)?;
+                walk(&path, part, &mut dirs, &mut seen)?;
             } else if name == "meta.redb" {
                 u.metadata.add(&meta);
-            } else {
+            } else if first_sight(&meta, &mut seen) {
                 other.add(&meta);
             }
         }

@@ -386,3 +386,39 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
     let (code, v) = json(&root, &["fsck"]);
     assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
 }
+
+/// `du` counts a file with several names once, as `du -s` does: a blob whose ingest still
+/// names it (a commit in flight, a pull's sealed download) is not counted twice. Its total
+/// agrees with GNU du's, apparent and allocated.
+#[test]
+fn du_counts_a_blob_with_a_second_name_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    let (_, before) = json(&root, &["du"]);
+    let hex = digests[4].strip_prefix("sha256:").unwrap();
+    std::fs::hard_link(
+        root.join("blobs/sha256").join(&hex[..2]).join(hex),
+        root.join("ingest").join("in-flight.data"),
+    )
+    .unwrap();
+    let (code, after) = json(&root, &["du"]);
+    assert_eq!(code, 0, "{after}");
+    for part in ["blobs", "ingests", "total"] {
+        assert_eq!(after[part], before[part], "{part}: {before} then {after}");
+    }
+    let gnu = |flag: &str| -> u64 {
+        let out = Command::new("du")
+            .args(["-s", flag])
+            .arg(&root)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(after["total"]["apparent_bytes"], gnu("-b"), "{after}");
+    assert_eq!(after["total"]["allocated_bytes"], gnu("-B1"), "{after}");
+}
