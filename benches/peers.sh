@@ -160,26 +160,38 @@ echo "== pull and import taking turns (${TURNS:-11} rounds)"
 # hyperfine runs a command's runs back to back, so a phase of this machine's disk can favour
 # one side; here pull and import alternate, each after a sync and a rest, and the ratio of
 # their medians is reported.
-python3 - "$BIN" "$W" "$PULLREG" "${TURNS:-11}" >"$W/turns.txt" <<'PY'
-import statistics, subprocess, sys, time
-bin_, w, reg, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+python3 - "$BIN" "$W" "$PULLREG" "${TURNS:-11}" "$(cat "$W/reg-pull/pid")" >"$W/turns.txt" <<'PY'
+import os, statistics, subprocess, sys, time
+bin_, w, reg, rounds, reg_pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 sides = {
     "pull": [bin_, "--root", f"{w}/pl", "image", "pull", f"{reg}/bench/image:1"],
     "import": [bin_, "--root", f"{w}/pl", "image", "import", f"{w}/image.tar"],
 }
+def registry_cpu():
+    # utime + stime of the registry process, in seconds
+    fields = open(f"/proc/{reg_pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 took = {k: [] for k in sides}
+cpu = {k: [] for k in sides}
+reg_cpu = []
 for r in range(rounds):
     for k in (["pull", "import"] if r % 2 == 0 else ["import", "pull"]):
         subprocess.run(["rm", "-rf", f"{w}/pl"], check=True)
         subprocess.run(["sync"], check=True)
         time.sleep(1)
+        r0 = registry_cpu()
         t = time.perf_counter()
-        done = subprocess.run(sides[k], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        child = subprocess.Popen(sides[k], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
         took[k].append(time.perf_counter() - t)
-        if done.returncode != 0:
-            sys.exit(f"{k} failed: {done.stderr.decode(errors='replace')}")
-p, i = statistics.median(took["pull"]), statistics.median(took["import"])
-print(f"{p} {i}")
+        cpu[k].append(usage.ru_utime + usage.ru_stime)
+        if k == "pull":
+            reg_cpu.append(registry_cpu() - r0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"{k} failed: {err.decode(errors='replace')}")
+med = statistics.median
+print(f"{med(took['pull'])} {med(took['import'])} {med(cpu['pull'])} {med(cpu['import'])} {med(reg_cpu)}")
 PY
 echo "== re-pull of a present image"
 rm -rf "$W/rp"; "$BIN" --root "$W/rp" image pull "$PULLREG/bench/image:1" >/dev/null
@@ -208,18 +220,20 @@ read -r ob cb <<<"$(median blob)"
 read -r os cs <<<"$(median small)"
 read -r pl_o pl_s pl_c pl_i <<<"$(median pull)"
 read -r rp <<<"$(median repull)"
-read -r turn_p turn_i <"$W/turns.txt"
+read -r turn_p turn_i cpu_p cpu_i cpu_r <"$W/turns.txt"
 read -r ps_o ps_s ps_c <<<"$(median push)"
 read -r mnt rep <<<"$(median mount)"
 python3 - "$oi" "$ci" "$si" "$ob" "$cb" "$os" "$cs" "$ARCHIVE_MIB" "$BLOB_MIB" "$SMALL" \
   "$pl_o" "$pl_s" "$pl_c" "$rp" "$ps_o" "$ps_s" "$ps_c" "$mnt" "$rep" "$W/cli.json" "$pl_i" \
-  "$turn_p" "$turn_i" <<'PY'
-import json, sys
+  "$turn_p" "$turn_i" "$cpu_p" "$cpu_i" "$cpu_r" <<'PY'
+import json, os, sys
 oi, ci, si, ob, cb, os_, cs = map(float, sys.argv[1:8])
 am, bm, n = sys.argv[8:11]
 pl_o, pl_s, pl_c, rp, ps_o, ps_s, ps_c, mnt, rep = map(float, sys.argv[11:20])
 pl_i = float(sys.argv[21])
 turn_p, turn_i = float(sys.argv[22]), float(sys.argv[23])
+cpu_p, cpu_i, cpu_r = float(sys.argv[24]), float(sys.argv[25]), float(sys.argv[26])
+cores = os.cpu_count()
 print()
 print("| work | ocistore | ctr | skopeo | ctr / ocistore | skopeo / ocistore |")
 print("|---|---|---|---|---|---|")
@@ -231,6 +245,9 @@ print(f"| push it to an empty registry | {ps_o:.3f} s | {ps_c:.3f} s | {ps_s:.3f
 print()
 print(f"pull / import of the same image, measured in the pull's run: {pl_o:.3f} s / {pl_i:.3f} s = {pl_o/pl_i:.2f}x (target <= 1.2x)")
 print(f"pull / import taking turns, medians: {turn_p:.3f} s / {turn_i:.3f} s = {turn_p/turn_i:.2f}x")
+floor = (cpu_p + cpu_r) / cores
+print(f"  CPU per pull: ours {cpu_p:.3f} s + the registry's {cpu_r:.3f} s on {cores} cores: no pull can take less than {floor:.3f} s "
+      f"({floor/turn_i:.2f}x the import, whose CPU is {cpu_i:.3f} s); the pull took {turn_p/floor:.2f}x that floor")
 print(f"re-pull of a present image: {rp*1000:.1f} ms; push to a second repository (mounts): {mnt:.3f} s; repeated push (HEADs only): {rep*1000:.1f} ms")
 print()
 print("| CLI command (small store) | median |")
