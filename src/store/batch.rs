@@ -204,9 +204,7 @@ impl Batch {
         }
         Ok(present)
     }
-}
 
-impl Batch {
     /// Whether `digest` is committed in the store; if so the batch's lease now protects it.
     pub fn is_committed(&mut self, digest: &Digest) -> Result<bool> {
         if self.present.contains(digest) {
