@@ -334,18 +334,13 @@ fn rebuild_with_readable_metadata_keeps_labels_and_names() {
     );
 }
 
-/// A writer killed while it has the store open leaves `meta.redb` needing recovery, which only
-/// an open that may write performs. A read-only fsck then says so within a moment (no writer
-/// is live to recover it), naming the command that does; `fsck --repair` recovers it, and the
-/// next read-only fsck is clean. (It used to fail with redb's bare "Database repair aborted".)
-#[test]
-fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
+/// Starts `content put` of 3 MiB from a pipe and kills it (SIGKILL) once its ingest is
+/// recorded: the store was open for writing, which leaves `meta.redb` needing recovery.
+fn kill_a_writer_midway(root: &Path) {
     use std::io::Write;
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, _) = store_with_content(tmp.path());
     let mut put = Command::new(env!("CARGO_BIN_EXE_ocistore"))
         .arg("--root")
-        .arg(&root)
+        .arg(root)
         .args(["content", "put"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -358,7 +353,7 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
     stdin.write_all(&vec![7u8; 3 << 20]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (_, v) = json(&root, &["ingest", "ls"]);
+        let (_, v) = json(root, &["ingest", "ls"]);
         if v.as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
@@ -371,6 +366,17 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
     put.kill().unwrap();
     put.wait().unwrap();
     drop(stdin);
+}
+
+/// A writer killed while it has the store open leaves `meta.redb` needing recovery, which only
+/// an open that may write performs. A read-only fsck then says so within a moment (no writer
+/// is live to recover it), naming the command that does; `fsck --repair` recovers it, and the
+/// next read-only fsck is clean. (It used to fail with redb's bare "Database repair aborted".)
+#[test]
+fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _) = store_with_content(tmp.path());
+    kill_a_writer_midway(&root);
 
     let started = std::time::Instant::now();
     let out = run(&root, &["fsck"], None);
@@ -383,6 +389,31 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let (code, v) = json(&root, &["fsck", "--repair"]);
     assert_eq!(code, 0, "{v}");
+    let (code, v) = json(&root, &["fsck"]);
+    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+}
+
+/// A listing opens read-only when it can; after a writer was killed it cannot, and opens
+/// read-write instead (which recovers the file): it lists everything, and a read-only fsck is
+/// then clean.
+#[test]
+fn a_listing_after_a_killed_writer_recovers_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, digests) = store_with_content(tmp.path());
+    kill_a_writer_midway(&root);
+    let out = run(&root, &["content", "ls", "-q"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut want = digests.clone();
+    want.sort();
+    assert_eq!(listed, want);
     let (code, v) = json(&root, &["fsck"]);
     assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
 }

@@ -83,8 +83,10 @@ impl OpenOptions {
         self
     }
 
-    /// How long to keep retrying while another program holds the database exclusively
-    /// (default 10 s); after that, `StoreInUse`.
+    /// How long to keep retrying while another program holds the database exclusively or a
+    /// rebuild runs (then `StoreInUse`), and, read-only, while the processes writing to the
+    /// store recover a file one of them left marked for recovery (then `FailedPrecondition`);
+    /// default 10 s.
     pub fn wait(&mut self, wait: Duration) -> &mut Self {
         self.wait = wait;
         self

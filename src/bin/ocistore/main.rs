@@ -79,10 +79,12 @@ impl Ctx {
     /// when it opens or closes (a read-write open of redb writes and fsyncs its header at
     /// both ends, a third of a listing's time); read-write where a read-only open cannot
     /// serve (no store yet, one that needs migrating or recovering after a crash), as
-    /// before.
+    /// before. The read-only attempt does not wait: whatever it would wait for (a rebuild,
+    /// a writer recovering the file), the read-write open waits for or does itself.
     pub fn open_to_read(&self) -> ocistore::Result<Store> {
         match ocistore::OpenOptions::new()
             .read_only(true)
+            .wait(std::time::Duration::ZERO)
             .open(&self.root)
         {
             Ok(store) => {
