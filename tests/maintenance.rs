@@ -842,6 +842,77 @@ fn fsck_beside_gc_finds_nothing_wrong() {
     println!("fsck beside gc: {beside} runs beside it, all clean");
 }
 
+/// `fsck --repair` quarantining corrupt blobs while read-only fsck runs back to back in other
+/// processes. A quarantine moves the file inside repair's transaction and drops the record at
+/// its commit; the fscks beside it reported those blobs "missing" (55 times in 25 such rounds
+/// here) and now wait for the repair: they see each blob corrupt before it and gone after.
+#[test]
+fn fsck_beside_a_repair_never_reports_a_quarantined_blob_missing() {
+    use std::io::{Seek, SeekFrom, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut rounds, mut beside) = (0, 0);
+    let mut failures = Vec::new();
+    while rounds < 24 && Instant::now() < deadline {
+        rounds += 1;
+        let store = Store::open(&root).unwrap();
+        let mut batch = store.batch().unwrap();
+        let mut digests = Vec::new();
+        for i in 0..12u64 {
+            let bytes = sample(200_000, rounds * 100 + i);
+            let staged = batch
+                .stage(&mut bytes.as_slice(), None, None, Default::default())
+                .unwrap();
+            digests.push(staged.digest);
+        }
+        batch.commit().unwrap();
+        drop(store);
+        for d in &digests {
+            let path = root
+                .join("blobs")
+                .join("sha256")
+                .join(&d.hex()[..2])
+                .join(d.hex());
+            let mut perms = fs::metadata(&path).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            fs::set_permissions(&path, perms).unwrap();
+            let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.seek(SeekFrom::Start(1000)).unwrap();
+            f.write_all(b"not these bytes").unwrap();
+        }
+        let repair = ocistore(&root, &["fsck", "--repair"]).spawn().unwrap();
+        let waiter = std::thread::spawn(move || repair.wait_with_output().unwrap());
+        loop {
+            let running = !waiter.is_finished();
+            let out = run(&root, &["--json", "fsck"]);
+            match json_of(&out) {
+                Ok(v) => {
+                    let problems = v["problems"].as_array().cloned().unwrap_or_default();
+                    if problems.iter().any(|p| p["kind"] != "corrupt") {
+                        failures.push(describe(&out));
+                    }
+                }
+                Err(e) => failures.push(e),
+            }
+            if !running {
+                break;
+            }
+            beside += 1;
+        }
+        let repaired = waiter.join().unwrap();
+        assert!(repaired.status.success(), "{}", describe(&repaired));
+        fsck_clean(&root).unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "fsck beside a repair ({beside} runs beside it):\n{}",
+        failures.join("\n")
+    );
+    println!("fsck beside a repair: {rounds} rounds, {beside} runs beside it");
+}
+
 /// Read-only fsck back to back beside processes that put blobs and collect garbage: every
 /// open succeeds and every verdict is clean. redb leaves `meta.redb` marked for recovery for a
 /// moment when a writer closes while another process opens it; a read-only open then failed

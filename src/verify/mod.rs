@@ -19,8 +19,10 @@
 //! `prune`, a manifest's deletion) drops records first and files after, holding the removal
 //! lock (`removal.lock`, shared) from before its transaction until its files are gone; fsck
 //! judges files without a record only once it holds that lock exclusively, so a file whose
-//! removal is under way is never reported as debris. Repair decides each removal, quarantine and record drop inside the
-//! write transaction that performs it, against what that transaction sees; committers
+//! removal is under way is never reported as debris. A quarantine is the other way round (the
+//! file moves inside repair's transaction, the record goes at its commit), so repair holds the
+//! same lock and a record without a file is judged under it too. Repair decides each removal,
+//! quarantine and record drop inside the write transaction that performs it, against what that transaction sees; committers
 //! re-check their file under their own transaction, so nothing committed is lost either way.
 
 mod rebuild;
@@ -39,6 +41,7 @@ use serde::Serialize;
 use crate::digest::{Digest, hash_reader};
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::locks::{Removals, quiet_removals};
 use crate::store::records::{self, BlobRecord, NameRecord};
 use crate::store::schema::{BLOBS, NAMES, REFS};
 
@@ -107,6 +110,14 @@ struct Suspect {
 /// without a record.
 const REMOVALS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Said of a problem judged while other processes never stopped removing content.
+fn busy_detail() -> String {
+    format!(
+        " (other processes were removing content throughout fsck's wait of {REMOVALS_WAIT:?}: \
+         it may be theirs)"
+    )
+}
+
 fn recorded_in(txn: &redb::WriteTransaction, key: &str) -> Result<bool> {
     Ok(txn
         .open_table(BLOBS)
@@ -139,19 +150,32 @@ impl Store {
         let mut recorded: BTreeSet<Digest> = BTreeSet::new();
         let mut suspects = Vec::new();
         self.check_snapshot(&mut out, &mut recorded, &mut suspects)?;
-        // What a newer snapshot no longer shows was deleted (or replaced) meanwhile.
+        // What a newer snapshot no longer shows was deleted (or replaced) meanwhile. A repair
+        // in another process moves a corrupt blob's file away inside its transaction and drops
+        // the record at its commit, holding the removal lock: a missing file is judged once
+        // no removal is half done.
+        let quiet = if suspects.iter().any(|(_, s)| s.file.is_none()) {
+            Some(quiet_removals(self.root(), REMOVALS_WAIT)?)
+        } else {
+            None
+        };
+        let busy = matches!(quiet, Some(Removals::Busy));
         let mut bad = Vec::new();
-        for (problem, suspect) in suspects {
+        for (mut problem, suspect) in suspects {
             let fresh = self.read_txn()?;
             let still = crate::store::lookup_blob(&fresh, &suspect.digest)?.is_some();
             let missing_now = !self.blob_dir().exists(&suspect.digest);
             if still && (suspect.file.is_some() || missing_now) {
+                if busy && suspect.file.is_none() {
+                    problem.detail.push_str(&busy_detail());
+                }
                 out.problems.push(problem);
                 bad.push(suspect);
             } else {
                 out.in_flight += 1;
             }
         }
+        drop(quiet);
         let now = SystemTime::now();
         let scan = self.blob_dir().scan()?;
         let unrecorded: Vec<(Digest, u64)> = (scan.blobs.into_iter())
@@ -190,7 +214,6 @@ impl Store {
         now: SystemTime,
         out: &mut Outcome,
     ) -> Result<Vec<Digest>> {
-        use crate::store::locks::{Removals, quiet_removals};
         if unrecorded.is_empty() {
             return Ok(Vec::new());
         }
@@ -208,10 +231,7 @@ impl Store {
             }
             let mut detail = format!("{len}-byte file without a record");
             if busy {
-                detail.push_str(&format!(
-                    " (other processes were removing content throughout fsck's wait of \
-                     {REMOVALS_WAIT:?}: it may be theirs)"
-                ));
+                detail.push_str(&busy_detail());
             }
             out.problems.push(Problem {
                 kind: "debris",
@@ -359,6 +379,8 @@ impl Store {
         strays: &[PathBuf],
     ) -> Result<()> {
         let quarantine = self.root().join("quarantine");
+        // A quarantine is a removal: its file goes before its record.
+        let _removal = self.begin_removal("repair")?;
         let txn = self.write_txn("repair")?;
         let now = SystemTime::now();
         let mut wrote = false;
@@ -507,5 +529,49 @@ mod tests {
         let out = store.fsck(&Options::default()).unwrap();
         let kinds: Vec<&str> = out.problems.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, ["debris"], "{out:?}");
+    }
+
+    /// A quarantine half done in another process (here: this test, holding the removal lock
+    /// and a write transaction, with the file moved away and the record not yet dropped, as
+    /// `fsck --repair` does) is not a missing blob: fsck waits for it, then finds nothing
+    /// wrong. A file gone with no removal under way is reported at once.
+    #[test]
+    fn a_blob_whose_quarantine_is_under_way_is_not_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let commit = |bytes: &[u8]| {
+            let mut batch = store.batch().unwrap();
+            let digest = batch
+                .stage(&mut &*bytes, None, None, Default::default())
+                .unwrap()
+                .digest;
+            batch.commit().unwrap();
+            digest
+        };
+        let digest = commit(b"going to quarantine");
+        let removal = store.begin_removal("test").unwrap();
+        let txn = store.write_txn("test").unwrap();
+        let path = store.blob_dir().path_for(&digest);
+        fs::rename(&path, dir.path().join("quarantined")).unwrap();
+        let checker = store.clone();
+        let fsck = std::thread::spawn(move || checker.fsck(&Options::default()).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !fsck.is_finished(),
+            "fsck judged the blob while its quarantine ran"
+        );
+        assert!(store.remove_blob_in(&txn, &digest.to_string()).unwrap());
+        txn.commit().unwrap();
+        drop(removal);
+        let out = fsck.join().unwrap();
+        assert!(out.problems.is_empty(), "{out:?}");
+
+        let lost = commit(b"lost");
+        fs::remove_file(store.blob_dir().path_for(&lost)).unwrap();
+        let started = Instant::now();
+        let out = store.fsck(&Options::default()).unwrap();
+        let kinds: Vec<&str> = out.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, ["missing"], "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
