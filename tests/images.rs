@@ -714,3 +714,42 @@ fn gc_while_another_thread_imports_never_fails_the_import() {
         assert!(gc.join().unwrap() > 0);
     });
 }
+
+/// `tag_image` writes the new names only while the content is in the store, in the
+/// transaction that writes them: a source whose content went (here: a name left pointing at
+/// content that is not there) gives `NotFound` and no new name. `ocistore image tag` resolved
+/// the source and wrote the names in two steps, and beside `image rm` + `gc` in other
+/// processes left names pointing at nothing.
+#[test]
+fn a_tag_is_written_only_while_its_content_is_there() {
+    let (_dir, store) = fresh();
+    let (md, size, _, _) = image(&store, "here", 1);
+    store
+        .put_image("here:1", descriptor(MANIFEST, &md, size).unwrap(), None)
+        .unwrap();
+    let tagged = store.tag_image("here:1", &["copy:1", "copy:2"]).unwrap();
+    let names: Vec<&str> = tagged.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["docker.io/library/copy:1", "docker.io/library/copy:2"]
+    );
+    assert!(
+        tagged
+            .iter()
+            .all(|i| i.target.digest().to_string() == md.to_string())
+    );
+
+    let gone = Algorithm::Sha256.digest(b"never stored");
+    store
+        .put_image("gone:1", descriptor(MANIFEST, &gone, 12).unwrap(), None)
+        .unwrap();
+    let err = store.tag_image("gone:1", &["copy:3"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("no name was written"), "{err}");
+    assert_eq!(
+        store.image("copy:3").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let err = store.tag_image("here:1", &["Bad Name"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}

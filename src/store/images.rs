@@ -98,6 +98,44 @@ impl Store {
         self.image(&key)
     }
 
+    /// Points each of `targets` at what `source` (a name or a digest, see
+    /// [`Store::resolve`]) points at, in one transaction that first checks the content is
+    /// still in the store: `source` may have been removed and its content collected since it
+    /// was resolved, and a new name must not point at nothing. Durable on return.
+    pub fn tag_image(&self, source: &str, targets: &[&str]) -> Result<Vec<Image>> {
+        let keys = (targets.iter())
+            .map(|t| Name::parse(t).map(|n| n.to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        let target = self.resolve(source)?;
+        self.put_names_at_present(&keys, &target, &format!("tagging {source}"))?;
+        keys.iter().map(|k| self.image(k)).collect()
+    }
+
+    /// Points `keys` (normalised names) at `target` in one write transaction, provided the
+    /// target's blob is recorded in it. gc marks from the names inside its own write
+    /// transaction, so once this commits the content is held; when gc committed first, this
+    /// is `NotFound` and no name is written.
+    fn put_names_at_present(&self, keys: &[String], target: &Descriptor, what: &str) -> Result<()> {
+        let digest = descriptor_digest(target)?;
+        let txn = self.write_txn("write a name")?;
+        let present = txn
+            .open_table(crate::store::schema::BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?
+            .get(digest.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+            .is_some();
+        if !present {
+            return Err(Error::NotFound(format!(
+                "content {digest} (removed while {what} ran; no name was written)"
+            )));
+        }
+        let names: Vec<_> = (keys.iter())
+            .map(|k| (k.clone(), target.clone(), None))
+            .collect();
+        put_names(&txn, &names)?;
+        txn.commit().map_err(|e| Error::db("commit a name", e))
+    }
+
     /// The image stored under `name`; `NotFound` when there is none.
     pub fn image(&self, name: &str) -> Result<Image> {
         let key = Name::parse(name)?.to_string();
@@ -328,7 +366,10 @@ impl Store {
             Labels::new(),
         )?;
         let desc = names::descriptor(INDEX_MEDIA_TYPES[0], &digest, bytes.len() as u64)?;
-        self.put_image(name, desc, None)
+        // Committed above, but a gc may take it before the name holds it.
+        let key = Name::parse(name)?.to_string();
+        self.put_names_at_present(std::slice::from_ref(&key), &desc, "writing the index")?;
+        self.image(&key)
     }
 
     /// Whether the image `name` is complete for `platform`: name → index → the platform's

@@ -266,9 +266,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             print_json(&v);
         }
         ImageCmd::Tag { source, targets } => {
-            let desc = store.resolve(&source)?;
-            for t in &targets {
-                let img = store.put_image(t, desc.clone(), None)?;
+            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+            for img in store.tag_image(&source, &targets)? {
                 if ctx.json {
                     print_json(&image_json(&img));
                 } else {
