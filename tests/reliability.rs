@@ -453,3 +453,61 @@ fn du_counts_a_blob_with_a_second_name_once() {
     assert_eq!(after["total"]["apparent_bytes"], gnu("-b"), "{after}");
     assert_eq!(after["total"]["allocated_bytes"], gnu("-B1"), "{after}");
 }
+
+/// A read-only open (fsck) of a store another process is creating: `meta.redb` exists, its
+/// schema is not yet committed. It said "schema version 0 and needs migrating", a read-only
+/// fsck beside the first commands of a new store failing now and then; it now waits while a
+/// writer holds the store (as the layout lock tells), and with none says what finishes it.
+#[test]
+fn a_read_only_open_waits_for_a_store_being_created() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    // Where a creating process is between creating meta.redb and committing its schema.
+    let creator = std::fs::File::create(root.join("layout-v3.lock")).unwrap();
+    creator.lock_shared().unwrap();
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    drop(builder.create(root.join("meta.redb")).unwrap());
+
+    let reader_root = root.clone();
+    let reader = std::thread::spawn(move || {
+        let started = Instant::now();
+        let opened = ocistore::OpenOptions::new()
+            .read_only(true)
+            .wait(Duration::from_secs(10))
+            .open(&reader_root)
+            .map(|s| s.fsck(&Default::default()).unwrap().problems.len());
+        (opened, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!reader.is_finished(), "the read-only open gave up at once");
+    // The creator commits its schema (as another process: redb shares state between the
+    // handles of one process).
+    assert!(run(&root, &["image", "ls"], None).status.success());
+    drop(creator);
+    let (opened, took) = reader.join().unwrap();
+    assert_eq!(opened.unwrap(), 0);
+    assert!(took >= Duration::from_millis(300));
+
+    // No writer: a store left half created is refused at once, saying what finishes it.
+    let half = tmp.path().join("half");
+    std::fs::create_dir_all(&half).unwrap();
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    drop(builder.create(half.join("meta.redb")).unwrap());
+    let (code, out) = (
+        run(&half, &["fsck"], None).status.code(),
+        run(&half, &["fsck"], None),
+    );
+    assert_eq!(code, Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not yet created") && err.contains("any command that writes"),
+        "{err}"
+    );
+    let (code, _) = json(&half, &["content", "ls"]);
+    assert_eq!(code, 0, "a listing finishes the store's creation");
+    assert_eq!(run(&half, &["fsck"], None).status.code(), Some(0));
+}

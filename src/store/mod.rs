@@ -367,6 +367,11 @@ impl WriteTxn {
     }
 }
 
+/// Whether a process holds the store at `root` open for writing (each holds the layout lock).
+fn writers_live(root: &Path) -> bool {
+    locks::holder_pids(&root.join(locks::LAYOUT_LOCK)).is_some_and(|pids| !pids.is_empty())
+}
+
 impl Inner {
     pub(crate) fn open(root: PathBuf, at: &OpenAt<'_>) -> Result<Inner> {
         let (read_only, wait) = (at.read_only, at.wait);
@@ -415,6 +420,21 @@ impl Inner {
                 builder.create(&meta).map(Db::ReadWrite)
             };
             match attempt {
+                // A new store another process is creating: meta.redb is there, its schema not
+                // yet (the creator commits it next). Wait for it, as for its recovery below.
+                Ok(Db::ReadOnly(db)) if migrate::recorded_version(&db)? == 0 => {
+                    drop(db);
+                    if writers_live(&root) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    return Err(Error::FailedPrecondition(format!(
+                        "store '{}' is not yet created: its meta.redb has no schema (another \
+                         process is creating it, or was killed doing so); any command that \
+                         writes to the store finishes it",
+                        root.display()
+                    )));
+                }
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -435,8 +455,7 @@ impl Inner {
                 // writer lock skips its clean shutdown and leaves it to the others). While a
                 // writer is live, wait for it; with none, say what would recover the file.
                 Err(redb::DatabaseError::RepairAborted) if read_only => {
-                    let writers = locks::holder_pids(&root.join(locks::LAYOUT_LOCK))
-                        .is_some_and(|pids| !pids.is_empty());
+                    let writers = writers_live(&root);
                     // A hand-over between writer processes can show no live writer for a
                     // moment: a short grace even then.
                     let handing_over = opened_at.elapsed() < RECOVERY_HANDOVER;
