@@ -13,6 +13,7 @@ use crate::names::{self, Image, Name, descriptor_digest, platform_matches};
 use crate::query::ImageFields;
 use crate::store::records::{self, NameRecord, Nanos};
 use crate::store::schema::NAMES;
+use crate::store::snapshot::Snapshot;
 use crate::store::{Store, graph};
 
 /// Media types of indexes (OCI and docker's manifest list).
@@ -43,6 +44,14 @@ pub(crate) fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
         updated_at: rec.updated.into(),
         labels: rec.labels,
     })
+}
+
+/// The image named `key` (normalised) in `table`; `NotFound` when there is none.
+fn image_in(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Image> {
+    match table.get(key).map_err(|e| Error::db("read a name", e))? {
+        Some(v) => image_of(key, records::decode(v.value(), key)?),
+        None => Err(Error::NotFound(format!("image {key}"))),
+    }
 }
 
 /// Writes names inside `txn`, keeping `created` and labels of names that exist.
@@ -99,15 +108,36 @@ impl Store {
     }
 
     /// Points each of `targets` at what `source` (a name or a digest, see
-    /// [`Store::resolve`]) points at, in one transaction that first checks the content is
-    /// still in the store: `source` may have been removed and its content collected since it
-    /// was resolved, and a new name must not point at nothing. Durable on return.
+    /// [`Store::resolve`]) points at, in one transaction that reads the source there: a name
+    /// as that transaction sees it (while it stands, gc keeps all it reaches), a digest only
+    /// while its content is recorded. A source removed meanwhile is `NotFound` and no name is
+    /// written, never a name pointing at nothing or at what a gc left. Durable on return.
     pub fn tag_image(&self, source: &str, targets: &[&str]) -> Result<Vec<Image>> {
         let keys = (targets.iter())
             .map(|t| Name::parse(t).map(|n| n.to_string()))
             .collect::<Result<Vec<_>>>()?;
-        let target = self.resolve(source)?;
-        self.put_names_at_present(&keys, &target, &format!("tagging {source}"))?;
+        let by_name = match Digest::parse(source) {
+            Ok(_) => None,
+            Err(_) => Some(Name::parse(source)?).filter(|n| n.digest.is_none()),
+        };
+        let Some(name) = by_name else {
+            let target = self.resolve(source)?;
+            self.put_names_at_present(&keys, &target, &format!("tagging {source}"))?;
+            return keys.iter().map(|k| self.image(k)).collect();
+        };
+        let source_key = name.to_string();
+        let txn = self.write_txn("write a name")?;
+        let target = {
+            let table = txn
+                .open_table(NAMES)
+                .map_err(|e| Error::db("open the names table", e))?;
+            image_in(&table, &source_key)?.target
+        };
+        let names: Vec<_> = (keys.iter())
+            .map(|k| (k.clone(), target.clone(), None))
+            .collect();
+        put_names(&txn, &names)?;
+        txn.commit().map_err(|e| Error::db("commit a name", e))?;
         keys.iter().map(|k| self.image(k)).collect()
     }
 
@@ -143,13 +173,7 @@ impl Store {
         let table = txn
             .open_table(NAMES)
             .map_err(|e| Error::db("open the names table", e))?;
-        match table
-            .get(key.as_str())
-            .map_err(|e| Error::db("read a name", e))?
-        {
-            Some(v) => image_of(&key, records::decode(v.value(), &key)?),
-            None => Err(Error::NotFound(format!("image {key}"))),
-        }
+        image_in(&table, &key)
     }
 
     /// Every image matching any of `filters` (fields `name`, `target.digest`,
@@ -375,8 +399,24 @@ impl Store {
     /// Whether the image `name` is complete for `platform`: name → index → the platform's
     /// manifest → its config and every layer present with the size the descriptor states.
     pub fn check_image(&self, name: &str, platform: &Platform) -> Result<Completeness> {
-        let image = self.image(name)?;
-        let c = self.check_target(&image.target, platform)?;
+        let key = Name::parse(name)?.to_string();
+        // The name and every record from one snapshot: an `image rm` and a gc beside the
+        // check would otherwise have it report what they took as missing from an image whose
+        // name is gone. Manifests are read from their files, which a gc removes after its
+        // commit; a read that finds one gone is retried on a newer snapshot.
+        let mut attempt = 0;
+        let (image, c) = loop {
+            attempt += 1;
+            let snap = self.read_txn()?;
+            let table = snap
+                .open_table(NAMES)
+                .map_err(|e| Error::db("open the names table", e))?;
+            let image = image_in(&table, &key)?;
+            match self.check_target_in(&snap, &image.target, platform) {
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => continue,
+                c => break (image, c?),
+            }
+        };
         // A check is a use (a build checking its base image before it runs).
         self.record_use(
             std::iter::once(crate::store::uses::Used::Image(image.name))
@@ -421,12 +461,22 @@ impl Store {
 
     /// [`Store::check_image`] of an image's target descriptor (no name lookup).
     pub fn check_target(&self, target: &Descriptor, platform: &Platform) -> Result<Completeness> {
+        self.check_target_in(&*self.read_txn()?, target, platform)
+    }
+
+    /// [`Store::check_target`] against the records of `snap`.
+    fn check_target_in(
+        &self,
+        snap: &Snapshot,
+        target: &Descriptor,
+        platform: &Platform,
+    ) -> Result<Completeness> {
         let mut missing = Vec::new();
         let mut desc = target.clone();
         let mut manifest = None;
         for _depth in 0..8 {
             let d = descriptor_digest(&desc)?;
-            if !self.present_with_size(&d, desc.size(), &mut missing)? {
+            if !present_with_size(snap, &d, desc.size(), &mut missing)? {
                 break;
             }
             let bytes = crate::helpers::read_blob_prefix(self, &d, crate::refs::MAX_PARSED)?;
@@ -467,7 +517,7 @@ impl Store {
                     continue;
                 };
                 let digest = descriptor_digest(&pd)?;
-                self.present_with_size(&digest, pd.size(), &mut missing)?;
+                present_with_size(snap, &digest, pd.size(), &mut missing)?;
             }
             break;
         }
@@ -507,27 +557,28 @@ impl Store {
             .sum::<u64>();
         Ok(total)
     }
+}
 
-    fn present_with_size(
-        &self,
-        d: &Digest,
-        size: u64,
-        missing: &mut Vec<(String, String)>,
-    ) -> Result<bool> {
-        match self.blob_record(d)? {
-            None => {
-                missing.push((d.to_string(), "missing".into()));
-                Ok(false)
-            }
-            Some(rec) if rec.size != size => {
-                missing.push((
-                    d.to_string(),
-                    format!("size {} but the descriptor says {size}", rec.size),
-                ));
-                Ok(false)
-            }
-            Some(_) => Ok(true),
+/// Whether `d` is recorded in `snap` with `size`; else why not, added to `missing`.
+fn present_with_size(
+    snap: &Snapshot,
+    d: &Digest,
+    size: u64,
+    missing: &mut Vec<(String, String)>,
+) -> Result<bool> {
+    match crate::store::lookup_blob(snap, d)? {
+        None => {
+            missing.push((d.to_string(), "missing".into()));
+            Ok(false)
         }
+        Some(rec) if rec.size != size => {
+            missing.push((
+                d.to_string(),
+                format!("size {} but the descriptor says {size}", rec.size),
+            ));
+            Ok(false)
+        }
+        Some(_) => Ok(true),
     }
 }
 
