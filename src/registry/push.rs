@@ -93,7 +93,7 @@ impl Store {
         let root_digest = names::descriptor_digest(&image.target)?;
         // Held until the push is done: an `image rm` and a gc elsewhere cannot take the bytes
         // it is sending (gc marks from a leased root through everything it references).
-        let _lease = self.lease_content("push", &[root_digest], true)?;
+        let _lease = self.lease_images("push", &[(image.name.as_str(), root_digest)])?;
         let mut root_type = image.target.media_type().to_string();
         let mut root_bytes = crate::helpers::read_blob_prefix(self, &root_digest, MAX_MANIFEST)?;
         if !opts.platforms.is_empty() && is_index(&root_type) {

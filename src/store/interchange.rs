@@ -140,8 +140,7 @@ impl Store {
         opts: &export::Options,
         out: &mut dyn Write,
     ) -> Result<export::Outcome> {
-        let images = self.export_images(references)?;
-        let _lease = self.lease_exported(&images)?;
+        let (images, _lease) = self.export_leased(references)?;
         export::export_archive(self, &images, opts, out)
     }
 
@@ -152,9 +151,29 @@ impl Store {
         opts: &export::Options,
         path: &Path,
     ) -> Result<export::Outcome> {
-        let images = self.export_images(references)?;
-        let _lease = self.lease_exported(&images)?;
+        let (images, _lease) = self.export_leased(references)?;
         export::export_path(self, &images, opts, path)
+    }
+
+    /// The images to export, leased. A name moved to another target between its lookup and
+    /// the lease (a pull or import of it meanwhile) is looked up again, twice at most; one
+    /// removed is `NotFound`.
+    fn export_leased(
+        &self,
+        references: &[&str],
+    ) -> Result<(
+        Vec<export::ExportImage>,
+        Option<crate::store::lease::ReadLease>,
+    )> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let images = self.export_images(references)?;
+            match self.lease_exported(&images) {
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound && attempt < 3 => {}
+                lease => return Ok((images, lease?)),
+            }
+        }
     }
 
     /// Keeps the exported images' content from a concurrent `image rm` + `gc` until the
@@ -172,6 +191,9 @@ impl Store {
             (images.iter().map(|i| Used::Image(i.name.clone())))
                 .chain(roots.iter().map(|d| Used::Content(*d))),
         );
-        self.lease_content("export", &roots, true)
+        let leased: Vec<(&str, Digest)> = (images.iter().map(|i| i.name.as_str()))
+            .zip(roots.iter().copied())
+            .collect();
+        self.lease_images("export", &leased)
     }
 }

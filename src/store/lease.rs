@@ -9,8 +9,9 @@ use crate::content::{Labels, validate_labels};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::images::image_of;
 use crate::store::records::{self, LeaseRecord, Nanos};
-use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES};
+use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES, NAMES};
 
 /// A lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,16 +117,16 @@ impl Drop for ReadLease {
 }
 
 impl Store {
-    /// Leases `digests` (and so everything they reference) for the length of an operation
-    /// (`what`: "export", "pull"), in one transaction. With `require_present`, each must be
-    /// committed: `NotFound` naming the first that is not (removed since the caller looked
-    /// it up; nothing is leased then); without, the lease protects content yet to be
-    /// written. `None` on a read-only store, which cannot hold leases.
-    pub(crate) fn lease_content(
+    /// Leases the targets of `images` (normalised names and the digests the caller resolved
+    /// them to), and so everything they reference, for the length of an operation (`what`:
+    /// "export", "push"), in one transaction that checks each name still points at its digest
+    /// and the digest is committed: `NotFound` naming the first image removed or moved since
+    /// the caller looked it up (a prune may have taken part of what it pointed at); nothing
+    /// is leased then. `None` on a read-only store, which cannot hold leases.
+    pub(crate) fn lease_images(
         &self,
         what: &str,
-        digests: &[Digest],
-        require_present: bool,
+        images: &[(&str, Digest)],
     ) -> Result<Option<ReadLease>> {
         if self.is_read_only() {
             return Ok(None);
@@ -147,15 +148,24 @@ impl Store {
             let mut resources = txn
                 .open_table(LEASE_RESOURCES)
                 .map_err(|e| Error::db("open the lease resources", e))?;
-            for d in digests {
-                if require_present
-                    && blobs
-                        .get(d.as_str())
-                        .map_err(|e| Error::db("read a blob record", e))?
-                        .is_none()
-                {
+            let names = txn
+                .open_table(NAMES)
+                .map_err(|e| Error::db("open the names table", e))?;
+            for (name, d) in images {
+                let now_at = match names.get(*name).map_err(|e| Error::db("read a name", e))? {
+                    Some(v) => {
+                        let image = image_of(name, records::decode(v.value(), name)?)?;
+                        Some(crate::names::descriptor_digest(&image.target)?)
+                    }
+                    None => None,
+                };
+                let recorded = blobs
+                    .get(d.as_str())
+                    .map_err(|e| Error::db("read a blob record", e))?
+                    .is_some();
+                if now_at.as_ref() != Some(d) || !recorded {
                     return Err(Error::NotFound(format!(
-                        "content {d} (removed as the {what} started)"
+                        "image {name} (removed or moved as the {what} started)"
                     )));
                 }
                 resources
