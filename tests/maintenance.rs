@@ -33,6 +33,13 @@ use ocistore::oci::{
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER_TAR, MEDIA_TYPE_OCI_MANIFEST,
 };
 use ocistore::testsuite::sample;
+use streams::{
+    Stream, describe, fsck_output_clean, json_of, maintenance, name_not_found, never, owned, path,
+    run_streams, succeeded, text,
+};
+
+#[path = "common/streams.rs"]
+mod streams;
 use ocistore::{Algorithm, Store};
 use serde_json::{Value, json};
 
@@ -197,20 +204,6 @@ fn run(root: &Path, args: &[&str]) -> Output {
     ocistore(root, args).output().expect("run ocistore")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// "exit 1: <stderr>", for messages.
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}, stdout {:?}, stderr {:?}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr).trim()
-    )
-}
-
 /// Runs `args`, failing unless it succeeds; returns stdout.
 fn check_ok(root: &Path, args: &[&str]) -> Result<String, String> {
     let out = run(root, args);
@@ -228,22 +221,6 @@ fn ok(root: &Path, args: &[&str]) -> String {
 fn import_args(archive: &Path) -> Vec<&str> {
     let path = archive.to_str().expect("a UTF-8 path");
     vec!["image", "import", "--name", "lab/go", path]
-}
-
-/// The JSON a `--json` command printed.
-fn json_of(out: &Output) -> Result<Value, String> {
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e}): {}", describe(out)))
-}
-
-/// A `--json fsck` run that exited 0 and reported no problem at all.
-fn fsck_output_clean(out: &Output) -> Result<Value, String> {
-    let v = json_of(out)?;
-    let problems = v["problems"].as_array().map_or(usize::MAX, Vec::len);
-    if out.status.success() && problems == 0 {
-        Ok(v)
-    } else {
-        Err(format!("fsck not clean: {}", describe(out)))
-    }
 }
 
 /// A read-only fsck of `root` is clean: exit 0, no problems (no record lacks its file).
@@ -979,171 +956,6 @@ fn read_only_fsck_beside_writers_opens_every_time() {
 
 // ---------------------------------------------------------------- every command at once
 
-/// One kind of command run over and over, each run a new process, by one thread.
-struct Stream {
-    name: &'static str,
-    /// The arguments of run `i`.
-    args: Box<dyn Fn(usize) -> Vec<String> + Send + Sync>,
-    /// Whether a failure is the right answer to a race (say, tagging a name another process
-    /// just removed), told by its stderr.
-    expected_failure: fn(&str) -> bool,
-    /// Output that must hold when the run succeeded.
-    check: fn(&Output) -> Result<(), String>,
-}
-
-fn owned(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| (*a).to_owned()).collect()
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().expect("a UTF-8 path").to_owned()
-}
-
-/// No failure is expected.
-fn never(_: &str) -> bool {
-    false
-}
-
-/// "image NAME not found", for one of the test's names, and nothing else.
-fn name_not_found(stderr: &str) -> bool {
-    let e = stderr.trim();
-    e.lines().count() == 1
-        && e.starts_with("ocistore: image docker.io/lab/")
-        && e.ends_with(" not found")
-}
-
-fn succeeded(_: &Output) -> Result<(), String> {
-    Ok(())
-}
-
-fn found_nothing(out: &Output) -> Result<(), String> {
-    fsck_output_clean(out).map(drop)
-}
-
-/// What the streams of one phase did.
-#[derive(Default)]
-struct Tally {
-    runs: usize,
-    expected_failures: usize,
-    killed: usize,
-    failures: Vec<String>,
-}
-
-impl Tally {
-    /// Prints the counts; fails the test with every unexpected failure.
-    fn report(&self, phase: &str) {
-        println!(
-            "{phase}: {} runs, {} killed, {} failed as their race called for",
-            self.runs, self.killed, self.expected_failures
-        );
-        assert!(
-            self.failures.is_empty(),
-            "{phase}: {} of {} runs failed:\n{}",
-            self.failures.len(),
-            self.runs,
-            self.failures.join("\n")
-        );
-    }
-}
-
-/// Runs every stream on its own thread for `length`, a process at a time; with `kill_every`,
-/// a random stream's running process is killed (SIGKILL) that often. A run that fails is
-/// reported unless its stderr says one of its stream's expected failures, or it was killed,
-/// or (when processes are killed) it is an fsck that found what a killed process leaves:
-/// debris (a remover killed between its transaction and its files), or metadata waiting for
-/// a writer to recover it.
-fn run_streams(
-    root: &Path,
-    scratch: &Path,
-    streams: &[Stream],
-    length: Duration,
-    kill_every: Option<Duration>,
-) -> Tally {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let deadline = Instant::now() + length;
-    let kill: Vec<AtomicBool> = streams.iter().map(|_| AtomicBool::new(false)).collect();
-    let tally = Mutex::new(Tally::default());
-    std::thread::scope(|s| {
-        for (n, stream) in streams.iter().enumerate() {
-            let (kill, tally) = (&kill[n], &tally);
-            s.spawn(move || {
-                let out_path = scratch.join(format!("stream-{n}.out"));
-                let err_path = scratch.join(format!("stream-{n}.err"));
-                let mut i = 0;
-                while Instant::now() < deadline && i < 100_000 {
-                    let args = (stream.args)(i);
-                    i += 1;
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    let mut child = ocistore(root, &args)
-                        .stdout(fs::File::create(&out_path).unwrap())
-                        .stderr(fs::File::create(&err_path).unwrap())
-                        .spawn()
-                        .unwrap();
-                    kill.store(false, Ordering::Relaxed);
-                    let status = loop {
-                        if let Some(status) = child.try_wait().unwrap() {
-                            break status;
-                        }
-                        if kill.swap(false, Ordering::Relaxed) {
-                            let _ = child.kill();
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                    };
-                    let out = Output {
-                        status,
-                        stdout: fs::read(&out_path).unwrap(),
-                        stderr: fs::read(&err_path).unwrap(),
-                    };
-                    let mut t = tally.lock().unwrap();
-                    t.runs += 1;
-                    if status.code().is_none() {
-                        t.killed += 1;
-                        continue;
-                    }
-                    let err = text(&out.stderr);
-                    let verdict = if status.success() {
-                        (stream.check)(&out)
-                    } else if (stream.expected_failure)(&err) {
-                        t.expected_failures += 1;
-                        Ok(())
-                    } else {
-                        Err(describe(&out))
-                    };
-                    let after_a_kill = kill_every.is_some()
-                        && stream.name.starts_with("fsck")
-                        && (err.contains("needs recovery")
-                            || json_of(&out).is_ok_and(|v| {
-                                v["problems"]
-                                    .as_array()
-                                    .is_some_and(|p| p.iter().all(|p| p["kind"] == "debris"))
-                            }));
-                    if let Err(e) = verdict
-                        && !after_a_kill
-                    {
-                        t.failures.push(format!("{} {args:?}: {e}", stream.name));
-                    }
-                }
-            });
-        }
-        if let Some(every) = kill_every {
-            let kill = &kill;
-            s.spawn(move || {
-                let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-                while Instant::now() < deadline {
-                    std::thread::sleep(every);
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let n = usize::try_from(seed % kill.len() as u64).unwrap();
-                    kill[n].store(true, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    tally.into_inner().unwrap()
-}
-
 /// Every command at once, as separate processes on one store, the way CI runners and build
 /// tools share a cache: two imports, puts, tags, removals, gc, prune, read-only fsck,
 /// `fsck --repair`, du, listings, checks and exports, each in a loop for 12 s. No run fails
@@ -1162,7 +974,8 @@ fn every_command_beside_every_other() {
     write_archive(&a, 2 << 20);
     write_archive(&b, 3 << 20);
     let (a, b, put_dir, export) = (path(&a), path(&b), scratch.clone(), scratch.join("export"));
-    let streams = vec![
+    let mut streams = maintenance("4MiB");
+    streams.extend([
         Stream {
             name: "import a",
             args: Box::new(move |_| owned(&["image", "import", "--name", "lab/a", &a])),
@@ -1208,30 +1021,6 @@ fn every_command_beside_every_other() {
             check: succeeded,
         },
         Stream {
-            name: "gc",
-            args: Box::new(|_| owned(&["gc"])),
-            expected_failure: never,
-            check: succeeded,
-        },
-        Stream {
-            name: "prune",
-            args: Box::new(|_| owned(&["prune", "--max-used", "4MiB"])),
-            expected_failure: never,
-            check: succeeded,
-        },
-        Stream {
-            name: "fsck",
-            args: Box::new(|_| owned(&["--json", "fsck"])),
-            expected_failure: never,
-            check: found_nothing,
-        },
-        Stream {
-            name: "fsck --repair",
-            args: Box::new(|_| owned(&["--json", "fsck", "--repair"])),
-            expected_failure: never,
-            check: found_nothing,
-        },
-        Stream {
             name: "listings",
             args: Box::new(|i| match i % 4 {
                 0 => owned(&["du"]),
@@ -1264,7 +1053,7 @@ fn every_command_beside_every_other() {
             expected_failure: name_not_found,
             check: succeeded,
         },
-    ];
+    ]);
     let names_complete = |when: &str| {
         for name in ok(&root, &["image", "ls", "-q"]).lines() {
             if let Err(e) = check_ok(&root, &["image", "check", name, "--platform", PLATFORM]) {
@@ -1274,13 +1063,14 @@ fn every_command_beside_every_other() {
     };
 
     ok(&root, &["image", "ls"]);
-    let calm = run_streams(&root, &scratch, &streams, Duration::from_secs(12), None);
+    let command = |args: &[&str]| ocistore(&root, args);
+    let calm = run_streams(&command, &scratch, &streams, Duration::from_secs(12), None);
     calm.report("every command at once");
     fsck_clean(&root).unwrap();
     names_complete("after 12 s of every command");
 
     let killing = run_streams(
-        &root,
+        &command,
         &scratch,
         &streams,
         Duration::from_secs(8),

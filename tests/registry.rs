@@ -31,6 +31,8 @@ mod doubles;
 mod harness;
 #[path = "registry/images.rs"]
 mod images;
+#[path = "common/streams.rs"]
+mod streams;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Output, Stdio};
@@ -49,6 +51,7 @@ use harness::{
     sha256, skopeo_copy, skopeo_digest, skopeo_push, skopeo_reads, succeed, tls_registry,
 };
 use images::{AMD64, AMD64_ARM64, OCI_INDEX, OCI_MANIFEST, PlatformImage};
+use streams::{Stream, maintenance, name_not_found, never, owned, run_streams, succeeded};
 
 // ================================================================ 1. pull
 
@@ -2007,6 +2010,139 @@ fn concurrent_pulls_of_one_image_beside_rm_and_gc_all_succeed() {
         pulled_whole(&env, &root, &by_digest, &image);
     }
     println!("two pulls beside rm and gc: 8 rounds, {gc_runs} gc runs, every pull succeeded");
+}
+
+/// Pulls and pushes beside every other command (`every_command_beside_every_other` in
+/// tests/maintenance.rs runs the local ones): pulls by tag and by digest, pushes to three
+/// tags of another repository, tags, removals, gc, prune, fsck, `fsck --repair`, listings
+/// and checks, each a loop of separate processes on one store for 12 s, then 6 s more with a
+/// random one killed every 100 ms. A run may fail only with "image … not found" for a name
+/// another process removed; every fsck and repair finds nothing wrong (beside kills, only
+/// what a killed remover leaves). At the end, after one repair, fsck is clean, every name in
+/// the store is complete, and every tag the pushes left in the registry pulls whole.
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn pulls_and_pushes_beside_every_other_command() {
+    let env = Env::new();
+    let sizes = [96 << 10, 32 << 10, 8 << 10];
+    let (_reg, image, by_tag) = registry_with(&env, "every/app:1", AMD64_ARM64, &sizes, 73);
+    let host = by_tag.split('/').next().unwrap().to_owned();
+    let by_digest = format!(
+        "{}@{}",
+        by_tag.rsplit_once(':').unwrap().0,
+        image.root.digest
+    );
+    let root = env.path("store");
+    let scratch = env.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    env.ok(&root, &["image", "ls"]);
+    let copies: Vec<String> = (0..3).map(|k| format!("{host}/every/copy:{k}")).collect();
+    let arg = |s: &str| s.to_owned();
+    let (t, d, c) = (arg(&by_tag), arg(&by_digest), copies.clone());
+    let (t2, t3, t4) = (arg(&by_tag), arg(&by_tag), arg(&by_tag));
+    let mut streams = maintenance("64KiB");
+    streams.extend([
+        Stream {
+            name: "pull by tag",
+            args: Box::new(move |_| owned(&["image", "pull", "--all-platforms", &t])),
+            expected_failure: never,
+            check: succeeded,
+        },
+        Stream {
+            name: "pull by digest",
+            args: Box::new(move |_| owned(&["image", "pull", "--all-platforms", &d])),
+            expected_failure: never,
+            check: succeeded,
+        },
+        Stream {
+            name: "push",
+            args: Box::new(move |i| owned(&["image", "push", &t2, &c[i % 3]])),
+            expected_failure: name_not_found,
+            check: succeeded,
+        },
+        Stream {
+            name: "tag",
+            args: Box::new(move |_| owned(&["image", "tag", &t3, "local/copy:1"])),
+            expected_failure: name_not_found,
+            check: succeeded,
+        },
+        Stream {
+            name: "rm",
+            args: Box::new(move |i| {
+                let name = if i % 2 == 0 {
+                    t4.as_str()
+                } else {
+                    "local/copy:1"
+                };
+                owned(&["image", "rm", name])
+            }),
+            expected_failure: name_not_found,
+            check: succeeded,
+        },
+        Stream {
+            name: "listings and checks",
+            args: Box::new(|i| match i % 4 {
+                0 => owned(&["du"]),
+                1 => owned(&["image", "ls"]),
+                2 => owned(&["ingest", "ls"]),
+                _ => owned(&[
+                    "image",
+                    "check",
+                    "local/copy:1",
+                    "--platform",
+                    "linux/amd64",
+                ]),
+            }),
+            expected_failure: name_not_found,
+            check: succeeded,
+        },
+    ]);
+    let command = |args: &[&str]| {
+        let mut c = env.ocistore(&root);
+        c.args(args);
+        c
+    };
+    let calm = run_streams(&command, &scratch, &streams, Duration::from_secs(12), None);
+    calm.report("pulls and pushes beside every command");
+    let killing = run_streams(
+        &command,
+        &scratch,
+        &streams,
+        Duration::from_secs(6),
+        Some(Duration::from_millis(100)),
+    );
+    killing.report("with kills");
+    assert!(killing.killed > 10, "only {} kills", killing.killed);
+
+    env.ok(&root, &["fsck", "--repair"]);
+    env.fsck_clean(&root);
+    let names = env.ok(&root, &["image", "ls"]);
+    for name in names.as_array().unwrap() {
+        let name = name["name"].as_str().unwrap();
+        for pi in &image.platforms {
+            assert!(
+                env.complete(&root, name, &pi.platform),
+                "{name}: {}",
+                pi.platform
+            );
+        }
+    }
+    let mut pushed_tags = 0;
+    for copy in &copies {
+        let fresh = env.path(&format!("fresh-{}", copy.rsplit(':').next().unwrap()));
+        let r = env.run(&fresh, &["image", "pull", "--all-platforms", copy]);
+        if r.code == Some(0) {
+            pulled_whole(&env, &fresh, copy, &image);
+            pushed_tags += 1;
+        } else {
+            assert!(r.stderr.contains("not found"), "{copy}: {}", r.stderr);
+        }
+    }
+    assert!(pushed_tags > 0, "no push completed");
+    println!(
+        "pulls and pushes beside every command: {} + {} runs, {} killed; {pushed_tags} pushed tags pull whole",
+        calm.runs, killing.runs, killing.killed
+    );
 }
 
 /// An image source (`ReadThrough::image`) over a registry repository, for one platform of a
