@@ -965,17 +965,91 @@ fn read_only_fsck_beside_writers_opens_every_time() {
 /// is left after one `fsck --repair` is consistent, and every name left is complete.
 #[test]
 fn every_command_beside_every_other() {
+    /// One line of stderr, beginning and ending so.
+    fn one_line(stderr: &str, start: &str, end: &str) -> bool {
+        let e = stderr.trim();
+        e.lines().count() == 1 && e.starts_with(start) && e.ends_with(end)
+    }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let scratch = tmp.path().join("scratch");
     fs::create_dir_all(&scratch).unwrap();
     let a = tmp.path().join("a.oci.tar");
     let b = tmp.path().join("b.oci.tar");
-    write_archive(&a, 2 << 20);
+    let config = write_archive(&a, 2 << 20).config;
     write_archive(&b, 3 << 20);
     let (a, b, put_dir, export) = (path(&a), path(&b), scratch.clone(), scratch.join("export"));
+    // A blob two writers put under one ingest reference (the second waits for the first, or
+    // resumes what a killed one left), that removals take away again.
+    let resumable = scratch.join("resumable");
+    let resumable_bytes = sample(3 << 20, 99);
+    fs::write(&resumable, &resumable_bytes).unwrap();
+    let resumable_digest = Algorithm::Sha256.digest(&resumable_bytes).to_string();
+    let put_ref =
+        |(file, digest): (String, String)| -> Box<dyn Fn(usize) -> Vec<String> + Send + Sync> {
+            Box::new(move |_| {
+                let args = [
+                    "content",
+                    "put",
+                    "--ref",
+                    "resumable",
+                    "--expected",
+                    &digest,
+                    &file,
+                ];
+                owned(&args)
+            })
+        };
+    let put_args = (path(&resumable), resumable_digest.clone());
+    let (rm_digest, label_digest) = (resumable_digest.clone(), config);
     let mut streams = maintenance("4MiB");
     streams.extend([
+        Stream {
+            name: "put --ref",
+            args: put_ref(put_args.clone()),
+            expected_failure: never,
+            check: succeeded,
+        },
+        Stream {
+            name: "put --ref, again",
+            args: put_ref(put_args),
+            expected_failure: never,
+            check: succeeded,
+        },
+        Stream {
+            name: "content rm and ingest abort",
+            args: Box::new(move |i| match i % 2 {
+                0 => owned(&["content", "rm", &rm_digest]),
+                _ => owned(&["ingest", "abort", "resumable"]),
+            }),
+            expected_failure: |e| {
+                one_line(e, "ocistore: content sha256:", " not found")
+                    || one_line(e, "ocistore: ingest \"resumable\" not found", "")
+                    || one_line(
+                        e,
+                        "ocistore: ingest ref \"resumable\" is locked by a live writer",
+                        "",
+                    )
+            },
+            check: succeeded,
+        },
+        Stream {
+            name: "label and lease",
+            args: Box::new(move |i| {
+                let lease = format!("lease-{}", i / 3 % 3);
+                match i % 3 {
+                    0 => owned(&["content", "label", &label_digest, &format!("run={i}")]),
+                    1 => owned(&["lease", "create", &lease, "--resource", "name:lab/a:1.0"]),
+                    _ => owned(&["lease", "rm", &lease]),
+                }
+            }),
+            expected_failure: |e| {
+                one_line(e, "ocistore: content sha256:", " not found")
+                    || one_line(e, "ocistore: lease \"lease-", "\" already exists")
+                    || one_line(e, "ocistore: lease \"lease-", "\" not found")
+            },
+            check: succeeded,
+        },
         Stream {
             name: "import a",
             args: Box::new(move |_| owned(&["image", "import", "--name", "lab/a", &a])),

@@ -118,6 +118,8 @@ pub struct Tally {
     pub expected_failures: usize,
     pub killed: usize,
     pub failures: Vec<String>,
+    /// Per stream: runs, and runs that succeeded.
+    pub by_stream: std::collections::BTreeMap<&'static str, (usize, usize)>,
 }
 
 impl Tally {
@@ -127,6 +129,10 @@ impl Tally {
             "{phase}: {} runs, {} killed, {} failed as their race called for",
             self.runs, self.killed, self.expected_failures
         );
+        let each: Vec<String> = (self.by_stream.iter())
+            .map(|(name, (runs, ok))| format!("{name} {ok}/{runs}"))
+            .collect();
+        println!("  succeeded: {}", each.join(", "));
         assert!(
             self.failures.is_empty(),
             "{phase}: {} of {} runs failed:\n{}",
@@ -188,6 +194,9 @@ pub fn run_streams(
                     };
                     let mut t = tally.lock().unwrap();
                     t.runs += 1;
+                    let counts = t.by_stream.entry(stream.name).or_default();
+                    counts.0 += 1;
+                    counts.1 += usize::from(status.success());
                     if status.code().is_none() {
                         t.killed += 1;
                         continue;
