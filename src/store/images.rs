@@ -47,7 +47,10 @@ pub(crate) fn image_of(name: &str, rec: NameRecord) -> Result<Image> {
 }
 
 /// The image named `key` (normalised) in `table`; `NotFound` when there is none.
-fn image_in(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Image> {
+pub(crate) fn image_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Image> {
     match table.get(key).map_err(|e| Error::db("read a name", e))? {
         Some(v) => image_of(key, records::decode(v.value(), key)?),
         None => Err(Error::NotFound(format!("image {key}"))),
@@ -120,50 +123,58 @@ impl Store {
             Ok(_) => None,
             Err(_) => Some(Name::parse(source)?).filter(|n| n.digest.is_none()),
         };
-        let Some(name) = by_name else {
-            let target = self.resolve(source)?;
-            self.put_names_at_present(&keys, &target, &format!("tagging {source}"))?;
-            return keys.iter().map(|k| self.image(k)).collect();
-        };
-        let source_key = name.to_string();
-        let txn = self.write_txn("write a name")?;
-        let target = {
-            let table = txn
-                .open_table(NAMES)
-                .map_err(|e| Error::db("open the names table", e))?;
-            image_in(&table, &source_key)?.target
-        };
-        let names: Vec<_> = (keys.iter())
-            .map(|k| (k.clone(), target.clone(), None))
-            .collect();
-        put_names(&txn, &names)?;
-        txn.commit().map_err(|e| Error::db("commit a name", e))?;
+        match by_name {
+            Some(name) => self.put_names_at(&keys, |txn| {
+                let table = txn
+                    .open_table(NAMES)
+                    .map_err(|e| Error::db("open the names table", e))?;
+                Ok(image_in(&table, &name.to_string())?.target)
+            })?,
+            None => {
+                let target = self.resolve(source)?;
+                self.put_names_at_present(&keys, target, &format!("tagging {source}"))?;
+            }
+        }
         keys.iter().map(|k| self.image(k)).collect()
     }
 
-    /// Points `keys` (normalised names) at `target` in one write transaction, provided the
-    /// target's blob is recorded in it. gc marks from the names inside its own write
-    /// transaction, so once this commits the content is held; when gc committed first, this
-    /// is `NotFound` and no name is written.
-    fn put_names_at_present(&self, keys: &[String], target: &Descriptor, what: &str) -> Result<()> {
-        let digest = descriptor_digest(target)?;
+    /// Points `keys` (normalised names) at the descriptor `target` reads inside the write
+    /// transaction that writes them.
+    fn put_names_at(
+        &self,
+        keys: &[String],
+        target: impl FnOnce(&WriteTransaction) -> Result<Descriptor>,
+    ) -> Result<()> {
         let txn = self.write_txn("write a name")?;
-        let present = txn
-            .open_table(crate::store::schema::BLOBS)
-            .map_err(|e| Error::db("open the blobs table", e))?
-            .get(digest.as_str())
-            .map_err(|e| Error::db("read a blob record", e))?
-            .is_some();
-        if !present {
-            return Err(Error::NotFound(format!(
-                "content {digest} (removed while {what} ran; no name was written)"
-            )));
-        }
+        let target = target(&txn)?;
         let names: Vec<_> = (keys.iter())
             .map(|k| (k.clone(), target.clone(), None))
             .collect();
         put_names(&txn, &names)?;
         txn.commit().map_err(|e| Error::db("commit a name", e))
+    }
+
+    /// Points `keys` (normalised names) at `target`, provided the target's blob is recorded
+    /// in the write transaction that writes them. gc marks from the names inside its own
+    /// write transaction, so once this commits the content is held; when gc committed first,
+    /// this is `NotFound` and no name is written.
+    fn put_names_at_present(&self, keys: &[String], target: Descriptor, what: &str) -> Result<()> {
+        let digest = descriptor_digest(&target)?;
+        self.put_names_at(keys, |txn| {
+            let present = txn
+                .open_table(crate::store::schema::BLOBS)
+                .map_err(|e| Error::db("open the blobs table", e))?
+                .get(digest.as_str())
+                .map_err(|e| Error::db("read a blob record", e))?
+                .is_some();
+            if present {
+                Ok(target)
+            } else {
+                Err(Error::NotFound(format!(
+                    "content {digest} (removed while {what} ran; no name was written)"
+                )))
+            }
+        })
     }
 
     /// The image stored under `name`; `NotFound` when there is none.
@@ -392,7 +403,7 @@ impl Store {
         let desc = names::descriptor(INDEX_MEDIA_TYPES[0], &digest, bytes.len() as u64)?;
         // Committed above, but a gc may take it before the name holds it.
         let key = Name::parse(name)?.to_string();
-        self.put_names_at_present(std::slice::from_ref(&key), &desc, "writing the index")?;
+        self.put_names_at_present(std::slice::from_ref(&key), desc, "writing the index")?;
         self.image(&key)
     }
 

@@ -7,9 +7,9 @@ use redb::ReadableTable;
 
 use crate::content::{Labels, validate_labels};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::store::Store;
-use crate::store::images::image_of;
+use crate::store::images::image_in;
 use crate::store::records::{self, LeaseRecord, Nanos};
 use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES, NAMES};
 
@@ -152,12 +152,10 @@ impl Store {
                 .open_table(NAMES)
                 .map_err(|e| Error::db("open the names table", e))?;
             for (name, d) in images {
-                let now_at = match names.get(*name).map_err(|e| Error::db("read a name", e))? {
-                    Some(v) => {
-                        let image = image_of(name, records::decode(v.value(), name)?)?;
-                        Some(crate::names::descriptor_digest(&image.target)?)
-                    }
-                    None => None,
+                let now_at = match image_in(&names, name) {
+                    Ok(image) => Some(crate::names::descriptor_digest(&image.target)?),
+                    Err(e) if e.kind() == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
                 };
                 let recorded = blobs
                     .get(d.as_str())
