@@ -415,19 +415,14 @@ impl Store {
         // check would otherwise have it report what they took as missing from an image whose
         // name is gone. Manifests are read from their files, which a gc removes after its
         // commit; a read that finds one gone is retried on a newer snapshot.
-        let mut attempt = 0;
-        let (image, c) = loop {
-            attempt += 1;
-            let snap = self.read_txn()?;
+        let (image, c) = self.on_fresh_snapshots(|snap| {
             let table = snap
                 .open_table(NAMES)
                 .map_err(|e| Error::db("open the names table", e))?;
             let image = image_in(&table, &key)?;
-            match self.check_target_in(&snap, &image.target, platform) {
-                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => continue,
-                c => break (image, c?),
-            }
-        };
+            let c = self.check_target_in(snap, &image.target, platform)?;
+            Ok((image, c))
+        })?;
         // A check is a use (a build checking its base image before it runs).
         self.record_use(
             std::iter::once(crate::store::uses::Used::Image(image.name))
@@ -471,8 +466,30 @@ impl Store {
     }
 
     /// [`Store::check_image`] of an image's target descriptor (no name lookup).
+    /// Content removed while it is checked is missing.
     pub fn check_target(&self, target: &Descriptor, platform: &Platform) -> Result<Completeness> {
-        self.check_target_in(&*self.read_txn()?, target, platform)
+        match self.on_fresh_snapshots(|snap| self.check_target_in(snap, target, platform)) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Completeness {
+                complete: false,
+                manifest: None,
+                missing: vec![(target.digest().to_string(), e.to_string())],
+            }),
+            c => c,
+        }
+    }
+
+    /// Runs `check` on a snapshot, and on a newer one (twice at most) when it found a file
+    /// gone (`NotFound`) that a removal took after the snapshot was taken: records go in the
+    /// removal's transaction, files after it, so the newer snapshot no longer has the record.
+    fn on_fresh_snapshots<T>(&self, mut check: impl FnMut(&Snapshot) -> Result<T>) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match check(&*self.read_txn()?) {
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => {}
+                r => return r,
+            }
+        }
     }
 
     /// [`Store::check_target`] against the records of `snap`.
