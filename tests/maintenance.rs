@@ -957,8 +957,9 @@ fn read_only_fsck_beside_writers_opens_every_time() {
 // ---------------------------------------------------------------- every command at once
 
 /// Every command at once, as separate processes on one store, the way CI runners and build
-/// tools share a cache: two imports, puts, tags, removals, gc, prune, read-only fsck,
-/// `fsck --repair`, du, listings, checks and exports, each in a loop for 12 s. No run fails
+/// tools share a cache: three imports (two of one archive), puts, two writers of one ingest
+/// reference, content rm, ingest abort, labels, leases, tags, removals, gc, prune, read-only
+/// fsck, `fsck --repair`, du, listings, checks and exports, each in a loop for 12 s. No run fails
 /// except with the answer its race calls for (a name removed meanwhile is "not found"),
 /// every read-only fsck and every repair finds nothing wrong, and every name left at the end
 /// points at a complete image. Then 8 s more with a random process killed every 100 ms: what
@@ -979,6 +980,7 @@ fn every_command_beside_every_other() {
     let config = write_archive(&a, 2 << 20).config;
     write_archive(&b, 3 << 20);
     let (a, b, put_dir, export) = (path(&a), path(&b), scratch.clone(), scratch.join("export"));
+    let a2 = a.clone();
     // A blob two writers put under one ingest reference (the second waits for the first, or
     // resumes what a killed one left), that removals take away again.
     let resumable = scratch.join("resumable");
@@ -1053,6 +1055,12 @@ fn every_command_beside_every_other() {
         Stream {
             name: "import a",
             args: Box::new(move |_| owned(&["image", "import", "--name", "lab/a", &a])),
+            expected_failure: never,
+            check: succeeded,
+        },
+        Stream {
+            name: "import a, again",
+            args: Box::new(move |_| owned(&["image", "import", "--name", "lab/a", &a2])),
             expected_failure: never,
             check: succeeded,
         },
