@@ -684,13 +684,18 @@ mod tests {
     fn an_ingest_a_dead_commit_published_is_adopted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let seal = |reference: &str, bytes: &[u8]| {
+            let digest = Algorithm::Sha256.digest(bytes);
+            let size = bytes.len() as u64;
+            let mut w = store
+                .store_writer(reference, Some(size), Some(&digest))
+                .unwrap();
+            std::io::Write::write_all(&mut w, bytes).unwrap();
+            w.seal(size, &digest).unwrap()
+        };
         let bytes = b"downloaded, sealed, linked by a commit that died";
-        let digest = Algorithm::Sha256.digest(bytes);
-        let mut w = store
-            .store_writer("pull-x", Some(bytes.len() as u64), Some(&digest))
-            .unwrap();
-        std::io::Write::write_all(&mut w, bytes).unwrap();
-        let sealed = w.seal(bytes.len() as u64, &digest).unwrap();
+        let sealed = seal("pull-x", bytes);
+        let digest = sealed.digest;
         let target = store.blob_dir().path_for(&digest);
         fs::create_dir_all(target.parent().unwrap()).unwrap();
         fs::hard_link(&sealed.path, &target).unwrap();
@@ -703,13 +708,7 @@ mod tests {
         assert!(out.problems.is_empty(), "{out:?}");
 
         // A second name elsewhere is still a change.
-        let other = b"sealed, then linked somewhere else";
-        let other_digest = Algorithm::Sha256.digest(other);
-        let mut w = store
-            .store_writer("pull-y", Some(other.len() as u64), Some(&other_digest))
-            .unwrap();
-        std::io::Write::write_all(&mut w, other).unwrap();
-        let sealed = w.seal(other.len() as u64, &other_digest).unwrap();
+        let sealed = seal("pull-y", b"sealed, then linked somewhere else");
         fs::hard_link(&sealed.path, dir.path().join("elsewhere")).unwrap();
         let mut batch = store.batch().unwrap();
         let err = batch.adopt(&sealed, Labels::new()).unwrap_err();
