@@ -34,8 +34,8 @@ use ocistore::oci::{
 };
 use ocistore::testsuite::sample;
 use streams::{
-    Stream, describe, fsck_output_clean, json_of, maintenance, name_not_found, never, owned, path,
-    run_streams, succeeded, text,
+    Stream, describe, fsck_output_clean, json_of, maintenance, name_not_found, never, one_line,
+    owned, path, run_streams, succeeded, text,
 };
 
 #[path = "common/streams.rs"]
@@ -966,11 +966,6 @@ fn read_only_fsck_beside_writers_opens_every_time() {
 /// is left after one `fsck --repair` is consistent, and every name left is complete.
 #[test]
 fn every_command_beside_every_other() {
-    /// One line of stderr, beginning and ending so.
-    fn one_line(stderr: &str, start: &str, end: &str) -> bool {
-        let e = stderr.trim();
-        e.lines().count() == 1 && e.starts_with(start) && e.ends_with(end)
-    }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let scratch = tmp.path().join("scratch");

@@ -97,10 +97,15 @@ pub fn never(_: &str) -> bool {
     false
 }
 
+/// One line of stderr, beginning with `start` and ending with `end`.
+pub fn one_line(stderr: &str, start: &str, end: &str) -> bool {
+    let e = stderr.trim();
+    e.lines().count() == 1 && e.starts_with(start) && e.ends_with(end)
+}
+
 /// "image NAME not found" and nothing else.
 pub fn name_not_found(stderr: &str) -> bool {
-    let e = stderr.trim();
-    e.lines().count() == 1 && e.starts_with("ocistore: image ") && e.ends_with(" not found")
+    one_line(stderr, "ocistore: image ", " not found")
 }
 
 pub fn succeeded(_: &Output) -> Result<(), String> {
