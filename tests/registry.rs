@@ -1142,6 +1142,43 @@ fn fault_cut_mid_blob_resumes_with_range() {
 
 #[test]
 #[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn fault_a_blob_redirected_every_time_is_followed() {
+    // Large blobs are read around ureq over plain HTTP (src/registry/direct.rs), which does
+    // not follow redirects: a registry that answers every GET of a layer with a 307 to its
+    // storage (here: the registry itself, behind the proxy) is followed by the client.
+    let env = Env::new();
+    let (reg, first, image, big, _) = faulty(&env, 29, |_| Vec::new());
+    drop(first);
+    let location = format!(
+        "Location: http://{}/v2/fault/app/blobs/{}\r\nContent-Length: 0\r\n",
+        reg.host, big.digest
+    );
+    let location: &'static str = Box::leak(location.into_boxed_str());
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![Rule::new("GET", &big.digest, Fault::Status(307, location))],
+    );
+    let reference = proxy.reference("fault/app:1");
+    let root = env.path("store");
+    let out = env.pull(&root, &[&reference], &image.root.digest);
+    let gets = proxy.blob_gets(&big.digest);
+    assert!(
+        !gets.is_empty() && gets.iter().all(|g| g.status == 307),
+        "every GET of the layer through the proxy was redirected:\n{}",
+        seen_list(&proxy.seen())
+    );
+    assert!(
+        gets.len() <= 2,
+        "one GET read around ureq, declined, then the client's, which follows: not a GET per \
+         attempt:\n{}",
+        seen_list(&proxy.seen())
+    );
+    assert_eq!(out["bytes_fetched"], image.size(), "{out}");
+    pulled_whole(&env, &root, &reference, &image);
+}
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
 fn fault_cut_manifest_body_is_retried() {
     let env = Env::new();
     let (_reg, proxy, image, _big, reference) = faulty(&env, 28, |_| {
@@ -1357,7 +1394,9 @@ fn token_auth_push_then_pull_with_docker_config_credentials() {
     let (user, pass) = ("tokuser", "tok-pw");
     let tokens = TokenServer::start(Some((user, pass)));
     let reg = tokens.registry();
-    let image = env.image("1", AMD64, &[200 << 10, 50 << 10], 31);
+    // The first layer is large enough to be read around ureq (src/registry/direct.rs): the
+    // token must go with that GET too (no 401 on a blob, below).
+    let image = env.image("1", AMD64, &[2 << 20, 50 << 10], 31);
     let src = env.path("src");
     let repo = reg.reference("tok/app");
     env.ok(&src, &["image", "import", p(&image.dir), "--name", &repo]);

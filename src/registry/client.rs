@@ -53,6 +53,9 @@ pub(crate) struct Target<'a> {
     pub what: String,
     /// Another repository the token must let us pull from (a mount's source).
     pub also_pull: Option<&'a str>,
+    /// Attempts already made elsewhere, which count against the retry budget (a failed
+    /// GET read around the client, [`super::direct`], which the caller has waited after).
+    pub spent: u32,
 }
 
 impl Target<'_> {
@@ -87,6 +90,9 @@ pub(crate) struct Endpoint {
     auto_http: bool,
     /// A mirror that failed (not a miss): skipped for the rest of this client's life.
     pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// Large blob GETs may go around ureq ([`super::direct`]): plain HTTP, no proxy, and no
+    /// answer yet that the direct path could not read.
+    pub(crate) direct: std::sync::atomic::AtomicBool,
     agent: ureq::Agent,
 }
 
@@ -275,7 +281,11 @@ impl Client {
         } else {
             format!("{url}/v2")
         };
+        let agent = self.agent(&entry.ca, entry.skip_verify)?;
         Ok(Endpoint {
+            direct: std::sync::atomic::AtomicBool::new(
+                scheme == "http" && agent.config().proxy().is_none(),
+            ),
             api,
             origin: format!("{scheme}://{authority}"),
             cred_host: registry.unwrap_or(authority).to_owned(),
@@ -283,7 +293,7 @@ impl Client {
             capabilities: entry.capabilities.clone(),
             auto_http: false,
             failed: std::sync::atomic::AtomicBool::new(false),
-            agent: self.agent(&entry.ca, entry.skip_verify)?,
+            agent,
         })
     }
 
@@ -299,14 +309,10 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> Result<Response<ureq::Body>> {
-        // Space-separated scopes; a mount also needs pull on its source repository.
-        let mut scope = format!("repository:{}:{}", t.repository, t.actions);
-        if let Some(from) = t.also_pull {
-            scope.push_str(&format!(" repository:{from}:pull"));
-        }
+        let scope = scope(t);
         let key = (ep.cred_host.clone(), scope.clone());
         let mut reauthed = false;
-        let mut attempt = 0;
+        let mut attempt = t.spent;
         // A mirror is tried once per request: on failure the next place is asked instead.
         let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
@@ -387,6 +393,20 @@ impl Client {
             tracing::debug!(target = %t.describe(), attempt, ?wait, "retrying");
             std::thread::sleep(wait.min(self.retry.max_wait));
         }
+    }
+
+    /// The `Authorization` value [`Client::send`] would present to `ep` for `t`, if it has
+    /// one yet.
+    pub(crate) fn authorization(&self, t: &Target<'_>, ep: &Endpoint) -> Option<String> {
+        self.tokens
+            .lock()
+            .get(&(ep.cred_host.clone(), scope(t)))
+            .cloned()
+    }
+
+    /// The timeout for connecting and for each read.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A loopback registry that speaks TLS: from now on its server is asked over HTTPS (with
@@ -565,6 +585,16 @@ impl Client {
     }
 }
 
+/// The token scope of `t`: space-separated scopes; a mount also needs pull on its source
+/// repository.
+fn scope(t: &Target<'_>) -> String {
+    let mut scope = format!("repository:{}:{}", t.repository, t.actions);
+    if let Some(from) = t.also_pull {
+        scope.push_str(&format!(" repository:{from}:pull"));
+    }
+    scope
+}
+
 /// Runs `r`, following redirects only when `follow`.
 fn run_on<B: ureq::AsSendBody>(
     agent: &ureq::Agent,
@@ -644,7 +674,12 @@ pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> E
 
 /// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
 fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
-    let v = resp.headers().get("retry-after")?.to_str().ok()?.trim();
+    parse_retry_after(resp.headers().get("retry-after")?.to_str().ok()?)
+}
+
+/// A `Retry-After` value (seconds or an HTTP date) as a wait from now.
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

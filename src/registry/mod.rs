@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod client;
+mod direct;
 pub mod hosts;
 pub mod pull;
 pub mod push;
@@ -167,7 +168,26 @@ fn target<'a>(repo: &'a Repository, actions: &'a str, what: String) -> Target<'a
         actions,
         what,
         also_pull: None,
+        spent: 0,
     }
+}
+
+/// What [`Registry::blob_get_direct`] did.
+enum Direct {
+    /// The body, read around ureq.
+    Got(BlobStream),
+    /// Nothing to read: the request goes through the client, this many attempts spent.
+    Through(u32),
+}
+
+/// Whether a 206's `Content-Range` is the range asked for: from `offset` to the end of a
+/// blob of `size` bytes.
+fn range_matches(content_range: Option<&str>, offset: u64, size: Option<u64>) -> bool {
+    content_range
+        .and_then(parse_content_range)
+        .is_some_and(|(s, end, total)| {
+            s == offset && size.is_none_or(|n| end + 1 == n && total.is_none_or(|t| t == n))
+        })
 }
 
 fn url(ep: &Endpoint, repo: &Repository, rest: &str) -> String {
@@ -566,28 +586,26 @@ impl Registry {
         offset: u64,
         size: Option<u64>,
     ) -> Result<BlobStream> {
+        let at = url(ep, repo, &format!("blobs/{digest}"));
+        let spent = match self.blob_get_direct(t, ep, &at, offset, size)? {
+            Direct::Got(stream) => return Ok(stream),
+            Direct::Through(spent) => spent,
+        };
         let range = format!("bytes={offset}-");
         let headers: &[(&str, &str)] = if offset > 0 {
             &[("Range", range.as_str())]
         } else {
             &[]
         };
-        let mut resp = self.client.send(
-            t,
-            ep,
-            Method::GET,
-            &url(ep, repo, &format!("blobs/{digest}")),
-            headers,
-            Body::None,
-        )?;
+        let t = &Target { spent, ..t.clone() };
+        let mut resp = self
+            .client
+            .send(t, ep, Method::GET, &at, headers, Body::None)?;
         let start = match resp.status().as_u16() {
             200 => 0,
             206 if offset > 0 => {
-                let cr = header(&resp, "content-range").and_then(|v| parse_content_range(&v));
-                let matches = cr.is_some_and(|(s, end, total)| {
-                    s == offset && size.is_none_or(|n| end + 1 == n && total.is_none_or(|t| t == n))
-                });
-                if !matches {
+                let cr = header(&resp, "content-range");
+                if !range_matches(cr.as_deref(), offset, size) {
                     // A range we did not ask for: start over from the beginning.
                     drop(resp);
                     return self.blob_get_at(t, ep, repo, digest, 0, size);
@@ -602,6 +620,70 @@ impl Registry {
             start,
             reader: Box::new(resp.into_body().into_reader()),
         })
+    }
+
+    /// The body of a large blob read around ureq ([`direct`]) when `ep` allows it; else the
+    /// request is to go through the client, after the attempts spent here (0 or 1, waited
+    /// after already); an error when that one attempt was all the endpoint had (a mirror's).
+    fn blob_get_direct(
+        &self,
+        t: &Target<'_>,
+        ep: &Endpoint,
+        url: &str,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<Direct> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !ep.direct.load(Relaxed)
+            || size.is_none_or(|n| n.saturating_sub(offset) < direct::DIRECT_MIN)
+        {
+            return Ok(Direct::Through(0));
+        }
+        let range = format!("bytes={offset}-");
+        let auth = self.client.authorization(t, ep);
+        let mut headers = Vec::with_capacity(2);
+        if offset > 0 {
+            headers.push(("Range", range.as_str()));
+        }
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        match direct::get(url, &headers, self.client.timeout()) {
+            Ok(answer) => {
+                let start = match answer.status {
+                    200 => 0,
+                    206 if offset > 0
+                        && range_matches(answer.content_range.as_deref(), offset, size) =>
+                    {
+                        offset
+                    }
+                    // A range not asked for: the client's path starts over.
+                    _ => return Ok(Direct::Through(0)),
+                };
+                Ok(Direct::Got(BlobStream {
+                    start,
+                    reader: Box::new(answer.body),
+                }))
+            }
+            Err(direct::Declined::Retry) => Ok(Direct::Through(0)),
+            Err(direct::Declined::Never) => {
+                ep.direct.store(false, Relaxed);
+                Ok(Direct::Through(0))
+            }
+            Err(direct::Declined::Failed { why, retry_after }) => {
+                let policy = self.client.retry_policy();
+                // A mirror has one attempt (then the next place is asked), as in the client.
+                if ep.mirror || policy.attempts <= 1 {
+                    return Err(Error::Unavailable(format!("{}: {why}", t.describe())));
+                }
+                let wait = retry_after
+                    .as_deref()
+                    .and_then(client::parse_retry_after)
+                    .unwrap_or_else(|| self.client.backoff(1));
+                std::thread::sleep(wait.min(policy.max_wait));
+                Ok(Direct::Through(1))
+            }
+        }
     }
 
     /// Uploads a blob streamed from the file at `path`: monolithic (POST, then one PUT with
