@@ -43,7 +43,9 @@ use ocistore::registry::Repository;
 use serde_json::{Value, json};
 
 use containerd::Containerd;
-use doubles::{Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer, seen_list};
+use doubles::{
+    ConnectProxy, Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer, seen_list,
+};
 use harness::{
     Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left, faulty,
     fetched_once_from, free_port, host_platform, ingest_bytes, list, mirror_toml,
@@ -1383,6 +1385,74 @@ fn fault_connection_refused_fails_within_the_retry_budget() {
     assert_eq!(ls, json!([]), "{ls}");
     assert_eq!(env.ok(&root, &["ingest", "ls"]), json!([]));
     env.fsck_clean(&root);
+}
+
+// ================================================================ 11b. proxies
+
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn proxies_from_the_environment_are_used_as_go_uses_them() {
+    let env = Env::new();
+    // A layer over 1 MiB: over plain HTTP without a proxy it would be read around ureq
+    // (src/registry/direct.rs); through a proxy it must not be.
+    let (reg, image, _) = registry_with(&env, "px/app:1", AMD64, &[2 << 20, 40 << 10], 34);
+    let proxy = ConnectProxy::start(reg.port);
+    // Named by a host that does not resolve (RFC 2606's .invalid): only the proxy reaches it.
+    let far = format!("registry.invalid:{}", reg.port);
+    let reference = format!("{far}/px/app:1");
+    let via = proxy.url();
+
+    let root = env.path("store");
+    let pull = ["image", "pull", "--plain-http", &reference];
+    let r = env.run_env(&root, &pull, &[("HTTP_PROXY", &via)]);
+    assert_eq!(r.code, Some(0), "a pull through HTTP_PROXY: {}", r.stderr);
+    assert_eq!(r.json()["digest"], image.root.digest, "{}", r.stdout);
+    let targets = proxy.targets();
+    assert!(
+        !targets.is_empty() && targets.iter().all(|t| *t == far),
+        "every connection went through the proxy to {far}: {targets:?}"
+    );
+    assert!(
+        proxy.relayed() >= image.size(),
+        "the proxy relayed the image ({} bytes), large layer included: {}",
+        image.size(),
+        proxy.relayed()
+    );
+    pulled_whole(&env, &root, &reference, &image);
+
+    // A push goes the same way: its uploads arrive in the registry.
+    let copy = format!("{far}/px/copy:1");
+    let push = ["image", "push", "--plain-http", &reference, &copy];
+    let r = env.run_env(&root, &push, &[("HTTP_PROXY", &via)]);
+    assert_eq!(r.code, Some(0), "a push through HTTP_PROXY: {}", r.stderr);
+    assert_eq!(
+        skopeo_digest(&reg.reference("px/copy:1"), None),
+        image.root.digest
+    );
+
+    // Loopback is never proxied, whatever the environment says (a CI job with a company
+    // proxy reaches the registry it started): a dead proxy in every variable changes nothing.
+    let dead = "http://127.0.0.1:1";
+    let before = proxy.targets().len();
+    let root2 = env.path("store2");
+    let near = reg.reference("px/app:1");
+    let r = env.run_env(
+        &root2,
+        &["image", "pull", &near],
+        &[
+            ("HTTP_PROXY", dead),
+            ("HTTPS_PROXY", dead),
+            ("ALL_PROXY", dead),
+        ],
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "a loopback pull with proxies set: {}",
+        r.stderr
+    );
+    pulled_whole(&env, &root2, &near, &image);
+    assert_eq!(proxy.targets().len(), before);
 }
 
 // ================================================================ 12. token auth

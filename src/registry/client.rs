@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use ureq::http::{self, Response};
 
 use super::auth::{Credential, Credentials, basic_header, parse_challenges};
+use super::proxy::Proxies;
 use crate::error::{Error, Result};
 
 /// How failed requests are retried.
@@ -102,8 +103,12 @@ pub(crate) struct Client {
     retry: RetryPolicy,
     timeout: Duration,
     hosts_dirs: Vec<PathBuf>,
-    /// Agents by TLS settings (CA files, skip_verify); the default one under `([], false)`.
-    agents: Mutex<HashMap<(Vec<PathBuf>, bool), ureq::Agent>>,
+    /// Which proxy each host is reached through.
+    proxies: Proxies,
+    /// Agents by TLS settings (CA files, skip_verify) and proxy; the default one under
+    /// `([], false, None)`.
+    #[allow(clippy::type_complexity)]
+    agents: Mutex<HashMap<(Vec<PathBuf>, bool, Option<String>), ureq::Agent>>,
     /// Endpoints by registry host, mirrors first, the server last.
     endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
     /// `Authorization` values by (credential host, scope).
@@ -140,19 +145,14 @@ pub(crate) fn api_host(host: &str) -> &str {
 }
 
 impl Client {
-    pub(crate) fn new(
-        credentials: Credentials,
-        plain_http: bool,
-        retry: RetryPolicy,
-        timeout: Duration,
-        hosts_dirs: Vec<PathBuf>,
-    ) -> Client {
+    pub(crate) fn new(opts: super::RegistryOptions) -> Client {
         Client {
-            credentials,
-            plain_http,
-            retry,
-            timeout,
-            hosts_dirs,
+            credentials: opts.credentials,
+            plain_http: opts.plain_http,
+            retry: opts.retry,
+            timeout: opts.timeout,
+            hosts_dirs: opts.hosts_dirs,
+            proxies: opts.proxies,
             agents: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -162,8 +162,8 @@ impl Client {
 
     /// The agent for a TLS setting: trusting `ca` (PEM files) instead of the webpki roots
     /// when given, or nothing at all with `skip_verify`.
-    fn agent(&self, ca: &[PathBuf], skip_verify: bool) -> Result<ureq::Agent> {
-        let key = (ca.to_vec(), skip_verify);
+    fn agent(&self, ca: &[PathBuf], skip_verify: bool, proxy: Option<&str>) -> Result<ureq::Agent> {
+        let key = (ca.to_vec(), skip_verify, proxy.map(str::to_owned));
         if let Some(a) = self.agents.lock().get(&key) {
             return Ok(a.clone());
         }
@@ -197,8 +197,19 @@ impl Client {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
+        // Never ureq's own reading of the environment: see proxy.rs.
+        let proxy = proxy
+            .map(|u| {
+                ureq::Proxy::new(u).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "proxy {u:?} (from HTTP_PROXY / HTTPS_PROXY): {e}"
+                    ))
+                })
+            })
+            .transpose()?;
         let t = self.timeout;
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(proxy)
             .http_status_as_error(false)
             .timeout_connect(Some(t))
             .timeout_recv_response(Some(t))
@@ -281,11 +292,10 @@ impl Client {
         } else {
             format!("{url}/v2")
         };
-        let agent = self.agent(&entry.ca, entry.skip_verify)?;
+        let proxy = self.proxies.for_url(scheme, authority);
+        let agent = self.agent(&entry.ca, entry.skip_verify, proxy)?;
         Ok(Endpoint {
-            direct: std::sync::atomic::AtomicBool::new(
-                scheme == "http" && agent.config().proxy().is_none(),
-            ),
+            direct: std::sync::atomic::AtomicBool::new(scheme == "http" && proxy.is_none()),
             api,
             origin: format!("{scheme}://{authority}"),
             cred_host: registry.unwrap_or(authority).to_owned(),
@@ -783,6 +793,40 @@ mod tests {
         // ureq-proto calls `log::trace!` once per 16 bytes of every body it reads; with the
         // static level capped (Cargo.toml) those calls compile to nothing.
         assert!(log::STATIC_MAX_LEVEL <= log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn blob_bodies_are_read_around_ureq_only_without_a_proxy() {
+        use crate::registry::{Proxies, RegistryOptions};
+        let direct = |proxies: Proxies, host: &str| {
+            let client = Client::new(RegistryOptions {
+                credentials: Credentials::none(),
+                plain_http: true,
+                hosts_dirs: Vec::new(),
+                proxies,
+                ..Default::default()
+            });
+            let list = client.endpoints(host).unwrap();
+            list.last()
+                .unwrap()
+                .direct
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let proxied = Proxies {
+            http: Some("http://proxy.example:3128".into()),
+            ..Default::default()
+        };
+        assert!(direct(Proxies::none(), "r.example.com:5000"));
+        assert!(!direct(proxied.clone(), "r.example.com:5000"));
+        assert!(
+            direct(proxied.clone(), "127.0.0.1:5000"),
+            "loopback is never proxied"
+        );
+        let bypassed = Proxies {
+            no_proxy: "example.com".into(),
+            ..proxied
+        };
+        assert!(direct(bypassed, "r.example.com:5000"));
     }
 
     #[test]

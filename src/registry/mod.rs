@@ -15,6 +15,7 @@ pub mod auth;
 mod client;
 mod direct;
 pub mod hosts;
+mod proxy;
 pub mod pull;
 pub mod push;
 
@@ -28,6 +29,7 @@ use ureq::http::Method;
 pub use auth::{Credential, Credentials};
 use client::{Body, Client, Endpoint, Target};
 pub use client::{RetryPolicy, parse_content_range, parse_link_next};
+pub use proxy::Proxies;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -62,6 +64,9 @@ pub struct RegistryOptions {
     pub timeout: Duration,
     /// Where `<host>/hosts.toml` files are looked for (default: [`hosts::search_dirs`]).
     pub hosts_dirs: Vec<std::path::PathBuf>,
+    /// Which proxy each host is reached through (default: [`Proxies::from_env`], read as
+    /// Go reads `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`).
+    pub proxies: Proxies,
 }
 
 impl Default for RegistryOptions {
@@ -73,6 +78,7 @@ impl Default for RegistryOptions {
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
             hosts_dirs: hosts::search_dirs(),
+            proxies: Proxies::from_env(),
         }
     }
 }
@@ -243,15 +249,10 @@ fn unexpected(t: &Target<'_>, resp: &mut ureq::http::Response<ureq::Body>) -> Er
 impl Registry {
     /// A registry client with `opts`.
     pub fn new(opts: RegistryOptions) -> Registry {
+        let concurrency = opts.concurrency.max(1);
         Registry {
-            client: Arc::new(Client::new(
-                opts.credentials,
-                opts.plain_http,
-                opts.retry,
-                opts.timeout,
-                opts.hosts_dirs,
-            )),
-            concurrency: opts.concurrency.max(1),
+            client: Arc::new(Client::new(opts)),
+            concurrency,
         }
     }
 

@@ -496,6 +496,101 @@ impl FaultProxy {
     }
 }
 
+// ================================================================ an HTTP proxy
+
+/// A forward proxy: answers `CONNECT host:port` with a tunnel to the registry on
+/// 127.0.0.1:`upstream`, whatever host was named, and counts what it relays. A test double
+/// because no real proxy can do this here: every test server listens on loopback only, and
+/// loopback is never proxied (the rule the client follows, as Go's `net/http` does), so the
+/// registry must be named by a host that does not resolve, which only a proxy that maps it
+/// can reach.
+pub struct ConnectProxy {
+    pub server: Server,
+    /// The `CONNECT` targets asked, in order.
+    targets: Arc<Mutex<Vec<String>>>,
+    /// Bytes relayed from the registry to the clients.
+    relayed: Arc<AtomicU64>,
+}
+
+impl ConnectProxy {
+    pub fn start(upstream: u16) -> ConnectProxy {
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let (t, r) = (targets.clone(), relayed.clone());
+        let server = Server::start(move |client| {
+            let (t, r) = (t.clone(), r.clone());
+            std::thread::spawn(move || {
+                let _ = Self::tunnel(client, upstream, &t, &r);
+            });
+        });
+        ConnectProxy {
+            server,
+            targets,
+            relayed,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `HTTP_PROXY` / `HTTPS_PROXY`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.host)
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::SeqCst)
+    }
+
+    fn tunnel(
+        client: TcpStream,
+        upstream: u16,
+        targets: &Mutex<Vec<String>>,
+        relayed: &AtomicU64,
+    ) -> std::io::Result<()> {
+        let mut reader = BufReader::new(client.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        let mut words = line.split_whitespace();
+        let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+            (&client).write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        };
+        targets.lock().unwrap().push(target.to_owned());
+        let up = TcpStream::connect(("127.0.0.1", upstream))?;
+        (&client).write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        let mut to_up = up.try_clone()?;
+        to_up.write_all(reader.buffer())?;
+        let mut from_client = reader.into_inner();
+        let forward = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_up);
+            let _ = to_up.shutdown(Shutdown::Write);
+        });
+        let (mut from_up, mut to_client) = (up, client);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from_up.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to_client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            relayed.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        let _ = to_client.shutdown(Shutdown::Both);
+        let _ = forward.join();
+        Ok(())
+    }
+}
+
 // ================================================================ the token server
 
 pub const TOKEN_SERVICE: &str = "test-registry";

@@ -386,6 +386,18 @@ pub fn anonymous() -> Registry {
 
 // ================================================================ the CLI
 
+/// The proxy variables, which [`Env::run_env`] clears unless a test sets them.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// What a command did.
 #[derive(Debug)]
 pub struct Run {
@@ -479,7 +491,16 @@ impl Env {
     }
 
     pub fn run(&self, root: &Path, args: &[&str]) -> Run {
-        let out = self.cmd(root, args).output().expect("run ocistore");
+        self.run_env(root, args, &[])
+    }
+
+    /// [`Env::run`] with these variables, and none of the proxy variables but those given.
+    pub fn run_env(&self, root: &Path, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd(root, args);
+        for k in PROXY_VARS {
+            c.env_remove(k);
+        }
+        let out = c.envs(vars.iter().copied()).output().expect("run ocistore");
         Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
