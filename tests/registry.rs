@@ -273,14 +273,47 @@ fn multi_platform_pull_keeps_the_index_and_push_keeps_its_digest() {
         );
     }
 
-    // Pushing all of a partial pull fails naming the way out; one platform goes as a new
-    // index of that entry.
-    let part = reg.reference("part/app:1");
+    // All of a partial pull, pushed to another registry, fails before it uploads anything,
+    // naming the ways out; nothing is tagged there.
+    let elsewhere = Reg::plain();
+    let away = elsewhere.reference("part/app:1");
     env.fails_naming(
         &root,
-        &["image", "push", &reference, &part],
-        &["--platform"],
+        &["image", "push", &reference, &away],
+        &["--all-platforms", "--platform", "not in the store"],
     );
+    let r = env.run(&root, &["remote", "inspect", &away]);
+    assert_ne!(
+        r.code,
+        Some(0),
+        "nothing tagged on the other registry: {}",
+        r.stdout
+    );
+    // To the registry it came from, the layers the store lacks are mounted from multi/app:
+    // the same index digest, every platform whole there, no layer fetched.
+    let promoted = reg.reference("promoted/app:1");
+    let out = env.push(&root, &[&reference, &promoted], &image.root.digest);
+    let absent = image
+        .plain_blobs()
+        .into_iter()
+        .filter(|(d, _)| !content.contains_key(d))
+        .count() as u64;
+    assert!(
+        out["blobs_mounted"].as_u64().unwrap() >= absent,
+        "the {absent} layers the store lacks were mounted: {out}"
+    );
+    assert_eq!(
+        env.content(&root).len(),
+        content.len(),
+        "nothing was fetched"
+    );
+    skopeo_reads(
+        &format!("docker://{promoted}"),
+        &env.path("promoted-out"),
+        &image,
+    );
+    // One platform goes as a new index of that entry.
+    let part = reg.reference("part/app:1");
     let out = env.ok(
         &root,
         &["image", "push", &reference, &part, "--platform", here],

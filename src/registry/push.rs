@@ -6,7 +6,11 @@
 //! `containerd.io/distribution.source.<host>` label), else upload it streamed from its file.
 //! A repeated push therefore makes only HEAD requests, and a push to a second repository
 //! mounts. After a push, every blob is labelled with the target repository, so the next push
-//! elsewhere on that registry can mount. `platforms` pushes a subset of an index as
+//! elsewhere on that registry can mount. A blob the store lacks (a layer of a platform that
+//! was not pulled) is mounted from a repository of the target's registry that the image came
+//! from or went to, so a partial pull can be pushed whole within its registry (promoting
+//! `app:rc` to `app:release`, say) without fetching the other platforms; to another
+//! registry it fails, naming the ways out. `platforms` pushes a subset of an index as
 //! `image export --platform` does (a new index of the kept entries); without it, a
 //! multi-platform index keeps its digest. Like an export, a push leases the image's content
 //! for its duration, so an `image rm` and a gc in another process cannot take it midway.
@@ -63,9 +67,16 @@ pub struct PushOutcome {
 /// A manifest or index to put: digest, media type, bytes.
 type Doc = (Digest, String, Vec<u8>);
 
-/// The manifests under a root, parents first, each with its depth in the index (the root's
-/// is 0), and the blobs (digest → size).
-type PushPlan = (Vec<(Doc, usize)>, BTreeMap<Digest, u64>);
+/// What is under a root.
+struct PushPlan {
+    /// The manifests, parents first, each with its depth in the index (the root's is 0).
+    docs: Vec<(Doc, usize)>,
+    /// The blobs the store has (digest → size).
+    blobs: BTreeMap<Digest, u64>,
+    /// The blobs it lacks (a platform of an index that was not pulled): the registry may
+    /// have them in a repository the image came from.
+    absent: BTreeMap<Digest, u64>,
+}
 
 enum Sent {
     Pushed(u64),
@@ -77,9 +88,11 @@ impl Store {
     /// Pushes the image `name` to `target` (default: `name` itself); see the module docs.
     /// Blocks until done.
     ///
-    /// Errors: `NotFound` when the image or a blob it needs is not in the store (a pull of
-    /// one platform keeps every manifest of an index but not the other platforms' layers:
-    /// push those with `platforms`); registry errors as [`Store::pull`]'s.
+    /// Errors: `NotFound` when the image or a manifest it needs is not in the store, or a
+    /// blob it needs is neither in the store nor mountable (a pull of one platform keeps
+    /// every manifest of an index but not the other platforms' layers: to the registry the
+    /// image came from they are mounted; elsewhere, push the platforms you have with
+    /// `platforms`); registry errors as [`Store::pull`]'s.
     pub fn push(
         &self,
         registry: &Registry,
@@ -103,13 +116,40 @@ impl Store {
             root_type = crate::store::images::sniff_media_type(&root_bytes);
         }
         let root = (Algorithm::Sha256.digest(&root_bytes), root_type, root_bytes);
-        let (docs, blobs) = self.push_plan(&root, name)?;
+        let PushPlan {
+            docs,
+            blobs,
+            absent,
+        } = self.push_plan(&root, name)?;
+        // Where on the target's registry the image is known to be: what it lacks can be
+        // mounted from there.
+        let sources = self.sources_on(
+            &repo,
+            std::iter::once(root_digest).chain(docs.iter().map(|((d, _, _), _)| *d)),
+        );
         let mut out = PushOutcome {
             target: target_name.to_string(),
             digest: root.0.to_string(),
             ..PushOutcome::default()
         };
-        for sent in self.send_blobs(registry, &repo, &blobs, opts)? {
+        // What the store lacks first: a few HEADs and mounts, and a push that cannot be
+        // whole fails before it uploads anything.
+        let each = |blobs: &BTreeMap<Digest, u64>,
+                    send: &(dyn Fn(&Digest, u64) -> Result<Sent> + Sync)| {
+            let list: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
+            super::largest_first(
+                &list,
+                registry.concurrency(),
+                |(_, size)| *size,
+                |(d, size)| send(d, *size),
+            )
+        };
+        let mount = |d: &Digest, _| Self::mount_absent(registry, &repo, d, &sources, name);
+        let send = |d: &Digest, size| self.send_blob(registry, &repo, d, size, opts);
+        for sent in each(&absent, &mount)?
+            .into_iter()
+            .chain(each(&blobs, &send)?)
+        {
             out.count(sent);
         }
         // Manifests children first, a level of the index at a time from the deepest (a
@@ -158,6 +198,7 @@ impl Store {
     fn push_plan(&self, root: &Doc, name: &str) -> Result<PushPlan> {
         let mut docs: Vec<(Doc, usize)> = Vec::new();
         let mut blobs = BTreeMap::new();
+        let mut absent = BTreeMap::new();
         let mut queue = VecDeque::from([(root.clone(), 0usize)]);
         while let Some(((digest, media_type, bytes), depth)) = queue.pop_front() {
             if depth > 8 {
@@ -204,11 +245,7 @@ impl Store {
                                 )));
                             }
                             None => {
-                                return Err(Error::NotFound(format!(
-                                    "content {} of image {name} (a layer of a platform that was \
-                                     not pulled? push the platforms you have with --platform)",
-                                    c.digest
-                                )));
+                                absent.insert(c.digest, c.size);
                             }
                         }
                     }
@@ -216,24 +253,59 @@ impl Store {
                 }
             }
         }
-        Ok((docs, blobs))
+        Ok(PushPlan {
+            docs,
+            blobs,
+            absent,
+        })
     }
 
-    /// Sends every blob, `registry.concurrency()` at a time, largest first.
-    fn send_blobs(
-        &self,
+    /// The repositories of `repo`'s registry that the content `digests` came from or went to
+    /// (their source labels), `repo` itself left out.
+    fn sources_on(&self, repo: &Repository, digests: impl Iterator<Item = Digest>) -> Vec<String> {
+        let key = source_label(&repo.host);
+        let mut found: Vec<String> = Vec::new();
+        for d in digests {
+            let Ok(info) = self.info(&d) else { continue };
+            for r in info.labels.get(&key).map_or("", String::as_str).split(',') {
+                if !r.is_empty() && r != repo.path && !found.iter().any(|f| f == r) {
+                    found.push(r.to_owned());
+                }
+            }
+        }
+        found
+    }
+
+    /// Makes a blob the store lacks present in `repo`: there already (HEAD), or mounted from
+    /// one of `sources`; else `NotFound`, naming the ways out.
+    fn mount_absent(
         registry: &Registry,
         repo: &Repository,
-        blobs: &BTreeMap<Digest, u64>,
-        opts: &PushOptions,
-    ) -> Result<Vec<Sent>> {
-        let list: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
-        super::largest_first(
-            &list,
-            registry.concurrency(),
-            |(_, size)| *size,
-            |(digest, size)| self.send_blob(registry, repo, digest, *size, opts),
-        )
+        digest: &Digest,
+        sources: &[String],
+        name: &str,
+    ) -> Result<Sent> {
+        if registry.blob_head(repo, digest)?.is_some() {
+            return Ok(Sent::Skipped);
+        }
+        for from in sources {
+            if registry.blob_mount(repo, digest, from)? {
+                return Ok(Sent::Mounted);
+            }
+        }
+        let looked = if sources.is_empty() {
+            format!("and no repository of {} is known to hold it", repo.host)
+        } else {
+            format!(
+                "nor in {} on {} to mount from",
+                sources.join(", "),
+                repo.host
+            )
+        };
+        Err(Error::NotFound(format!(
+            "content {digest} of image {name} is not in the store, {looked}: pull the image \
+             with --all-platforms first, or push the platforms you have with --platform"
+        )))
     }
 
     fn send_blob(
