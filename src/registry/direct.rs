@@ -10,12 +10,14 @@
 //! ingest's buffer, where the hash reads it.
 //!
 //! Only the plain answer is read this way: a 200, or a 206 for the range asked, with a
-//! `Content-Length` and neither a transfer nor a content coding. Anything else (a 401 that
-//! wants a token, a redirect, an error, a chunked body, a head that does not parse, a
-//! connection refused) drops the connection and [`get`] returns `None`: the request is then
-//! sent through the client as every other one is, which authenticates, follows, retries and
-//! names what went wrong. TLS endpoints never come here (rustls decrypts into a buffer of its
-//! own, so there is no copy to save).
+//! `Content-Length` and neither a transfer nor a content coding. Anything else drops the
+//! connection and [`get`] says why ([`Declined`]): the request is then sent through the client
+//! as every other one is, which authenticates, follows, retries and names what went wrong. A
+//! failed attempt here (no connection, a 503) counts against the client's retry budget; a
+//! redirect, a coding or a head that does not parse turns the path off for the endpoint; a
+//! 401 (a token not yet fetched, or expired) costs the one request. TLS endpoints and
+//! proxied ones never come here (rustls decrypts into a buffer of its own, so there is no
+//! copy to save; a proxy is the client's business).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -136,6 +138,7 @@ fn read_answer(mut stream: TcpStream) -> Result<Answer, Declined> {
             buf.resize(buf.len() * 2, 0);
         }
         let n = match stream.read(&mut buf[filled..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Closed or reset before a whole head: a failed attempt like any other.
             Ok(0) => {
                 return Err(Declined::Failed {
