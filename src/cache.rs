@@ -287,8 +287,16 @@ struct Tee {
 
 impl Tee {
     fn refuse(&mut self, why: String) -> io::Error {
-        self.writer = None;
-        self.store.drop_ingest(&self.reference);
+        match self.writer.take() {
+            // Under the writer's own lock: see `Writer::abort`.
+            Some(w) => {
+                if let Err(e) = w.discard() {
+                    tracing::warn!(reference = %self.reference, error = %e, "could not drop a refused download");
+                }
+            }
+            // A commit that refused the bytes has released the writer: abort from outside.
+            None => self.store.drop_ingest(&self.reference),
+        }
         Error::FailedPrecondition(format!("content {}: {why}", self.digest)).into_io()
     }
 }

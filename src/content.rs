@@ -154,6 +154,13 @@ pub trait Writer: io::Write + Send {
 
     /// Releases the reference without committing; the ingest stays, to be resumed.
     fn close(self: Box<Self>) -> Result<()>;
+
+    /// Removes the ingest, its bytes and its record, without committing, while this writer
+    /// still holds the reference. Unlike dropping the writer and calling
+    /// [`IngestManager::abort`], nothing can come between: no other writer, and no child
+    /// process that a thread of this process was starting at that moment (a fork holds every
+    /// open file description, and with it the reference's lock, until it execs).
+    fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// Checks labels against containerd's limits: a non-empty key, key plus value at most

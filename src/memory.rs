@@ -347,6 +347,11 @@ impl Writer for MemoryWriter {
     fn close(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        self.state.lock().ingests.remove(&self.reference);
+        Ok(())
+    }
 }
 
 impl Drop for MemoryWriter {

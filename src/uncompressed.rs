@@ -266,19 +266,8 @@ impl Store {
             pump(&mut decoded, &mut hasher).map(|n| (hasher.finalize(), n, None))
         };
         drop(decoded);
-        let abort = |e: Error| {
-            if keep {
-                match self.abort(&reference) {
-                    Ok(()) => {}
-                    Err(a) if a.kind() == ErrorKind::NotFound => {}
-                    Err(a) => {
-                        tracing::warn!(%reference, error = %a, "could not abort the uncompressed ingest; gc reclaims it");
-                    }
-                }
-            }
-            e
-        };
-        let (diff_id, size, writer) = result.map_err(&abort)?;
+        // A failed keep_stream has removed its ingest already.
+        let (diff_id, size, writer) = result?;
         // Whatever the decoder left unread (nothing, for a well-formed stream) is hashed too.
         let mut rest = AtReader::new(&*reader);
         let intact = io::Seek::seek(&mut rest, io::SeekFrom::Start(consumed))
@@ -291,9 +280,10 @@ impl Store {
                 ))),
             });
         if let Err(e) = intact {
-            // The writer holds the ingest's reference: release it, then abort.
-            drop(writer);
-            return Err(abort(e));
+            if let Some(w) = writer {
+                discard(w, &reference);
+            }
+            return Err(e);
         }
         let kept = match writer {
             None => None,
@@ -304,7 +294,18 @@ impl Store {
                 match w.commit(Some(size), Some(&diff_id), labels) {
                     Ok(_) => Some(diff_id),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => Some(diff_id),
-                    Err(e) => return Err(abort(e)),
+                    Err(e) => {
+                        // A failed commit keeps its ingest to be resumed; nothing resumes
+                        // this one.
+                        match self.abort(&reference) {
+                            Ok(()) => {}
+                            Err(a) if a.kind() == ErrorKind::NotFound => {}
+                            Err(a) => {
+                                tracing::warn!(%reference, error = %a, "could not abort the uncompressed ingest; gc reclaims it");
+                            }
+                        }
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -317,7 +318,7 @@ impl Store {
         let n = match pump(decoded, &mut writer) {
             Ok(n) => n,
             Err(e) => {
-                drop(writer);
+                discard(writer, reference);
                 return Err(e);
             }
         };
@@ -337,6 +338,14 @@ fn relate(txn: &redb::WriteTransaction, digest: &Digest, kept: &Digest) -> Resul
         set_label_in(txn, kept.as_str(), COMPRESSED_LABEL, digest.as_str(), false)?
             != LabelSet::NoRecord,
     )
+}
+
+/// Removes the ingest `writer` holds (see [`crate::content::Writer::abort`]); a failure is
+/// only logged, as gc reclaims what is left.
+fn discard(writer: Box<dyn crate::content::Writer>, reference: &str) {
+    if let Err(e) = writer.abort() {
+        tracing::warn!(%reference, error = %e, "could not abort the uncompressed ingest; gc reclaims it");
+    }
 }
 
 /// Copies `reader` into `out` through one 256 KiB buffer; the byte count.

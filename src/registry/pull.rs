@@ -338,8 +338,9 @@ impl Store {
             offset += n;
             fetched += n;
             if offset > job.size {
-                drop(w);
-                self.drop_ingest(&reference);
+                if let Err(e) = w.discard() {
+                    tracing::warn!(reference, error = %e, "could not drop a failed download");
+                }
                 return Err(Error::FailedPrecondition(format!(
                     "{repo}: blob {}: the registry sent more than the descriptor's {} bytes",
                     job.digest, job.size

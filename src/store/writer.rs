@@ -337,6 +337,24 @@ impl Writer for StoreWriter {
         w.flush_buf()?;
         w.ensure_recorded()
     }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        (*self).discard()
+    }
+}
+
+impl StoreWriter {
+    /// See [`Writer::abort`].
+    pub(crate) fn discard(mut self) -> Result<()> {
+        // Nothing to keep resumable: drop must neither flush nor record.
+        self.finished = true;
+        if self.recorded {
+            self.store.remove_ingest(&self.reference, &self.lock)
+        } else {
+            self.lock.remove_file();
+            Ok(())
+        }
+    }
 }
 
 impl Drop for StoreWriter {
@@ -372,5 +390,50 @@ impl io::Read for Capture<'_> {
                 Err(io::Error::new(kind, "the source failed"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use crate::content::{IngestManager, Writer};
+    use crate::error::ErrorKind;
+    use crate::store::Store;
+
+    /// A child process that another thread is starting holds a copy of every open file
+    /// description until it execs, the lock of a writer's ingest among them. Dropping the
+    /// writer and aborting from outside fails in that window (the reference is still
+    /// locked); the writer's own abort removes the ingest under the lock it holds.
+    #[test]
+    fn a_writer_aborts_its_ingest_while_a_fork_still_holds_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for own in [false, true] {
+            let mut w = store.store_writer("ref", None, None).unwrap();
+            w.write_all(b"partial bytes").unwrap();
+            w.flush().unwrap();
+            // What a fork inherits: another descriptor of the same open file description.
+            let inherited = w.file.try_clone().unwrap();
+            if own {
+                Box::new(w).abort().unwrap();
+            } else {
+                drop(w);
+                let e = store.abort("ref").unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                drop(inherited);
+                store.abort("ref").unwrap();
+                continue;
+            }
+            drop(inherited);
+            assert!(store.list_statuses(&[]).unwrap().is_empty());
+            assert!(!store.ingest_data("ref").exists());
+        }
+        // A writer whose bytes never left its buffer has no record: its abort leaves nothing.
+        let mut w = store.store_writer("small", None, None).unwrap();
+        w.write_all(b"x").unwrap();
+        Box::new(w).abort().unwrap();
+        assert!(store.list_statuses(&[]).unwrap().is_empty());
+        assert!(!store.ingest_data("small").exists());
     }
 }
