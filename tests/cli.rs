@@ -10,7 +10,6 @@ use serde_json::Value;
 
 #[path = "common/rss.rs"]
 mod rss;
-use rss::wait_max_rss;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ocistore"))
@@ -330,16 +329,11 @@ fn locked_ref_is_unavailable_across_processes() {
 fn one_gib_put_holds_memory_flat() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(&root)
-        .args(["content", "put", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut put = Command::new(bin());
+    put.arg("--root").arg(&root).args(["content", "put", "-"]);
+    let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
+    let mut measured = rss::start(&put, &out, &err, true);
+    let mut stdin = measured.stdin.take().unwrap();
     let mut chunk = vec![0u8; 1 << 20];
     let mut hasher = ocistore::Algorithm::Sha256.hasher();
     for i in 0..1024u32 {
@@ -348,8 +342,18 @@ fn one_gib_put_holds_memory_flat() {
         stdin.write_all(&chunk).unwrap();
     }
     drop(stdin);
-    let (status, max_rss_kib) = wait_max_rss(&mut child);
-    assert_eq!(status, 0);
+    let (status, max_rss_kib) = rss::wait(measured.pid);
+    println!("peak RSS of a 1 GiB put from stdin: {max_rss_kib} KiB");
+    assert!(
+        max_rss_kib > 1024,
+        "a measurement, not a zero: {max_rss_kib} KiB"
+    );
+    assert_eq!(
+        status,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
     assert!(
         max_rss_kib < 64 * 1024,
         "peak RSS {max_rss_kib} KiB for a 1 GiB put"

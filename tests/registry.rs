@@ -31,6 +31,8 @@ mod doubles;
 mod harness;
 #[path = "registry/images.rs"]
 mod images;
+#[path = "common/rss.rs"]
+mod rss;
 #[path = "common/streams.rs"]
 mod streams;
 

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 #[path = "common/rss.rs"]
 mod rss;
-use rss::wait_max_rss;
 
 // ---------------------------------------------------------------- building images
 
@@ -546,17 +545,21 @@ fn decompression_holds_memory_flat() {
         if keep {
             args.push("--keep");
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
-            .arg("--root")
-            .arg(&root)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (status, max_rss_kib) = wait_max_rss(&mut child);
-        assert_eq!(status, 0);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocistore"));
+        cmd.arg("--root").arg(&root).args(&args);
+        let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
+        let (status, max_rss_kib) = rss::wait(rss::start(&cmd, &out, &err, false).pid);
+        println!("peak RSS decompressing 256 MiB (keep: {keep}): {max_rss_kib} KiB");
+        assert!(
+            max_rss_kib > 1024,
+            "a measurement, not a zero: {max_rss_kib} KiB"
+        );
+        assert_eq!(
+            status,
+            Some(0),
+            "{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
         assert!(
             max_rss_kib < 64 * 1024,
             "peak RSS {max_rss_kib} KiB decompressing 256 MiB (keep: {keep})"

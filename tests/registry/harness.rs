@@ -630,60 +630,18 @@ impl Env {
     }
 }
 
-/// Runs `ocistore ARGS` to its end: what it did and its own peak RSS in KiB.
-///
-/// Not spawned from this process: Linux starts a child's `ru_maxrss` at the high-water mark
-/// of the address space it execs from, which for std's (v)fork-and-exec is this process's,
-/// and this process's is whatever the tests run before in it left (when tests built layers
-/// of up to 64 MiB in memory, a child spawned directly reported this process's 360 MiB). So a
-/// fresh `sh` starts ocistore in the background and exits; this process, a child subreaper
-/// meanwhile, adopts ocistore and reaps it with `wait4` (as tests/cli.rs `wait_max_rss`
-/// measures).
+/// Runs `ocistore ARGS` to its end: what it did and its own peak RSS in KiB (measured as
+/// tests/common/rss.rs says, not from a child of this process).
 pub fn run_max_rss(env: &Env, root: &Path, args: &[&str]) -> (Run, i64) {
     let (out, err) = (env.path("rss.stdout"), env.path("rss.stderr"));
-    let inner = env.cmd(root, args);
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg("\"$@\" >\"$RSS_OUT\" 2>\"$RSS_ERR\" </dev/null & echo $!")
-        .arg("sh")
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .env("RSS_OUT", &out)
-        .env("RSS_ERR", &err)
-        .stdin(Stdio::null());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0,
-        "prctl(PR_SET_CHILD_SUBREAPER)"
-    );
-    let started = sh.output().expect("run sh");
-    let pid: libc::pid_t = String::from_utf8_lossy(&started.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("sh did not start ocistore in the background: {started:?}"));
-    // sh has exited: ocistore is this process's child now.
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
-    assert_eq!(
-        r,
-        pid,
-        "wait4 of ocistore: {}",
-        std::io::Error::last_os_error()
-    );
+    let (code, kib) =
+        crate::rss::wait(crate::rss::start(&env.cmd(root, args), &out, &err, false).pid);
     let run = Run {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        code,
         stdout: std::fs::read_to_string(&out).unwrap(),
         stderr: std::fs::read_to_string(&err).unwrap(),
     };
-    (run, usage.ru_maxrss)
+    (run, kib)
 }
 
 // ================================================================ skopeo
