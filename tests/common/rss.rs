@@ -74,6 +74,20 @@ pub fn start(cmd: &Command, out: &Path, err: &Path, piped: bool) -> Measured {
     Measured { pid, stdin }
 }
 
+/// Waits for a command [`start`] started that must succeed (else the test fails with what
+/// it wrote to `err`) and stay under `limit_kib` of resident memory while doing `what`;
+/// prints its peak and returns it, in KiB.
+#[allow(dead_code)] // not every test crate that includes this holds memory flat
+pub fn succeeds_within(measured: &Measured, err: &Path, limit_kib: i64, what: &str) -> i64 {
+    let (status, kib) = wait(measured.pid);
+    let said = std::fs::read_to_string(err).unwrap_or_default();
+    assert_eq!(status, Some(0), "{what}: {said}");
+    println!("peak RSS {what}: {kib} KiB");
+    assert!(kib > 1024, "{what}: a measurement, not a zero: {kib} KiB");
+    assert!(kib < limit_kib, "peak RSS {kib} KiB {what}");
+    kib
+}
+
 /// Waits for a command [`start`] started: its exit code (`None` when a signal ended it) and
 /// its peak resident memory in KiB.
 pub fn wait(pid: libc::pid_t) -> (Option<i32>, i64) {
