@@ -361,8 +361,7 @@ impl Store {
         let sealed = match w.seal(job.size, &job.digest) {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
-                // Wrong bytes: never resume from them.
-                self.drop_ingest(&reference);
+                // Wrong bytes: seal has removed them.
                 return Err(Error::FailedPrecondition(format!(
                     "{repo}: blob {}: the bytes the registry sent do not match: {e}",
                     job.digest

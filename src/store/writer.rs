@@ -166,8 +166,9 @@ pub struct Sealed {
 
 impl StoreWriter {
     /// Writes every byte out and checks `size` and `expected`, then releases the
-    /// reference, keeping the ingest. A mismatch is `FailedPrecondition` naming both values
-    /// (the ingest is kept; the caller decides whether to abort it).
+    /// reference, keeping the ingest. A mismatch is `FailedPrecondition` naming both values,
+    /// and the ingest is removed (under this writer's lock, as [`Writer::abort`] does): wrong
+    /// bytes are never resumed from.
     pub(crate) fn seal(mut self, size: u64, expected: &Digest) -> Result<Sealed> {
         use std::os::unix::fs::MetadataExt;
         self.flush_buf()?;
@@ -184,17 +185,19 @@ impl StoreWriter {
         }
         let written = self.pipe.end();
         if written != size {
-            return Err(Error::FailedPrecondition(format!(
+            let e = Error::FailedPrecondition(format!(
                 "unexpected size {written}, expected {size} (ingest {:?})",
                 self.reference
-            )));
+            ));
+            return Err(self.discard_for(e));
         }
         let actual = self.final_digest(Some(expected))?;
         if actual != *expected {
-            return Err(Error::FailedPrecondition(format!(
+            let e = Error::FailedPrecondition(format!(
                 "unexpected digest {actual}, expected {expected} (ingest {:?})",
                 self.reference
-            )));
+            ));
+            return Err(self.discard_for(e));
         }
         // Touched: gc takes an ingest nobody wrote for a day as abandoned, and a complete one
         // resumed from an old pull was not written now.
@@ -344,6 +347,16 @@ impl Writer for StoreWriter {
 }
 
 impl StoreWriter {
+    /// [`StoreWriter::discard`] after `e`, which it returns (a failed removal is logged:
+    /// gc reclaims what it leaves).
+    fn discard_for(self, e: Error) -> Error {
+        let reference = self.reference.clone();
+        if let Err(d) = self.discard() {
+            tracing::warn!(%reference, error = %d, "could not remove an ingest of wrong bytes");
+        }
+        e
+    }
+
     /// See [`Writer::abort`].
     pub(crate) fn discard(mut self) -> Result<()> {
         // Nothing to keep resumable: drop must neither flush nor record.
@@ -429,6 +442,16 @@ mod tests {
             assert!(store.list_statuses(&[]).unwrap().is_empty());
             assert!(!store.ingest_data("ref").exists());
         }
+        // Sealing wrong bytes removes them the same way (a pull never resumes from them).
+        let mut w = store.store_writer("sealed", None, None).unwrap();
+        w.write_all(b"not what was asked").unwrap();
+        let inherited = w.file.try_clone().unwrap();
+        let wanted = crate::digest::Algorithm::Sha256.digest(b"what was asked");
+        let e = w.seal(18, &wanted).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        drop(inherited);
+        assert!(store.list_statuses(&[]).unwrap().is_empty());
+        assert!(!store.ingest_data("sealed").exists());
         // A writer whose bytes never left its buffer has no record: its abort leaves nothing.
         let mut w = store.store_writer("small", None, None).unwrap();
         w.write_all(b"x").unwrap();
