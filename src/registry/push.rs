@@ -8,9 +8,9 @@
 //! mounts. After a push, every blob is labelled with the target repository, so the next push
 //! elsewhere on that registry can mount. A blob the store lacks (a layer of a platform that
 //! was not pulled) is mounted from a repository of the target's registry that the image came
-//! from or went to, so a partial pull can be pushed whole within its registry (promoting
-//! `app:rc` to `app:release`, say) without fetching the other platforms; to another
-//! registry it fails, naming the ways out. `platforms` pushes a subset of an index as
+//! from or went to, else streamed from one on another registry, so a partial pull can be
+//! pushed whole (promoting `app:rc` to `app:release`, say) without storing the other
+//! platforms; with no source, the push fails before uploading anything, naming the ways out. `platforms` pushes a subset of an index as
 //! `image export --platform` does (a new index of the kept entries); without it, a
 //! multi-platform index keeps its digest. Like an export, a push leases the image's content
 //! for its duration, so an `image rm` and a gc in another process cannot take it midway.
@@ -89,10 +89,10 @@ impl Store {
     /// Blocks until done.
     ///
     /// Errors: `NotFound` when the image or a manifest it needs is not in the store, or a
-    /// blob it needs is neither in the store nor mountable (a pull of one platform keeps
-    /// every manifest of an index but not the other platforms' layers: to the registry the
-    /// image came from they are mounted; elsewhere, push the platforms you have with
-    /// `platforms`); registry errors as [`Store::pull`]'s.
+    /// blob it needs is neither in the store nor in a repository its source labels name (a
+    /// pull of one platform keeps every manifest of an index but not the other platforms'
+    /// layers: those are mounted or streamed from where the image came from; else push the
+    /// platforms you have with `platforms`); registry errors as [`Store::pull`]'s.
     pub fn push(
         &self,
         registry: &Registry,
@@ -123,7 +123,7 @@ impl Store {
         } = self.push_plan(&root, name)?;
         // Where on the target's registry the image is known to be: what it lacks can be
         // mounted from there.
-        let sources = self.sources_on(
+        let sources = self.sources_of(
             &repo,
             std::iter::once(root_digest).chain(docs.iter().map(|((d, _, _), _)| *d)),
         );
@@ -144,7 +144,7 @@ impl Store {
                 |(d, size)| send(d, *size),
             )
         };
-        let mount = |d: &Digest, _| Self::mount_absent(registry, &repo, d, &sources, name);
+        let mount = |d: &Digest, size| Self::bring_absent(registry, &repo, d, size, &sources, name);
         let send = |d: &Digest, size| self.send_blob(registry, &repo, d, size, opts);
         for sent in each(&absent, &mount)?
             .into_iter()
@@ -260,47 +260,77 @@ impl Store {
         })
     }
 
-    /// The repositories of `repo`'s registry that the content `digests` came from or went to
-    /// (their source labels), `repo` itself left out.
-    fn sources_on(&self, repo: &Repository, digests: impl Iterator<Item = Digest>) -> Vec<String> {
-        let key = source_label(&repo.host);
-        let mut found: Vec<String> = Vec::new();
+    /// The repositories that the content `digests` came from or went to (their source
+    /// labels), `repo` itself left out: those of `repo`'s registry first.
+    fn sources_of(
+        &self,
+        repo: &Repository,
+        digests: impl Iterator<Item = Digest>,
+    ) -> Vec<Repository> {
+        const PREFIX: &str = "containerd.io/distribution.source.";
+        let mut found: Vec<Repository> = Vec::new();
         for d in digests {
             let Ok(info) = self.info(&d) else { continue };
-            for r in info.labels.get(&key).map_or("", String::as_str).split(',') {
-                if !r.is_empty() && r != repo.path && !found.iter().any(|f| f == r) {
-                    found.push(r.to_owned());
+            for (key, value) in &info.labels {
+                let Some(host) = key.strip_prefix(PREFIX) else {
+                    continue;
+                };
+                for path in value.split(',').filter(|p| !p.is_empty()) {
+                    let r = Repository {
+                        host: host.to_owned(),
+                        path: path.to_owned(),
+                    };
+                    if r != *repo && !found.contains(&r) {
+                        found.push(r);
+                    }
                 }
             }
         }
+        found.sort_by_key(|r| r.host != repo.host);
         found
     }
 
-    /// Makes a blob the store lacks present in `repo`: there already (HEAD), or mounted from
-    /// one of `sources`; else `NotFound`, naming the ways out.
-    fn mount_absent(
+    /// Makes a blob the store lacks (`size` bytes) present in `repo`: there already (HEAD),
+    /// mounted from one of `sources` on its registry, or streamed from one on another
+    /// registry to it (through memory, a chunk at a time; the store keeps nothing); else
+    /// `NotFound`, naming the ways out.
+    fn bring_absent(
         registry: &Registry,
         repo: &Repository,
         digest: &Digest,
-        sources: &[String],
+        size: u64,
+        sources: &[Repository],
         name: &str,
     ) -> Result<Sent> {
         if registry.blob_head(repo, digest)?.is_some() {
             return Ok(Sent::Skipped);
         }
-        for from in sources {
-            if registry.blob_mount(repo, digest, from)? {
+        for from in sources.iter().filter(|r| r.host == repo.host) {
+            if registry.blob_mount(repo, digest, &from.path)? {
                 return Ok(Sent::Mounted);
             }
         }
+        for from in sources.iter().filter(|r| r.host != repo.host) {
+            let stream = match registry.blob_get(from, digest, 0, Some(size)) {
+                Ok(s) => s,
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            registry.blob_put_reader(
+                repo,
+                digest,
+                &mut std::io::Read::take(stream.reader, size),
+            )?;
+            return Ok(Sent::Pushed(size));
+        }
         let looked = if sources.is_empty() {
-            format!("and no repository of {} is known to hold it", repo.host)
+            "and no repository is known to hold it".to_owned()
         } else {
-            format!(
-                "nor in {} on {} to mount from",
-                sources.join(", "),
-                repo.host
-            )
+            let list: Vec<String> = sources
+                .iter()
+                .map(|r| format!("{}/{}", r.host, r.path))
+                .collect();
+            format!("nor in {}", list.join(", "))
         };
         Err(Error::NotFound(format!(
             "content {digest} of image {name} is not in the store, {looked}: pull the image \
