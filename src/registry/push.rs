@@ -291,9 +291,9 @@ impl Store {
     }
 
     /// Makes a blob the store lacks (`size` bytes) present in `repo`: there already (HEAD),
-    /// mounted from one of `sources` on its registry, or streamed from one on another
-    /// registry to it (through memory, a chunk at a time; the store keeps nothing); else
-    /// `NotFound`, naming the ways out.
+    /// mounted from one of `sources` on its registry, or else streamed from one of `sources`
+    /// to it (through memory, a chunk at a time; the store keeps nothing); else `NotFound`,
+    /// naming the ways out.
     fn bring_absent(
         registry: &Registry,
         repo: &Repository,
@@ -310,7 +310,9 @@ impl Store {
                 return Ok(Sent::Mounted);
             }
         }
-        for from in sources.iter().filter(|r| r.host != repo.host) {
+        // A registry may refuse a mount (or not support it): its own repositories can still
+        // send the bytes.
+        for from in sources {
             let stream = match registry.blob_get(from, digest, 0, Some(size)) {
                 Ok(s) => s,
                 Err(e) if e.kind() == crate::error::ErrorKind::NotFound => continue,
