@@ -46,8 +46,8 @@ impl Default for Options {
 /// One thing removed (or, in a dry run, that would be).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Removed {
-    /// `content`, `ingest` or `debris` (a blob file with no record, or a file under `ingest/`
-    /// that belongs to no ingest).
+    /// `content`, `ingest`, `lease` (held by a process that died) or `debris` (a blob file
+    /// with no record, or a file under `ingest/` that belongs to no ingest).
     pub kind: &'static str,
     /// The digest, ingest reference or file path.
     pub id: String,
@@ -81,6 +81,8 @@ impl Store {
         let now = SystemTime::now();
         let _removal = self.begin_removal("collect garbage")?;
         let txn = self.write_txn("collect garbage")?;
+        let mut out = Outcome::default();
+        let owner_locks = self.drop_dead_owners_in(&txn, &mut out)?;
         let roots = Roots::read(&txn, now)?;
         let mut starts = roots.fixed.clone();
         starts.extend(roots.names.values().map(|n| n.target.clone()));
@@ -96,7 +98,6 @@ impl Store {
             }
         }
         drop(blobs);
-        let mut out = Outcome::default();
         let mut doomed_digests = Vec::new();
         for (key, size) in doomed {
             if !opts.dry_run {
@@ -124,6 +125,11 @@ impl Store {
             self.remove_unrecorded_files(&doomed_digests)?;
         }
         drop(held_locks);
+        if opts.dry_run {
+            drop(owner_locks);
+        } else {
+            crate::store::owner::remove_dead_owner_dirs(owner_locks);
+        }
         // Ingest debris first: a crashed writer's leftover name on a published file goes here,
         // and the blob file it shared is then plain debris below.
         self.sweep_ingest_debris(opts, now, &mut out)?;
@@ -159,6 +165,25 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Drops (inside `txn`) the leases of dead processes (see `store::owner`), reporting
+    /// each; returns the dead owners' locks, to be held until `txn` has ended.
+    pub(crate) fn drop_dead_owners_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        out: &mut Outcome,
+    ) -> Result<Vec<RefLock>> {
+        let (dead, locks) = self.drop_dead_owner_leases(txn)?;
+        for id in dead {
+            tracing::info!(lease = %id, "dropping the lease of a process that died");
+            out.removed.push(Removed {
+                kind: "lease",
+                id,
+                bytes: 0,
+            });
+        }
+        Ok(locks)
     }
 
     /// Removes (inside `txn`; a dry run only reports) the ingests that no live writer holds,
@@ -224,7 +249,7 @@ impl Store {
     /// that crashed before recording, an abort or commit that crashed before unlinking) and
     /// staging directories of batches whose process died. Each is locked before it goes, so
     /// a live writer's file is never touched.
-    fn sweep_ingest_debris(
+    pub(crate) fn sweep_ingest_debris(
         &self,
         opts: &Options,
         now: SystemTime,

@@ -52,5 +52,6 @@ pub use names::{Image, Name};
 pub use registry::{Registry, RegistryOptions};
 pub use store::images::Completeness;
 pub use store::lease::{Lease, Resource};
+pub use store::owner::LeaseOwner;
 pub use store::uses::{LastUse, Used};
 pub use store::{OpenOptions, Store};

@@ -97,7 +97,7 @@ pub struct Outcome {
     pub removed_images: Vec<String>,
     /// Blobs removed.
     pub removed_blobs: u64,
-    /// Bytes freed: blobs and ingests.
+    /// Bytes freed: blobs, ingests, and the staging of processes that died.
     pub bytes_freed: u64,
     /// Blob usage before, in bytes.
     pub used_before: u64,
@@ -148,8 +148,9 @@ impl Store {
             dry_run: opts.dry_run,
             ingest_expiry: opts.ingest_expiry,
         };
-        let roots = Roots::read(&txn, now)?;
         let mut dropped = gc::Outcome::default();
+        let owner_locks = self.drop_dead_owners_in(&txn, &mut dropped)?;
+        let roots = Roots::read(&txn, now)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;
         let ingest_bytes = dropped.bytes_freed;
@@ -365,7 +366,13 @@ impl Store {
             lock.remove_file();
         }
         drop(held_locks);
+        crate::store::owner::remove_dead_owner_dirs(owner_locks);
         self.remove_unrecorded_files(&digests)?;
+        // Staging directories of processes that died (their leases went above).
+        let mut debris = gc::Outcome::default();
+        self.sweep_ingest_debris(&gc_opts, now, &mut debris)?;
+        out.bytes_freed += debris.bytes_freed;
+        out.removed.extend(debris.removed);
         Ok(out)
     }
 }

@@ -507,6 +507,39 @@ fn check_ingests_and_leases(store: &Store, e: &Expect, trial: u64, either: bool)
     (there.len(), gone.len())
 }
 
+/// The holds the killed child made for itself (a batch's lease) are gone after one gc, and
+/// the leases it acknowledged are not.
+fn owned_holds_die_with_the_child(root: &Path, trial: u64) {
+    let store = Store::open(root).unwrap();
+    let before = store.leases().unwrap();
+    let out = store.gc(&Options::default()).unwrap();
+    let dropped: BTreeSet<String> = (out.removed.iter())
+        .filter(|r| r.kind == "lease")
+        .map(|r| r.id.clone())
+        .collect();
+    for l in &before {
+        match &l.owner {
+            Some(o) => {
+                assert!(
+                    !o.alive,
+                    "trial {trial}: lease {} of a dead child alive",
+                    l.id
+                );
+                assert!(dropped.contains(&l.id), "trial {trial}: {} kept", l.id);
+            }
+            None => assert!(!dropped.contains(&l.id), "trial {trial}: {} dropped", l.id),
+        }
+    }
+    let left: Vec<String> = (store.leases().unwrap().into_iter())
+        .filter(|l| l.owner.is_some())
+        .map(|l| l.id)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "trial {trial}: dead owners' leases left: {left:?}"
+    );
+}
+
 #[test]
 fn crash_trials() {
     let trials: u64 = std::env::var("OCISTORE_CRASH_TRIALS")
@@ -551,6 +584,7 @@ fn crash_trials() {
         let journal = read_journal(Path::new(&format!("{}.journal", root.display())));
         seen_digests.extend(journal.blobs.keys().cloned());
         let (opened, landed) = check(&root, &journal, trial);
+        owned_holds_die_with_the_child(&root, trial);
         worst_open = worst_open.max(opened);
         in_rebuild += usize::from(journal.doubt_is("rebuild"));
         before_switch += usize::from(landed.finished_rebuild);

@@ -1158,4 +1158,17 @@ fn every_command_beside_every_other() {
     ok(&root, &["fsck", "--repair"]);
     fsck_clean(&root).unwrap();
     names_complete("after the kills and a repair");
+    // Every process is gone: one gc drops every lease a killed one held for itself.
+    ok(&root, &["gc"]);
+    let leases: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["--json", "lease", "ls"])).unwrap();
+    let owned: Vec<&serde_json::Value> = (leases.as_array().unwrap().iter())
+        .filter(|l| l["owner"].is_object())
+        .collect();
+    assert!(
+        owned.is_empty(),
+        "leases of dead processes after gc: {owned:?}"
+    );
+    fsck_clean(&root).unwrap();
+    names_complete("after the last gc");
 }

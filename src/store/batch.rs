@@ -26,6 +26,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::Name;
 use crate::store::locks::RefLock;
+use crate::store::owner::OwnerDir;
 use crate::store::records::Nanos;
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES};
 use crate::store::uses::Used;
@@ -61,8 +62,8 @@ pub struct BatchOutcome {
 /// A set of blobs and names to commit together. See the module docs.
 pub struct Batch {
     store: Store,
-    dir: PathBuf,
-    lock: Option<RefLock>,
+    /// The staging directory, locked while this batch lives: its lease's owner.
+    owner: Option<OwnerDir>,
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
@@ -105,16 +106,11 @@ impl Store {
         for (reference, _, _) in wanted {
             crate::content::validate_reference(reference)?;
         }
-        let stamp = Nanos::now().0;
-        let id = format!("batch-{}-{stamp}", std::process::id());
-        let dir = self.ingest_root().join(&id);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create a batch directory", &dir, e))?;
-        let lock = RefLock::acquire(&dir.join("lock"), &id)?;
+        let owner = self.claim_owner_dir("batch")?;
         let mut batch = Batch {
             store: self.clone(),
-            dir,
-            lock: Some(lock),
-            lease: format!("ocistore.batch/{id}"),
+            lease: format!("ocistore.batch/{}", owner.id()),
+            owner: Some(owner),
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
             leased_content: BTreeSet::new(),
@@ -139,12 +135,18 @@ impl Batch {
     fn lease(&mut self, wanted: &[(String, u64, Digest)]) -> Result<Vec<bool>> {
         let mut present = Vec::with_capacity(wanted.len());
         let txn = self.store.write_txn("start a batch")?;
+        let owner = self
+            .owner
+            .as_ref()
+            .expect("a batch owns its directory until dropped");
         let rec = crate::store::records::LeaseRecord {
             created: Nanos::now(),
+            // Dropped with its owner (see `store::owner`); the expiry only bounds a lease
+            // whose owner cannot be told dead.
             expires: Some(Nanos::from(
                 SystemTime::now() + Duration::from_secs(24 * 3600),
             )),
-            labels: Labels::new(),
+            labels: owner.labels(),
         };
         crate::store::lease::insert_lease(&txn, &self.lease, &rec)?;
         if !wanted.is_empty() {
@@ -285,7 +287,12 @@ impl Batch {
             (None, n)
         } else {
             self.files += 1;
-            let path = self.dir.join(format!("{:06}", self.files));
+            let dir = self
+                .owner
+                .as_ref()
+                .expect("a batch owns its directory until dropped")
+                .dir();
+            let path = dir.join(format!("{:06}", self.files));
             let file =
                 File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
             // Hashed on this thread while a worker writes the previous buffer.
@@ -623,21 +630,20 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            let _ = fs::remove_dir_all(&self.dir);
-            lock.remove_file();
-            drop(lock);
-        }
+        // The lease goes before its owner directory: a gc that finds the directory gone
+        // would take the lease for a dead process's.
         if !self.done
             && let Err(e) = self.store.delete_lease(&self.lease)
+            && e.kind() != ErrorKind::NotFound
         {
-            tracing::warn!(lease = %self.lease, error = %e, "could not drop an abandoned batch's lease; it expires in 24h");
+            tracing::warn!(lease = %self.lease, error = %e, "could not drop an abandoned batch's lease; the next gc drops it");
         }
         if !self.done
             && let Err(e) = self.forget_unstarted_ingests()
         {
             tracing::warn!(error = %e, "could not drop the records of downloads that never started");
         }
+        drop(self.owner.take());
     }
 }
 

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::Store;
 use crate::store::images::image_in;
+use crate::store::owner::{LeaseOwner, OwnerDir, owner_of};
 use crate::store::records::{self, LeaseRecord, Nanos};
 use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES, NAMES};
 
@@ -24,6 +25,9 @@ pub struct Lease {
     pub expires_at: Option<SystemTime>,
     /// Its labels.
     pub labels: Labels,
+    /// The process that holds it for itself (a batch, pull, push or export), when it is such
+    /// a lease: it is dropped by the next gc or prune once that process is dead.
+    pub owner: Option<LeaseOwner>,
 }
 
 impl Lease {
@@ -92,27 +96,40 @@ impl std::fmt::Display for Resource {
     }
 }
 
-fn lease_of(id: &str, rec: LeaseRecord) -> Lease {
+fn lease_of(store: &Store, id: &str, rec: LeaseRecord) -> Lease {
+    let owner = owner_of(id, &rec.labels).map(|owner| LeaseOwner {
+        pid: (rec.labels.get(crate::store::owner::OWNER_PID_LABEL))
+            .and_then(|p| p.parse().ok())
+            .or_else(|| owner.split('-').nth(1).and_then(|p| p.parse().ok())),
+        alive: store.owner_alive(&owner),
+        id: owner,
+    });
     Lease {
         id: id.to_owned(),
         created_at: rec.created.into(),
         expires_at: rec.expires.map(Into::into),
         labels: rec.labels,
+        owner,
     }
 }
 
-/// A lease that keeps content from gc while this process reads or writes it (an export, a
-/// pull), released when dropped. Should the process die first, it expires by itself after a day.
+/// A lease that keeps content from gc while this process reads it (an export, a push),
+/// released when dropped. Should the process die first, the next gc or prune drops it (its
+/// owner directory is no longer locked; see `store::owner`).
 pub(crate) struct ReadLease {
     store: Store,
     id: String,
+    owner: Option<OwnerDir>,
 }
 
 impl Drop for ReadLease {
     fn drop(&mut self) {
-        if let Err(e) = self.store.delete_lease(&self.id) {
-            tracing::warn!(lease = %self.id, error = %e, "could not drop a reader's lease; it expires in 24h");
+        if let Err(e) = self.store.delete_lease(&self.id)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::warn!(lease = %self.id, error = %e, "could not drop a reader's lease; the next gc drops it");
         }
+        drop(self.owner.take());
     }
 }
 
@@ -131,14 +148,14 @@ impl Store {
         if self.is_read_only() {
             return Ok(None);
         }
-        let now = Nanos::now();
-        let id = format!("ocistore.{what}/{}-{}", std::process::id(), now.0);
+        let owner = self.claim_owner_dir(what)?;
+        let id = format!("ocistore.{what}/{}", owner.id());
         let rec = LeaseRecord {
-            created: now,
+            created: Nanos::now(),
             expires: Some(Nanos::from(
                 SystemTime::now() + std::time::Duration::from_secs(24 * 3600),
             )),
-            labels: Labels::new(),
+            labels: owner.labels(),
         };
         let txn = self.write_txn("lease content for reading")?;
         {
@@ -179,6 +196,7 @@ impl Store {
         Ok(Some(ReadLease {
             store: self.clone(),
             id,
+            owner: Some(owner),
         }))
     }
 
@@ -196,6 +214,7 @@ impl Store {
             )));
         }
         validate_labels(&labels)?;
+        crate::store::owner::refuse_owner_labels(&labels)?;
         let rec = LeaseRecord {
             created: Nanos::now(),
             expires: expires_at.map(Nanos::from),
@@ -204,7 +223,7 @@ impl Store {
         let txn = self.write_txn("create a lease")?;
         insert_lease(&txn, id, &rec)?;
         txn.commit().map_err(|e| Error::db("commit a lease", e))?;
-        Ok(lease_of(id, rec))
+        Ok(lease_of(self, id, rec))
     }
 
     /// Every lease, by id.
@@ -216,7 +235,11 @@ impl Store {
         let mut out = Vec::new();
         for entry in t.iter().map_err(|e| Error::db("list leases", e))? {
             let (k, v) = entry.map_err(|e| Error::db("list leases", e))?;
-            out.push(lease_of(k.value(), records::decode(v.value(), k.value())?));
+            out.push(lease_of(
+                self,
+                k.value(),
+                records::decode(v.value(), k.value())?,
+            ));
         }
         Ok(out)
     }

@@ -28,6 +28,7 @@ pub mod lease;
 pub(crate) mod locks;
 pub(crate) mod manager;
 pub(crate) mod migrate;
+pub mod owner;
 pub(crate) mod pipe;
 pub(crate) mod records;
 pub(crate) mod schema;

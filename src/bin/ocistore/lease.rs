@@ -70,8 +70,23 @@ fn lease_json(l: &Lease, resources: &[Resource]) -> Value {
         "created_at": rfc3339(l.created_at),
         "expires_at": l.expires_at.map(rfc3339),
         "labels": l.labels,
+        "owner": l.owner.as_ref().map(|o| json!({"id": o.id, "pid": o.pid, "alive": o.alive})),
         "resources": resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
+}
+
+/// "pid 123, alive" for a lease a process holds for itself, "-" for a user's lease.
+fn owner_cell(l: &Lease) -> String {
+    match &l.owner {
+        None => "-".into(),
+        Some(o) => {
+            let state = if o.alive { "alive" } else { "dead" };
+            match o.pid {
+                Some(pid) => format!("pid {pid}, {state}"),
+                None => state.into(),
+            }
+        }
+    }
 }
 
 pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
@@ -117,6 +132,7 @@ pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
                     rfc3339(l.created_at),
                     l.expires_at.map_or_else(|| "never".into(), rfc3339),
                     res.len().to_string(),
+                    owner_cell(&l),
                     labels_cell(&l.labels),
                 ]);
                 out.push(lease_json(&l, &res));
@@ -124,7 +140,10 @@ pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
             if ctx.json {
                 print_json(&Value::Array(out));
             } else {
-                table(&["ID", "CREATED", "EXPIRES", "RESOURCES", "LABELS"], &rows);
+                table(
+                    &["ID", "CREATED", "EXPIRES", "RESOURCES", "OWNER", "LABELS"],
+                    &rows,
+                );
             }
         }
         LeaseCmd::Rm { ids } => {
