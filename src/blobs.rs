@@ -153,6 +153,52 @@ impl BlobDir {
     }
 }
 
+impl BlobDir {
+    /// Calls `f` with each shard directory of the tree (`<alg>/<hh>`): its algorithm, its
+    /// two hex characters, its path, and the names in it, sorted. Reads each directory once
+    /// and stats nothing: a caller that wants a file's metadata asks for that file alone.
+    pub(crate) fn for_each_shard(
+        &self,
+        mut f: impl FnMut(Algorithm, &str, &Path, Vec<String>) -> Result<()>,
+    ) -> Result<()> {
+        for alg in Algorithm::ALL {
+            let alg_dir = self.root.join(alg.name());
+            for shard in read_dir_sorted(&alg_dir)? {
+                let Some(hh) = shard
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                let rd = match fs::read_dir(&shard) {
+                    Ok(rd) => rd,
+                    // A file where a shard should be, or a shard removed meanwhile.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(Error::io("read directory", &shard, e)),
+                };
+                let mut names = Vec::new();
+                for entry in rd {
+                    let entry = entry.map_err(|e| Error::io("read directory", &shard, e))?;
+                    if let Ok(name) = entry.file_name().into_string() {
+                        names.push(name);
+                    }
+                }
+                names.sort_unstable();
+                f(alg, &hh, &shard, names)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What [`BlobDir::scan`] found.
 #[derive(Debug, Default)]
 pub struct Scan {

@@ -10,7 +10,7 @@
 //! batches), and ingests that no live writer holds, no lease protects, and nobody has
 //! written for `ingest_expiry`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
-use crate::refs::{GC_ROOT, label_refs};
+use crate::refs::{GC_REF_CONTENT_PREFIX, GC_ROOT};
 use crate::store::Store;
 use crate::store::locks::RefLock;
 use crate::store::records::{self, BlobRecord, IngestRecord, LeaseRecord, NameRecord};
@@ -136,18 +136,7 @@ impl Store {
         // Debris: blob files nobody recorded (a crash between publish and commit). One that
         // may be a commit in flight in another process is left alone; the decision is made
         // again inside the removal's write transaction.
-        let swept: BTreeSet<&Digest> = doomed_digests.iter().collect();
-        let scan = self.blob_dir().scan()?;
-        let mut debris = Vec::new();
-        for (d, len) in scan.blobs {
-            if swept.contains(&d) || self.blob_record(&d)?.is_some() {
-                continue;
-            }
-            let in_flight = crate::blobs::in_flight(&self.blob_dir().path_for(&d), now);
-            if in_flight == Some(false) {
-                debris.push((d, len));
-            }
-        }
+        let debris = self.unrecorded_blob_files(now)?;
         let gone: BTreeSet<Digest> = if opts.dry_run {
             debris.iter().map(|(d, _)| *d).collect()
         } else {
@@ -444,27 +433,103 @@ impl Roots {
 }
 
 /// Every blob reachable from `starts` along references and `gc.ref.content` labels (the
-/// starts included, whether they exist or not).
+/// starts included, whether they exist or not). Reads the edges from the references table
+/// and the label index, one scan each, and no blob record.
 pub(crate) fn mark(
     txn: &redb::WriteTransaction,
     starts: impl IntoIterator<Item = String>,
-) -> Result<BTreeSet<String>> {
-    let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
+) -> Result<HashSet<String>> {
+    let mut children: HashMap<String, Vec<String>> = HashMap::new();
     let refs = txn.open_table(REFS).map_err(db("open the refs table"))?;
-    let mut marked: BTreeSet<String> = BTreeSet::new();
-    let mut queue: VecDeque<String> = starts.into_iter().collect();
-    while let Some(d) = queue.pop_front() {
+    for entry in refs.iter().map_err(db("read references"))? {
+        let (k, _) = entry.map_err(db("read references"))?;
+        let (parent, child) = k.value();
+        children
+            .entry(parent.to_owned())
+            .or_default()
+            .push(child.to_owned());
+    }
+    let index = txn
+        .open_table(BLOB_LABELS)
+        .map_err(db("open the label index"))?;
+    for entry in index
+        .range((GC_REF_CONTENT_PREFIX, "", "")..)
+        .map_err(db("read the label index"))?
+    {
+        let (k, _) = entry.map_err(db("read the label index"))?;
+        let (key, value, digest) = k.value();
+        if !key.starts_with(GC_REF_CONTENT_PREFIX) {
+            break;
+        }
+        if let Ok(child) = Digest::parse(value) {
+            children
+                .entry(digest.to_owned())
+                .or_default()
+                .push(child.to_string());
+        }
+    }
+    let mut marked: HashSet<String> = HashSet::new();
+    let mut stack: Vec<String> = starts.into_iter().collect();
+    while let Some(d) = stack.pop() {
         if marked.contains(&d) {
             continue;
         }
-        for child in crate::store::graph::range_second(&refs, &d)? {
-            queue.push_back(child);
-        }
-        if let Some(v) = blobs.get(d.as_str()).map_err(db("read a blob record"))? {
-            let rec: BlobRecord = records::decode(v.value(), &d)?;
-            queue.extend(label_refs(&rec.labels).map(|c| c.to_string()));
+        if let Some(next) = children.get(&d) {
+            stack.extend(next.iter().filter(|c| !marked.contains(*c)).cloned());
         }
         marked.insert(d);
     }
     Ok(marked)
+}
+
+impl Store {
+    /// Blob files without a record, and not a commit in flight (see `blobs::in_flight`),
+    /// with their lengths: crash debris. Each shard directory is read once and merged with
+    /// the records of that shard, in order, on a fresh snapshot; only a file without a record
+    /// is looked at (stat) further.
+    fn unrecorded_blob_files(&self, now: SystemTime) -> Result<Vec<(Digest, u64)>> {
+        let snap = self.read_txn()?;
+        let Some(blobs) = &snap.blobs else {
+            return Err(Error::Corrupted("the blobs table is missing".into()));
+        };
+        let mut debris = Vec::new();
+        self.blob_dir().for_each_shard(|alg, hh, dir, names| {
+            let consider = |name: String, debris: &mut Vec<(Digest, u64)>| {
+                if !name.starts_with(hh) {
+                    return; // not a blob's name here: a stray, fsck's to report
+                }
+                let Ok(d) = Digest::parse(&format!("{}:{name}", alg.name())) else {
+                    return;
+                };
+                let path = dir.join(&name);
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    return; // removed since it was listed
+                };
+                if meta.is_file() && crate::blobs::in_flight(&path, now) == Some(false) {
+                    debris.push((d, meta.len()));
+                }
+            };
+            let prefix = format!("{}:{hh}", alg.name());
+            let mut names = names.into_iter().peekable();
+            for entry in blobs.range(prefix.as_str()..).map_err(db("walk blobs"))? {
+                let (k, _) = entry.map_err(db("walk blobs"))?;
+                let Some(hex) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                let hex = format!("{hh}{hex}");
+                while let Some(name) = names.next_if(|n| *n < hex) {
+                    consider(name, &mut debris);
+                }
+                names.next_if(|n| *n == hex);
+                if names.peek().is_none() {
+                    break;
+                }
+            }
+            for name in names {
+                consider(name, &mut debris);
+            }
+            Ok(())
+        })?;
+        Ok(debris)
+    }
 }

@@ -27,7 +27,7 @@
 //! [`crate::store::uses`]; an item with no recorded use counts as used when its record was
 //! last written (a recorded use, older or not, wins: labelling an image is no use of it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use redb::ReadableTable;
@@ -260,20 +260,39 @@ impl Store {
                 }
             }
         };
-        let unreachable = |live_targets: &BTreeSet<String>, blobs: &BTreeMap<String, Blob>| {
-            let marked = mark(
-                &children,
-                held_roots.iter().chain(live_targets.iter()).cloned(),
-            );
-            let mut garbage: Vec<(Nanos, String)> = blobs
-                .iter()
-                .filter(|(d, b)| !marked.contains(*d) && !recent(b.last_used))
-                .map(|(d, b)| (b.last_used, d.clone()))
+        // What the held roots reach is never taken. Each candidate image reaches the rest of
+        // its content; a blob goes once no live candidate reaches it (a count per blob of the
+        // candidates that reach it), so each image's content is walked once, not the whole
+        // graph again for every image taken.
+        let held_marked = mark(&children, held_roots.iter().cloned());
+        let mut reach: HashMap<String, Vec<String>> = HashMap::new();
+        let mut reached_by: HashMap<String, u32> = HashMap::new();
+        for target in groups.keys() {
+            let own: Vec<String> = mark(&children, [target.clone()])
+                .into_iter()
+                .filter(|d| !held_marked.contains(d) && blobs.contains_key(d))
                 .collect();
-            garbage.sort();
-            garbage.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
+            for d in &own {
+                *reached_by.entry(d.clone()).or_default() += 1;
+            }
+            reach.insert(target.clone(), own);
+        }
+        let by_last_use = |v: Vec<String>, blobs: &BTreeMap<String, Blob>| {
+            let mut keyed: Vec<(Nanos, String)> = v
+                .into_iter()
+                .filter_map(|d| {
+                    let b = blobs.get(&d)?;
+                    (!recent(b.last_used)).then_some((b.last_used, d))
+                })
+                .collect();
+            keyed.sort_unstable();
+            keyed.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
         };
-        for d in unreachable(&live_targets, &blobs) {
+        let unnamed: Vec<String> = (blobs.keys())
+            .filter(|d| !held_marked.contains(*d) && !reached_by.contains_key(*d))
+            .cloned()
+            .collect();
+        for d in by_last_use(unnamed, &blobs) {
             if !over(used, freed) {
                 break;
             }
@@ -287,7 +306,15 @@ impl Store {
             let group = &groups[&target];
             removed_names.extend(group.names.iter().cloned());
             out.removed_images.extend(group.names.iter().cloned());
-            let garbage = unreachable(&live_targets, &blobs);
+            let mut garbage = Vec::new();
+            for d in reach.remove(&target).unwrap_or_default() {
+                let n = reached_by.get_mut(&d).expect("counted above");
+                *n -= 1;
+                if *n == 0 {
+                    garbage.push(d);
+                }
+            }
+            let garbage = by_last_use(garbage, &blobs);
             take(garbage, &mut blobs, &mut used, &mut freed, &mut out);
         }
         out.used_after = used;
@@ -419,8 +446,8 @@ fn load_graph(txn: &redb::WriteTransaction) -> Result<(BTreeMap<String, BlobReco
 }
 
 /// Everything reachable from `starts` in `children`.
-fn mark(children: &Children, starts: impl IntoIterator<Item = String>) -> BTreeSet<String> {
-    let mut marked = BTreeSet::new();
+fn mark(children: &Children, starts: impl IntoIterator<Item = String>) -> HashSet<String> {
+    let mut marked = HashSet::new();
     let mut stack: Vec<String> = starts.into_iter().collect();
     while let Some(d) = stack.pop() {
         if let Some(c) = children.get(&d) {

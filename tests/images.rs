@@ -758,3 +758,37 @@ fn a_tag_reads_its_source_where_it_writes_the_names() {
     let err = store.tag_image("copy:1", &["Bad Name"]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
+
+#[test]
+fn image_sizes_read_each_image_once_not_each_name() {
+    // 300 names over 3 images: the sizes `image ls` shows read 3 manifests, not 300 (counted
+    // by the store's own instrumentation of blob files opened).
+    let (_d, store) = fresh();
+    let mut expected = Vec::new();
+    for k in 0..3 {
+        let (md, size, cd, layers) = image(&store, &format!("t{k}"), 4 + k);
+        let parts: u64 = std::iter::once(cd)
+            .chain(layers)
+            .map(|d| store.info(&d).unwrap().size)
+            .sum();
+        for n in 0..100 {
+            let desc = descriptor(MANIFEST, &md, size).unwrap();
+            store
+                .put_image(&format!("lab/app{k}:n{n}"), desc, None)
+                .unwrap();
+        }
+        expected.push(size + parts);
+    }
+    let images = store.images(&[]).unwrap();
+    assert_eq!(images.len(), 300);
+    let platform = parse_platform("linux/amd64").unwrap();
+    let before = store.blob_files_opened();
+    let sizes = store.image_sizes(&images, &platform);
+    let opened = store.blob_files_opened() - before;
+    assert_eq!(opened, 3, "one manifest read per image");
+    for (i, size) in images.iter().zip(&sizes) {
+        let k: usize = i.name["docker.io/lab/app".len()..][..1].parse().unwrap();
+        assert_eq!(*size, expected[k], "{}", i.name);
+        assert_eq!(*size, store.image_size(i, &platform).unwrap());
+    }
+}

@@ -494,6 +494,7 @@ impl Provider for Store {
             .blob_record(digest)?
             .ok_or_else(|| Error::NotFound(format!("content {digest}")))?;
         let path = self.blob_dir().path_for(digest);
+        self.count_blob_open();
         let file = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 // Deleted between our lookup and the open? Then the record is gone too.

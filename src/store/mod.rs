@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     interrupted_rebuild: Option<PathBuf>,
     /// Uses noted and not yet written (see `uses.rs`).
     uses: Mutex<uses::Pending>,
+    /// Blob files opened for reading through [`Store::reader_at`](crate::Provider::reader_at).
+    blob_opens: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -301,6 +303,18 @@ impl Store {
     }
 
     /// The record of `digest`, if committed.
+    /// How many blob files this store (all its clones in this process) has opened for
+    /// reading: instrumentation, for tests that pin which commands read documents.
+    pub fn blob_files_opened(&self) -> u64 {
+        self.inner
+            .blob_opens
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_blob_open(&self) {
+        (self.inner.blob_opens).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
         lookup_blob(&*self.read_txn()?, digest)
     }
@@ -526,6 +540,7 @@ impl Inner {
             _store_lock: store_lock,
             interrupted_rebuild,
             uses: Mutex::default(),
+            blob_opens: Default::default(),
         })
     }
 

@@ -47,17 +47,19 @@ pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
             print_json(&serde_json::to_value(&out).unwrap_or_default());
         } else {
             if out.resumed_interrupted {
-                println!("discarded the metadata of an interrupted rebuild and started over");
+                crate::outln!("discarded the metadata of an interrupted rebuild and started over");
             }
             if let Some(old) = &out.old_metadata {
-                println!("old metadata kept as {}", old.display());
+                crate::outln!("old metadata kept as {}", old.display());
             }
-            println!(
+            crate::outln!(
                 "recovered {} blob(s), {} name(s); quarantined {} blob(s)",
-                out.blobs_recovered, out.names_recovered, out.blobs_quarantined
+                out.blobs_recovered,
+                out.names_recovered,
+                out.blobs_quarantined
             );
             for l in &out.lost {
-                println!("lost: {l}");
+                crate::outln!("lost: {l}");
             }
         }
         return Ok(());
@@ -106,7 +108,7 @@ pub fn fsck(ctx: &Ctx, args: FsckArgs) -> Result<(), Failure> {
         } else {
             String::new()
         };
-        println!(
+        crate::outln!(
             "checked {} blobs ({}), {} names: {} problem(s), {} remaining{in_flight}",
             out.blobs_checked,
             human_size(out.bytes_checked),

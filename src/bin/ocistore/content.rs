@@ -10,7 +10,7 @@ use ocistore::uncompressed::UncompressOptions;
 use ocistore::{Digest, Error, ErrorKind, Info, Labels, Manager};
 use serde_json::json;
 
-use crate::output::{self, age, human_size, info_json, labels_cell, print_json, table};
+use crate::output::{self, age_at, human_size, info_json, labels_cell, print_json};
 use crate::{Ctx, Failure, report};
 
 #[derive(Subcommand)]
@@ -166,7 +166,7 @@ pub fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<(), Failure> {
                 print_json(&json!({ "digest": d.to_string(), "reverse": reverse, "refs": v }));
             } else {
                 for r in list {
-                    println!("{r}");
+                    crate::outln!("{r}");
                 }
             }
             Ok(())
@@ -217,7 +217,7 @@ fn put(
         if ctx.json {
             print_json(&json!({"digest": digest.to_string(), "size": size, "created": created}));
         } else {
-            println!("{digest}");
+            crate::outln!("{digest}");
         }
     };
     if let Some(d) = &expected {
@@ -273,16 +273,16 @@ fn show_info(ctx: &Ctx, info: &Info) {
         print_json(&info_json(info));
         return;
     }
-    println!("digest:     {}", info.digest);
-    println!("size:       {} ({})", info.size, human_size(info.size));
-    println!("created_at: {}", ocistore::query::rfc3339(info.created_at));
-    println!("updated_at: {}", ocistore::query::rfc3339(info.updated_at));
+    crate::outln!("digest:     {}", info.digest);
+    crate::outln!("size:       {} ({})", info.size, human_size(info.size));
+    crate::outln!("created_at: {}", ocistore::query::rfc3339(info.created_at));
+    crate::outln!("updated_at: {}", ocistore::query::rfc3339(info.updated_at));
     if info.labels.is_empty() {
-        println!("labels:     -");
+        crate::outln!("labels:     -");
     } else {
-        println!("labels:");
+        crate::outln!("labels:");
         for (k, v) in &info.labels {
-            println!("  {k}={v}");
+            crate::outln!("  {k}={v}");
         }
     }
 }
@@ -292,46 +292,100 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
     let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
     if quiet && !ctx.json {
         // Streams: one line per blob as the walk finds it.
-        let mut out = io::stdout().lock();
         store.walk(
             &mut |i| {
-                writeln!(out, "{}", i.digest).map_err(|e| Error::Io {
-                    action: "write",
-                    path: "stdout".into(),
-                    source: e,
-                })
+                crate::outln!("{}", i.digest);
+                Ok(())
             },
             &filters,
         )?;
         return Ok(());
     }
-    let mut infos = Vec::new();
+    if ctx.json {
+        // Streams: the array's elements, one a line, as the walk finds them.
+        let mut first = true;
+        store.walk(
+            &mut |i| {
+                let sep: &[u8] = if first { b"[\n" } else { b",\n" };
+                first = false;
+                crate::output::with_stdout(|o| {
+                    o.write_all(sep)?;
+                    serde_json::to_writer(&mut *o, &InfoLine::of(i)).map_err(io::Error::from)
+                });
+                Ok(())
+            },
+            &filters,
+        )?;
+        let end: &[u8] = if first { b"[]\n" } else { b"\n]\n" };
+        crate::output::with_stdout(|o| o.write_all(end));
+        return Ok(());
+    }
+    // A table needs every row for its widths: each kept as its four cells, built once.
+    let now = std::time::SystemTime::now();
+    let mut rows: Vec<(Digest, String, String, String)> = Vec::new();
     store.walk(
         &mut |i| {
-            infos.push(i.clone());
+            let labels = if i.labels.is_empty() {
+                String::new()
+            } else {
+                labels_cell(&i.labels)
+            };
+            rows.push((
+                i.digest,
+                human_size(i.size),
+                age_at(i.created_at, now),
+                labels,
+            ));
             Ok(())
         },
         &filters,
     )?;
-    if ctx.json {
-        print_json(&serde_json::Value::Array(
-            infos.iter().map(info_json).collect(),
-        ));
-    } else {
-        let rows: Vec<Vec<String>> = infos
-            .iter()
-            .map(|i| {
-                vec![
-                    i.digest.to_string(),
-                    human_size(i.size),
-                    age(i.created_at),
-                    labels_cell(&i.labels),
-                ]
-            })
-            .collect();
-        table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows);
+    let header = ["DIGEST", "SIZE", "AGE", "LABELS"];
+    let mut widths = header.map(str::len);
+    for (d, size, age, _) in &rows {
+        widths[0] = widths[0].max(d.as_str().len());
+        widths[1] = widths[1].max(size.len());
+        widths[2] = widths[2].max(age.len());
     }
+    let [w0, w1, w2, _] = widths;
+    crate::output::with_stdout(|o| {
+        writeln!(
+            o,
+            "{:w0$}   {:w1$}   {:w2$}   LABELS",
+            header[0], header[1], header[2]
+        )?;
+        for (d, size, age, labels) in &rows {
+            if labels.is_empty() {
+                writeln!(o, "{:w0$}   {size:w1$}   {age}", d.as_str())?;
+            } else {
+                writeln!(o, "{:w0$}   {size:w1$}   {age:w2$}   {labels}", d.as_str())?;
+            }
+        }
+        Ok(())
+    });
     Ok(())
+}
+
+/// A blob's info as `content ls --json` writes it (the fields of `info_json`).
+#[derive(serde::Serialize)]
+struct InfoLine<'a> {
+    digest: String,
+    size: u64,
+    created_at: String,
+    updated_at: String,
+    labels: &'a ocistore::Labels,
+}
+
+impl<'a> InfoLine<'a> {
+    fn of(i: &'a ocistore::Info) -> Self {
+        InfoLine {
+            digest: i.digest.to_string(),
+            size: i.size,
+            created_at: ocistore::query::rfc3339(i.created_at),
+            updated_at: ocistore::query::rfc3339(i.updated_at),
+            labels: &i.labels,
+        }
+    }
 }
 
 fn label(ctx: &Ctx, digest: &str, args: &[String]) -> Result<(), Failure> {
@@ -361,7 +415,7 @@ fn uncompressed(ctx: &Ctx, digest: &str, opts: UncompressOptions) -> Result<(), 
         }));
         return Ok(());
     }
-    println!("{}", out.diff_id);
+    crate::outln!("{}", out.diff_id);
     if let Some(was) = &out.replaced {
         eprintln!(
             "ocistore: corrected the {} label of {}: it said {was}",
@@ -382,7 +436,7 @@ fn rm(ctx: &Ctx, digests: &[String]) -> Result<(), Failure> {
         match result {
             Ok(d) => {
                 if !ctx.json {
-                    println!("{d}");
+                    crate::outln!("{d}");
                 }
                 removed.push(d.to_string());
             }

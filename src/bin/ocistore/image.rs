@@ -154,7 +154,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 }));
             } else {
                 for i in &out.images {
-                    println!("{} {}", i.name, i.digest);
+                    crate::outln!("{} {}", i.name, i.digest);
                 }
                 eprintln!(
                     "imported {} image(s): {} blob(s) written ({}), {} already present",
@@ -225,27 +225,32 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             let images = store.images(&filters)?;
             let host = host_platform();
             // ctr's SIZE: manifest, config and layers for this machine's platform.
-            let size_of = |i: &Image| store.image_size(i, &host).unwrap_or(i.target.size());
+            let sizes = if quiet && !ctx.json {
+                Vec::new()
+            } else {
+                store.image_sizes(&images, &host)
+            };
             if ctx.json {
-                let list = images.iter().map(|i| {
+                let list = images.iter().zip(&sizes).map(|(i, size)| {
                     let mut v = image_json(i);
-                    v["image_size"] = json!(size_of(i));
+                    v["image_size"] = json!(size);
                     v
                 });
                 print_json(&Value::Array(list.collect()));
             } else if quiet {
                 for i in &images {
-                    println!("{}", i.name);
+                    crate::outln!("{}", i.name);
                 }
             } else {
                 let rows: Vec<Vec<String>> = images
                     .iter()
-                    .map(|i| {
+                    .zip(&sizes)
+                    .map(|(i, size)| {
                         vec![
                             i.name.clone(),
                             i.target.digest().to_string(),
                             i.target.media_type().to_string(),
-                            crate::output::human_size(size_of(i)),
+                            crate::output::human_size(*size),
                         ]
                     })
                     .collect();
@@ -271,7 +276,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 if ctx.json {
                     print_json(&image_json(&img));
                 } else {
-                    println!("{}", img.name);
+                    crate::outln!("{}", img.name);
                 }
             }
         }
@@ -292,7 +297,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                     Ok(names) => {
                         for n in names {
                             if !ctx.json {
-                                println!("{n}");
+                                crate::outln!("{n}");
                             }
                             removed.push(n);
                         }
@@ -322,7 +327,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 );
             } else {
                 for t in tags {
-                    println!("{t}");
+                    crate::outln!("{t}");
                 }
             }
         }
@@ -340,7 +345,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             if ctx.json {
                 print_json(&image_json(&img));
             } else {
-                println!("{}", img.name);
+                crate::outln!("{}", img.name);
             }
         }
         ImageCmd::Check { name, platform } => {
@@ -358,11 +363,11 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                     "missing": c.missing.iter().map(|(d, why)| json!({"digest": d, "reason": why})).collect::<Vec<_>>(),
                 }));
             } else if c.complete {
-                println!("complete for {}", platform_string(&platform));
+                crate::outln!("complete for {}", platform_string(&platform));
             } else {
-                println!("incomplete for {}:", platform_string(&platform));
+                crate::outln!("incomplete for {}:", platform_string(&platform));
                 for (d, why) in &c.missing {
-                    println!("  {d}: {why}");
+                    crate::outln!("  {d}: {why}");
                 }
             }
             if !c.complete {

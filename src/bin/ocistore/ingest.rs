@@ -61,7 +61,7 @@ pub fn run(ctx: &Ctx, cmd: IngestCmd) -> Result<(), Failure> {
                 match store.abort(r) {
                     Ok(()) => {
                         if !ctx.json {
-                            println!("{r}");
+                            crate::outln!("{r}");
                         }
                     }
                     Err(e) => {

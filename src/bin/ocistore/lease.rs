@@ -119,7 +119,7 @@ pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
             if ctx.json {
                 print_json(&lease_json(&lease, &resources));
             } else {
-                println!("{id}");
+                crate::outln!("{id}");
             }
         }
         LeaseCmd::Ls => {
@@ -150,7 +150,7 @@ pub fn run(ctx: &Ctx, cmd: LeaseCmd) -> Result<(), Failure> {
             let mut failed = false;
             for id in &ids {
                 match store.delete_lease(id) {
-                    Ok(()) => println!("{id}"),
+                    Ok(()) => crate::outln!("{id}"),
                     Err(e) => {
                         failed = true;
                         crate::report(&e);
@@ -196,7 +196,7 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> Result<(), Failure> {
         .map(|r| vec![r.kind.to_owned(), r.id.clone(), human_size(r.bytes)])
         .collect();
     table(&["KIND", "ID", "SIZE"], &rows);
-    println!(
+    crate::outln!(
         "{} {} item(s), {}",
         if args.dry_run {
             "would remove"

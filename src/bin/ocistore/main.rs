@@ -139,6 +139,8 @@ impl From<Error> for Failure {
 
 /// Prints an error in the CLI's one-line form.
 pub fn report(e: &Error) {
+    // What the command printed before it failed comes first.
+    output::flush();
     // One line, whatever the message holds.
     let msg = e.to_string();
     let line: Vec<&str> = msg
@@ -166,6 +168,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => prune::prune(&ctx, a),
         Command::Remote(c) => registry::run(&ctx, c),
     };
+    output::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::from(1),

@@ -1,11 +1,58 @@
 //! Output forms shared by the commands: tables, JSON values, sizes and ages.
 
-use std::io::Write;
+use std::io::{self, BufWriter, Stdout, Write};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use ocistore::query::rfc3339;
 use ocistore::{Info, Status};
 use serde_json::{Value, json};
+
+/// Everything the commands print goes through one buffer (64 KiB), written in large
+/// pieces: a listing of a million lines costs a few hundred `write` calls, not a million.
+/// [`flush`] empties it; `main` calls it before exiting and before printing an error.
+static OUT: Mutex<Option<BufWriter<Stdout>>> = Mutex::new(None);
+
+/// Runs `f` on the shared stdout buffer. A reader that went away (a closed pipe: `| head`)
+/// ends the command quietly with exit 0, as `ls | head` does; any other write error ends it
+/// with exit 1, naming it.
+pub fn with_stdout<T>(f: impl FnOnce(&mut BufWriter<Stdout>) -> io::Result<T>) -> T {
+    let mut guard = OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let out = guard.get_or_insert_with(|| BufWriter::with_capacity(1 << 16, io::stdout()));
+    match f(out) {
+        Ok(v) => v,
+        Err(e) => stdout_failed(&e),
+    }
+}
+
+/// Writes what is buffered for stdout.
+pub fn flush() {
+    let mut guard = OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(out) = guard.as_mut()
+        && let Err(e) = out.flush()
+    {
+        // Nothing is left to write after this: drop the buffer so exit does not retry it.
+        let _ = guard.take().map(BufWriter::into_parts);
+        stdout_failed(&e);
+    }
+}
+
+fn stdout_failed(e: &io::Error) -> ! {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ocistore: could not write to stdout: {e}");
+    std::process::exit(1);
+}
+
+/// `println!` through the shared stdout buffer.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::with_stdout(|o| { use std::io::Write; writeln!(o) }) };
+    ($($arg:tt)*) => {
+        $crate::output::with_stdout(|o| { use std::io::Write; writeln!(o, $($arg)*) })
+    };
+}
 
 /// Prints rows as a table with a header, columns padded to their widest cell (the last
 /// column is not padded).
@@ -16,30 +63,35 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
-    let mut line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        let last = cells.len().saturating_sub(1);
-        for (i, c) in cells.iter().enumerate() {
-            if i == last {
+    let mut s = String::new();
+    with_stdout(|out| {
+        let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+            s.clear();
+            let mut cells = cells.enumerate().peekable();
+            while let Some((i, c)) = cells.next() {
                 s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+                if cells.peek().is_some() {
+                    let pad = widths[i].saturating_sub(c.chars().count()) + 3;
+                    s.extend(std::iter::repeat_n(' ', pad));
+                }
             }
+            out.write_all(s.trim_end().as_bytes())?;
+            writeln!(out)
+        };
+        line(&mut header.iter().copied())?;
+        for row in rows {
+            line(&mut row.iter().map(String::as_str))?;
         }
-        let _ = writeln!(out, "{}", s.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+        Ok(())
+    })
 }
 
 /// Prints a JSON value, pretty, followed by a newline.
 pub fn print_json(v: &Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, v);
-    let _ = writeln!(out);
+    with_stdout(|out| {
+        serde_json::to_writer_pretty(&mut *out, v).map_err(io::Error::from)?;
+        writeln!(out)
+    })
 }
 
 /// The JSON form of a blob's info.
@@ -80,12 +132,9 @@ pub fn human_size(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// "3 seconds ago", "2 hours ago".
-pub fn age(t: SystemTime) -> String {
-    let secs = SystemTime::now()
-        .duration_since(t)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+/// "3 seconds ago", "2 hours ago": the age of `t` at `now`.
+pub fn age_at(t: SystemTime, now: SystemTime) -> String {
+    let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
         60..=3599 => (secs / 60, "minute"),

@@ -71,7 +71,7 @@ pub fn prune(ctx: &Ctx, args: PruneArgs) -> Result<(), Failure> {
         if !rows.is_empty() {
             table(&["KIND", "NAME"], &rows);
         }
-        println!(
+        crate::outln!(
             "{verb} {} image(s), {} blob(s), {} ingest(s); {} freed; blobs {} -> {}",
             out.removed_images.len(),
             out.removed_blobs,

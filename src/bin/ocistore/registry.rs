@@ -180,7 +180,7 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
-        println!(
+        crate::outln!(
             "pulled {} ({}): {} blob(s) fetched ({}), {} present",
             out.name,
             out.digest,
@@ -208,7 +208,7 @@ pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Fa
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
-        println!(
+        crate::outln!(
             "pushed {} ({}): {} blob(s) uploaded ({}), {} mounted, {} already there",
             out.target,
             out.digest,
@@ -244,7 +244,7 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                     "size": d.size,
                 }));
             } else {
-                println!("{}\t{}\t{}\t{}", name, d.digest, d.media_type, d.size);
+                crate::outln!("{}\t{}\t{}\t{}", name, d.digest, d.media_type, d.size);
             }
         }
         RemoteCmd::Tags {
@@ -270,7 +270,7 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 print_json(&json!(tags));
             } else {
                 for t in tags {
-                    println!("{t}");
+                    crate::outln!("{t}");
                 }
             }
         }
@@ -290,7 +290,7 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
             };
             registry.manifest_delete(&repo, &digest)?;
             if !ctx.json {
-                println!("removed {repo}@{digest}");
+                crate::outln!("removed {repo}@{digest}");
             } else {
                 print_json(&json!({"removed": format!("{repo}@{digest}")}));
             }
