@@ -162,8 +162,35 @@ fn open_table_db(root: &Path) -> redb::ReadOnlyDatabase {
     b.open_read_only(root.join("meta.redb")).unwrap()
 }
 
+/// "1.5 MiB", as the CLI writes sizes.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// "3 minutes ago", as the CLI writes ages.
+fn age(created_nanos: u64, now: u64) -> String {
+    let secs = now.saturating_sub(created_nanos) / 1_000_000_000;
+    let (n, unit) = match secs {
+        0..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
 /// Raw redb iteration of the blobs table, decoding each record and writing the line `content
-/// ls` writes (digest, size, created, labels) to /dev/null.
+/// ls` writes (digest, human size, age, labels) to /dev/null.
 fn raw_content_lines(root: &Path) -> Duration {
     let t = Instant::now();
     let db = open_table_db(root);
@@ -171,6 +198,10 @@ fn raw_content_lines(root: &Path) -> Duration {
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let table = txn.open_table(def).unwrap();
     let mut out = std::io::BufWriter::new(std::fs::File::create("/dev/null").unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let mut n = 0;
     for entry in redb::ReadableTable::iter(&table).unwrap() {
         let (k, v) = entry.unwrap();

@@ -10,7 +10,9 @@
 //! batches), and ingests that no live writer holds, no lease protects, and nobody has
 //! written for `ingest_expiry`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime};
 
@@ -83,10 +85,11 @@ impl Store {
         let txn = self.write_txn("collect garbage")?;
         let mut out = Outcome::default();
         let owner_locks = self.drop_dead_owners_in(&txn, &mut out)?;
-        let roots = Roots::read(&txn, now)?;
-        let mut starts = roots.fixed.clone();
-        starts.extend(roots.names.values().map(|n| n.target.clone()));
-        let marked = mark(&txn, starts)?;
+        let edges = edges(&txn)?;
+        let roots = Roots::read(&txn, now, &edges)?;
+        let starts = (roots.fixed.iter().map(String::as_str))
+            .chain(roots.names.values().map(|n| n.target.as_str()));
+        let marked = mark(&edges, starts);
         let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
         // Sweep records.
         let mut doomed: Vec<(String, u64)> = Vec::new();
@@ -94,7 +97,10 @@ impl Store {
             let (k, v) = entry.map_err(db("walk blobs"))?;
             if !marked.contains(k.value()) {
                 let rec: BlobRecord = records::decode(v.value(), k.value())?;
-                doomed.push((k.value().to_owned(), rec.size));
+                // A `gc.root` blob that keeps nothing else is kept here, by its own label.
+                if !rec.labels.contains_key(GC_ROOT) {
+                    doomed.push((k.value().to_owned(), rec.size));
+                }
             }
         }
         drop(blobs);
@@ -359,8 +365,11 @@ pub(crate) struct NameRoot {
 pub(crate) struct Roots {
     /// Every name, by name.
     pub names: BTreeMap<String, NameRoot>,
-    /// Roots other than names: `gc.root` blobs, leased content, targets of leased names.
-    pub fixed: BTreeSet<String>,
+    /// Roots other than names: leased content, targets of leased names, and the `gc.root`
+    /// blobs that keep other blobs (a `gc.root` blob without edges keeps only itself: the
+    /// sweep keeps it by its label, so that a store of a million pinned records does not
+    /// hold a million roots in memory).
+    pub fixed: rustc_hash::FxHashSet<String>,
     /// Names a lease holds.
     pub leased_names: BTreeSet<String>,
     /// Ingests a lease holds.
@@ -368,8 +377,13 @@ pub(crate) struct Roots {
 }
 
 impl Roots {
-    /// Reads every root visible to `txn`; leases expired at `now` hold nothing.
-    pub(crate) fn read(txn: &redb::WriteTransaction, now: SystemTime) -> Result<Roots> {
+    /// Reads every root visible to `txn`; leases expired at `now` hold nothing. `edges` tells
+    /// which `gc.root` blobs keep others (see [`Roots::fixed`]).
+    pub(crate) fn read(
+        txn: &redb::WriteTransaction,
+        now: SystemTime,
+        edges: &Edges,
+    ) -> Result<Roots> {
         let mut roots = Roots::default();
         let names = txn.open_table(NAMES).map_err(db("open the names table"))?;
         for entry in names.iter().map_err(db("read names"))? {
@@ -397,7 +411,9 @@ impl Roots {
             if key != GC_ROOT {
                 break;
             }
-            roots.fixed.insert(digest.to_owned());
+            if edges.contains_key(digest) {
+                roots.fixed.insert(digest.to_owned());
+            }
         }
         let leases = txn
             .open_table(LEASES)
@@ -432,14 +448,14 @@ impl Roots {
     }
 }
 
-/// Every blob reachable from `starts` along references and `gc.ref.content` labels (the
-/// starts included, whether they exist or not). Reads the edges from the references table
-/// and the label index, one scan each, and no blob record.
-pub(crate) fn mark(
-    txn: &redb::WriteTransaction,
-    starts: impl IntoIterator<Item = String>,
-) -> Result<HashSet<String>> {
-    let mut children: HashMap<String, Vec<String>> = HashMap::new();
+/// Edges from a blob to the blobs it keeps: a manifest's or index's children and what its
+/// `containerd.io/gc.ref.content.*` labels name.
+pub(crate) type Edges = FxHashMap<String, Vec<String>>;
+
+/// Every edge, read from the references table and the label index (one scan each; no blob
+/// record is read).
+pub(crate) fn edges(txn: &redb::WriteTransaction) -> Result<Edges> {
+    let mut children = Edges::default();
     let refs = txn.open_table(REFS).map_err(db("open the refs table"))?;
     for entry in refs.iter().map_err(db("read references"))? {
         let (k, _) = entry.map_err(db("read references"))?;
@@ -468,18 +484,26 @@ pub(crate) fn mark(
                 .push(child.to_string());
         }
     }
-    let mut marked: HashSet<String> = HashSet::new();
-    let mut stack: Vec<String> = starts.into_iter().collect();
+    Ok(children)
+}
+
+/// Every blob reachable from `starts` along `edges` (the starts included, whether they exist
+/// or not), borrowed from them.
+pub(crate) fn mark<'a>(
+    edges: &'a Edges,
+    starts: impl IntoIterator<Item = &'a str>,
+) -> FxHashSet<&'a str> {
+    let mut marked = FxHashSet::default();
+    let mut stack: Vec<&str> = starts.into_iter().collect();
     while let Some(d) = stack.pop() {
-        if marked.contains(&d) {
+        if !marked.insert(d) {
             continue;
         }
-        if let Some(next) = children.get(&d) {
-            stack.extend(next.iter().filter(|c| !marked.contains(*c)).cloned());
+        if let Some(c) = edges.get(d) {
+            stack.extend(c.iter().map(String::as_str).filter(|c| !marked.contains(c)));
         }
-        marked.insert(d);
     }
-    Ok(marked)
+    marked
 }
 
 impl Store {
@@ -513,14 +537,17 @@ impl Store {
             let mut names = names.into_iter().peekable();
             for entry in blobs.range(prefix.as_str()..).map_err(db("walk blobs"))? {
                 let (k, _) = entry.map_err(db("walk blobs"))?;
-                let Some(hex) = k.value().strip_prefix(prefix.as_str()) else {
+                // The record's hex digits after the shard's two, against each name's.
+                let Some(rest) = k.value().strip_prefix(prefix.as_str()) else {
                     break;
                 };
-                let hex = format!("{hh}{hex}");
-                while let Some(name) = names.next_if(|n| *n < hex) {
+                fn tail<'n>(name: &'n str, hh: &str) -> Option<&'n str> {
+                    name.strip_prefix(hh)
+                }
+                while let Some(name) = names.next_if(|n| tail(n, hh).is_none_or(|t| t < rest)) {
                     consider(name, &mut debris);
                 }
-                names.next_if(|n| *n == hex);
+                names.next_if(|n| tail(n, hh) == Some(rest));
                 if names.peek().is_none() {
                     break;
                 }

@@ -185,7 +185,9 @@ pub fn read_blob(provider: &dyn Provider, digest: &Digest) -> Result<Vec<u8>> {
 /// Reads at most `limit` bytes from the start of a blob (manifests, configs, indexes).
 pub fn read_blob_prefix(provider: &dyn Provider, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
     let r = provider.reader_at(digest)?;
-    let mut out = Vec::new();
+    // Sized once from the record: no probing reads, no regrowth.
+    let want = usize::try_from(r.size().min(limit)).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(want.min(64 << 20));
     AtReader::new(&*r)
         .take(limit)
         .read_to_end(&mut out)

@@ -27,16 +27,18 @@
 //! [`crate::store::uses`]; an item with no recorded use counts as used when its record was
 //! last written (a recorded use, older or not, wins: labelling an image is no use of it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 use std::time::{Duration, SystemTime};
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filter;
-use crate::gc::{self, Removed, Roots};
+use crate::gc::{self, Removed, Roots, mark};
 use crate::query::ImageFields;
 use crate::refs::label_refs;
 use crate::store::Store;
@@ -117,6 +119,8 @@ pub struct Outcome {
 struct Blob {
     size: u64,
     last_used: Nanos,
+    /// Labelled `containerd.io/gc.root`: never taken.
+    pinned: bool,
 }
 
 impl Store {
@@ -150,35 +154,20 @@ impl Store {
         };
         let mut dropped = gc::Outcome::default();
         let owner_locks = self.drop_dead_owners_in(&txn, &mut dropped)?;
-        let roots = Roots::read(&txn, now)?;
+        let (mut blobs, children) = load_graph(&txn)?;
+        let roots = Roots::read(&txn, now, &children)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;
         let ingest_bytes = dropped.bytes_freed;
         out.bytes_freed += ingest_bytes;
         out.removed.extend(dropped.removed);
 
-        let (blobs, children) = load_graph(&txn)?;
-        let (image_uses, content_uses) = {
+        let image_uses = {
             let table = txn
                 .open_table(USES)
                 .map_err(|e| Error::db("open the uses table", e))?;
-            (
-                uses::all_in(&table, "image")?,
-                uses::all_in(&table, "content")?,
-            )
+            uses::all_in(&table, "image")?
         };
-        let mut blobs: BTreeMap<String, Blob> = blobs
-            .into_iter()
-            .map(|(d, rec)| {
-                let used = content_uses.get(&d).map(|u| Nanos::from(u.at));
-                let last_used = used.unwrap_or(rec.updated);
-                let blob = Blob {
-                    size: rec.size,
-                    last_used,
-                };
-                (d, blob)
-            })
-            .collect();
         out.used_before = blobs.values().map(|b| b.size).sum();
         let mut used = out.used_before;
         let free_before = out.free_before;
@@ -220,12 +209,12 @@ impl Store {
                 held_images.push((name.clone(), why, root.target.clone()));
             }
         }
-        let held_roots: BTreeSet<String> = (roots.fixed.iter().cloned())
+        let held_roots: Vec<&str> = (roots.fixed.iter().map(String::as_str))
             .chain(
                 groups
                     .iter()
                     .filter(|(_, g)| g.held.is_some())
-                    .map(|(t, _)| t.clone()),
+                    .map(|(t, _)| t.as_str()),
             )
             .collect();
         let mut candidates: Vec<(Nanos, String)> = groups
@@ -241,7 +230,7 @@ impl Store {
         let mut freed = ingest_bytes;
         // Unnamed content first, then images, least recently used first.
         let mut take = |digests: Vec<String>,
-                        blobs: &mut BTreeMap<String, Blob>,
+                        blobs: &mut Blobs,
                         used: &mut u64,
                         freed: &mut u64,
                         out: &mut Outcome| {
@@ -264,20 +253,21 @@ impl Store {
         // its content; a blob goes once no live candidate reaches it (a count per blob of the
         // candidates that reach it), so each image's content is walked once, not the whole
         // graph again for every image taken.
-        let held_marked = mark(&children, held_roots.iter().cloned());
-        let mut reach: HashMap<String, Vec<String>> = HashMap::new();
-        let mut reached_by: HashMap<String, u32> = HashMap::new();
+        let held_marked = mark(&children, held_roots.iter().copied());
+        let mut reach: FxHashMap<String, Vec<String>> = FxHashMap::default();
+        let mut reached_by: FxHashMap<String, u32> = FxHashMap::default();
         for target in groups.keys() {
-            let own: Vec<String> = mark(&children, [target.clone()])
+            let own: Vec<String> = mark(&children, [target.as_str()])
                 .into_iter()
-                .filter(|d| !held_marked.contains(d) && blobs.contains_key(d))
+                .filter(|d| !held_marked.contains(d) && blobs.get(*d).is_some_and(|b| !b.pinned))
+                .map(str::to_owned)
                 .collect();
             for d in &own {
                 *reached_by.entry(d.clone()).or_default() += 1;
             }
             reach.insert(target.clone(), own);
         }
-        let by_last_use = |v: Vec<String>, blobs: &BTreeMap<String, Blob>| {
+        let by_last_use = |v: Vec<String>, blobs: &Blobs| {
             let mut keyed: Vec<(Nanos, String)> = v
                 .into_iter()
                 .filter_map(|d| {
@@ -288,8 +278,11 @@ impl Store {
             keyed.sort_unstable();
             keyed.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
         };
-        let unnamed: Vec<String> = (blobs.keys())
-            .filter(|d| !held_marked.contains(*d) && !reached_by.contains_key(*d))
+        let unnamed: Vec<String> = (blobs.iter())
+            .filter(|(d, b)| {
+                !b.pinned && !held_marked.contains(d.as_str()) && !reached_by.contains_key(*d)
+            })
+            .map(|(d, _)| d)
             .cloned()
             .collect();
         for d in by_last_use(unnamed, &blobs) {
@@ -321,10 +314,10 @@ impl Store {
         out.budget_reached =
             !(opts.max_used.is_some() || opts.min_free.is_some()) || !over(used, freed);
         if !out.budget_reached {
-            let size_of = |starts: Vec<String>| -> u64 {
+            let size_of = |starts: Vec<&str>| -> u64 {
                 mark(&children, starts)
                     .iter()
-                    .filter_map(|d| blobs.get(d))
+                    .filter_map(|d| blobs.get(*d))
                     .map(|b| b.size)
                     .sum()
             };
@@ -332,10 +325,20 @@ impl Store {
                 out.held.push(Held {
                     what: format!("image {name}"),
                     why,
-                    bytes: size_of(vec![target.clone()]),
+                    bytes: size_of(vec![target.as_str()]),
                 });
             }
-            let fixed = size_of(roots.fixed.iter().cloned().collect());
+            let fixed_reach = mark(&children, roots.fixed.iter().map(String::as_str));
+            let fixed = (fixed_reach
+                .iter()
+                .filter_map(|d| blobs.get(*d))
+                .map(|b| b.size))
+            .chain(
+                (blobs.iter())
+                    .filter(|(d, b)| b.pinned && !fixed_reach.contains(d.as_str()))
+                    .map(|(_, b)| b.size),
+            )
+            .sum::<u64>();
             if fixed > 0 {
                 out.held.push(Held {
                     what: "content".into(),
@@ -346,11 +349,11 @@ impl Store {
             let recent_unnamed: u64 = {
                 let marked = mark(
                     &children,
-                    held_roots.iter().chain(live_targets.iter()).cloned(),
+                    (held_roots.iter().copied()).chain(live_targets.iter().map(String::as_str)),
                 );
                 blobs
                     .iter()
-                    .filter(|(d, _)| !marked.contains(*d))
+                    .filter(|(d, b)| !b.pinned && !marked.contains(d.as_str()))
                     .map(|(_, b)| b.size)
                     .sum()
             };
@@ -411,27 +414,60 @@ struct Group {
     held: Option<&'static str>,
 }
 
-type Children = HashMap<String, Vec<String>>;
+type Children = gc::Edges;
 
-/// Every blob record, and every edge (references and `gc.ref.content` labels).
-fn load_graph(txn: &redb::WriteTransaction) -> Result<(BTreeMap<String, BlobRecord>, Children)> {
+/// Every blob, by digest.
+type Blobs = FxHashMap<String, Blob>;
+
+/// Every blob with its size and last use (its recorded use, else its last update), and every
+/// edge (references and `gc.ref.content` labels). The blob records and the content uses come
+/// in one key order and are merged as they are read.
+fn load_graph(txn: &redb::WriteTransaction) -> Result<(Blobs, Children)> {
     fn read<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
         Error::db("read the blobs for prune", e)
     }
     let table = txn.open_table(BLOBS).map_err(read)?;
-    let mut blobs = BTreeMap::new();
-    let mut children: Children = HashMap::new();
+    let uses_table = txn.open_table(USES).map_err(read)?;
+    let mut uses = uses_table
+        .range(("content", "")..)
+        .map_err(read)?
+        .peekable();
+    let mut blobs = Blobs::default();
+    blobs.reserve(table.len().map_err(read)? as usize);
+    let mut children = Children::default();
     for entry in table.iter().map_err(read)? {
         let (k, v) = entry.map_err(read)?;
-        let rec: BlobRecord = records::decode(v.value(), k.value())?;
+        let key = k.value();
+        let rec: BlobRecord = records::decode(v.value(), key)?;
         let refs: Vec<String> = label_refs(&rec.labels).map(|d| d.to_string()).collect();
         if !refs.is_empty() {
-            children
-                .entry(k.value().to_owned())
-                .or_default()
-                .extend(refs);
+            children.entry(key.to_owned()).or_default().extend(refs);
         }
-        blobs.insert(k.value().to_owned(), rec);
+        let mut last_used = rec.updated;
+        while let Some(Ok((u, _))) = uses.peek() {
+            let (kind, id) = u.value();
+            if kind != "content" || id > key {
+                break;
+            }
+            if id == key {
+                let (ns, _) = uses
+                    .peek()
+                    .and_then(|e| e.as_ref().ok())
+                    .expect("peeked")
+                    .1
+                    .value();
+                last_used = Nanos(ns);
+            }
+            uses.next();
+        }
+        blobs.insert(
+            key.to_owned(),
+            Blob {
+                size: rec.size,
+                last_used,
+                pinned: rec.labels.contains_key(crate::refs::GC_ROOT),
+            },
+        );
     }
     let refs = txn.open_table(REFS).map_err(read)?;
     for entry in refs.iter().map_err(read)? {
@@ -443,19 +479,6 @@ fn load_graph(txn: &redb::WriteTransaction) -> Result<(BTreeMap<String, BlobReco
             .push(child.to_owned());
     }
     Ok((blobs, children))
-}
-
-/// Everything reachable from `starts` in `children`.
-fn mark(children: &Children, starts: impl IntoIterator<Item = String>) -> HashSet<String> {
-    let mut marked = HashSet::new();
-    let mut stack: Vec<String> = starts.into_iter().collect();
-    while let Some(d) = stack.pop() {
-        if let Some(c) = children.get(&d) {
-            stack.extend(c.iter().filter(|c| !marked.contains(*c)).cloned());
-        }
-        marked.insert(d);
-    }
-    marked
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.

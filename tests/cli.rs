@@ -347,3 +347,50 @@ fn one_gib_put_holds_memory_flat() {
     let info = json(&root, &["content", "info", &d.to_string()]);
     assert_eq!(info["size"], 1u64 << 30);
 }
+
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly_with_exit_0() {
+    // 3,000 blobs: `content ls` writes ~280 KiB, more than a pipe holds, so `head -1` closes
+    // the pipe while ocistore still writes.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = ocistore::Store::open(&root).unwrap();
+    let mut batch = store.batch().unwrap();
+    for i in 0..3000u32 {
+        let bytes = format!("blob {i}");
+        batch
+            .stage(&mut bytes.as_bytes(), None, None, ocistore::Labels::new())
+            .unwrap();
+    }
+    batch.commit().unwrap();
+    drop(store);
+    for args in [
+        "content ls",
+        "content ls -q",
+        "--json content ls",
+        "--json gc --dry-run",
+    ] {
+        let script = format!(
+            "set -o pipefail; '{}' --root '{}' {args} | head -1",
+            bin().display(),
+            root.display()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert_eq!(
+            code(&out),
+            0,
+            "ocistore {args} | head -1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            1,
+            "{args}"
+        );
+    }
+}
