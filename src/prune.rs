@@ -29,10 +29,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, SystemTime};
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 use serde::Serialize;
 
 use crate::digest::Digest;
@@ -40,10 +40,9 @@ use crate::error::{Error, Result};
 use crate::filter;
 use crate::gc::{self, Removed, Roots, mark};
 use crate::query::ImageFields;
-use crate::refs::label_refs;
 use crate::store::Store;
 use crate::store::records::{self, BlobRecord, Nanos};
-use crate::store::schema::{BLOBS, NAMES, REFS, USES};
+use crate::store::schema::{BLOBS, NAMES, USES};
 use crate::store::uses::{self, forget_in};
 
 /// The label that keeps an image from prune, whatever its value.
@@ -154,7 +153,11 @@ impl Store {
         };
         let mut dropped = gc::Outcome::default();
         let owner_locks = self.drop_dead_owners_in(&txn, &mut dropped)?;
-        let (mut blobs, children) = load_graph(&txn)?;
+        let Graph {
+            blobs,
+            children,
+            loose_pinned,
+        } = load_graph(&txn)?;
         let roots = Roots::read(&txn, now, &children)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;
@@ -168,7 +171,7 @@ impl Store {
                 .map_err(|e| Error::db("open the uses table", e))?;
             uses::all_in(&table, "image")?
         };
-        out.used_before = blobs.values().map(|b| b.size).sum();
+        out.used_before = blobs.values().map(|b| b.size).sum::<u64>() + loose_pinned;
         let mut used = out.used_before;
         let free_before = out.free_before;
         let over = |used: u64, freed: u64| {
@@ -229,26 +232,23 @@ impl Store {
         let mut removed_names: Vec<String> = Vec::new();
         let mut freed = ingest_bytes;
         // Unnamed content first, then images, least recently used first.
-        let mut take = |digests: Vec<String>,
-                        blobs: &mut Blobs,
-                        used: &mut u64,
-                        freed: &mut u64,
-                        out: &mut Outcome| {
-            for d in digests {
-                if let Some(b) = blobs.remove(&d) {
-                    *used -= b.size;
-                    *freed += b.size;
-                    out.bytes_freed += b.size;
+        // Each blob is taken once at most: unnamed content is reached by no image, and an
+        // image's content goes when the last image reaching it does.
+        let mut take =
+            |digests: Vec<(String, u64)>, used: &mut u64, freed: &mut u64, out: &mut Outcome| {
+                for (d, size) in digests {
+                    *used -= size;
+                    *freed += size;
+                    out.bytes_freed += size;
                     out.removed_blobs += 1;
                     out.removed.push(Removed {
                         kind: "content",
                         id: d.clone(),
-                        bytes: b.size,
+                        bytes: size,
                     });
                     doomed.push(d);
                 }
-            }
-        };
+            };
         // What the held roots reach is never taken. Each candidate image reaches the rest of
         // its content; a blob goes once no live candidate reaches it (a count per blob of the
         // candidates that reach it), so each image's content is walked once, not the whole
@@ -268,15 +268,18 @@ impl Store {
             reach.insert(target.clone(), own);
         }
         let by_last_use = |v: Vec<String>, blobs: &Blobs| {
-            let mut keyed: Vec<(Nanos, String)> = v
+            let mut keyed: Vec<(Nanos, String, u64)> = v
                 .into_iter()
                 .filter_map(|d| {
                     let b = blobs.get(&d)?;
-                    (!recent(b.last_used)).then_some((b.last_used, d))
+                    (!recent(b.last_used)).then_some((b.last_used, d, b.size))
                 })
                 .collect();
             keyed.sort_unstable();
-            keyed.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
+            keyed
+                .into_iter()
+                .map(|(_, d, size)| (d, size))
+                .collect::<Vec<_>>()
         };
         let unnamed: Vec<String> = (blobs.iter())
             .filter(|(d, b)| {
@@ -289,7 +292,7 @@ impl Store {
             if !over(used, freed) {
                 break;
             }
-            take(vec![d], &mut blobs, &mut used, &mut freed, &mut out);
+            take(vec![d], &mut used, &mut freed, &mut out);
         }
         for (_, target) in candidates {
             if !over(used, freed) {
@@ -308,7 +311,7 @@ impl Store {
                 }
             }
             let garbage = by_last_use(garbage, &blobs);
-            take(garbage, &mut blobs, &mut used, &mut freed, &mut out);
+            take(garbage, &mut used, &mut freed, &mut out);
         }
         out.used_after = used;
         out.budget_reached =
@@ -338,7 +341,8 @@ impl Store {
                     .filter(|(d, b)| b.pinned && !fixed_reach.contains(d.as_str()))
                     .map(|(_, b)| b.size),
             )
-            .sum::<u64>();
+            .sum::<u64>()
+                + loose_pinned;
             if fixed > 0 {
                 out.held.push(Held {
                     what: "content".into(),
@@ -347,13 +351,16 @@ impl Store {
                 });
             }
             let recent_unnamed: u64 = {
+                let taken: FxHashSet<&str> = doomed.iter().map(String::as_str).collect();
                 let marked = mark(
                     &children,
                     (held_roots.iter().copied()).chain(live_targets.iter().map(String::as_str)),
                 );
                 blobs
                     .iter()
-                    .filter(|(d, b)| !b.pinned && !marked.contains(d.as_str()))
+                    .filter(|(d, b)| {
+                        !b.pinned && !marked.contains(d.as_str()) && !taken.contains(d.as_str())
+                    })
                     .map(|(_, b)| b.size)
                     .sum()
             };
@@ -419,13 +426,28 @@ type Children = gc::Edges;
 /// Every blob, by digest.
 type Blobs = FxHashMap<String, Blob>;
 
-/// Every blob with its size and last use (its recorded use, else its last update), and every
-/// edge (references and `gc.ref.content` labels). The blob records and the content uses come
-/// in one key order and are merged as they are read.
-fn load_graph(txn: &redb::WriteTransaction) -> Result<(Blobs, Children)> {
+/// What prune reads of the store's content.
+struct Graph {
+    /// Every blob that prune might take or must weigh, with its size and last use (its
+    /// recorded use, else its last update).
+    blobs: Blobs,
+    /// Every edge (references and `gc.ref.content` labels).
+    children: Children,
+    /// Bytes of the `gc.root` blobs that no edge touches: never taken, never part of an
+    /// image, so only counted, not kept in memory.
+    loose_pinned: u64,
+}
+
+/// Reads the graph (see [`Graph`]). The blob records and the content uses come in one key
+/// order and are merged as they are read.
+fn load_graph(txn: &redb::WriteTransaction) -> Result<Graph> {
     fn read<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
         Error::db("read the blobs for prune", e)
     }
+    let children = gc::edges(txn)?;
+    let named: FxHashSet<&str> = (children.values().flatten().map(String::as_str))
+        .chain(children.keys().map(String::as_str))
+        .collect();
     let table = txn.open_table(BLOBS).map_err(read)?;
     let uses_table = txn.open_table(USES).map_err(read)?;
     let mut uses = uses_table
@@ -433,15 +455,15 @@ fn load_graph(txn: &redb::WriteTransaction) -> Result<(Blobs, Children)> {
         .map_err(read)?
         .peekable();
     let mut blobs = Blobs::default();
-    blobs.reserve(table.len().map_err(read)? as usize);
-    let mut children = Children::default();
+    let mut loose_pinned = 0u64;
     for entry in table.iter().map_err(read)? {
         let (k, v) = entry.map_err(read)?;
         let key = k.value();
         let rec: BlobRecord = records::decode(v.value(), key)?;
-        let refs: Vec<String> = label_refs(&rec.labels).map(|d| d.to_string()).collect();
-        if !refs.is_empty() {
-            children.entry(key.to_owned()).or_default().extend(refs);
+        let pinned = rec.labels.contains_key(crate::refs::GC_ROOT);
+        if pinned && !named.contains(key) {
+            loose_pinned += rec.size;
+            continue;
         }
         let mut last_used = rec.updated;
         while let Some(Ok((u, _))) = uses.peek() {
@@ -465,20 +487,16 @@ fn load_graph(txn: &redb::WriteTransaction) -> Result<(Blobs, Children)> {
             Blob {
                 size: rec.size,
                 last_used,
-                pinned: rec.labels.contains_key(crate::refs::GC_ROOT),
+                pinned,
             },
         );
     }
-    let refs = txn.open_table(REFS).map_err(read)?;
-    for entry in refs.iter().map_err(read)? {
-        let (k, _) = entry.map_err(read)?;
-        let (parent, child) = k.value();
-        children
-            .entry(parent.to_owned())
-            .or_default()
-            .push(child.to_owned());
-    }
-    Ok((blobs, children))
+    drop(named);
+    Ok(Graph {
+        blobs,
+        children,
+        loose_pinned,
+    })
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
