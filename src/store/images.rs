@@ -1,6 +1,8 @@
 //! The name index: normalised reference → descriptor, with tags, index merging and the
 //! completeness check.
 
+use std::io::Read;
+
 use oci_spec::image::{Descriptor, Platform};
 use redb::{ReadableTable, WriteTransaction};
 use serde_json::{Value, json};
@@ -601,7 +603,14 @@ impl Store {
         }
         let mut d = descriptor_digest(target)?;
         for depth in 0..8 {
-            let bytes = crate::helpers::read_blob_prefix(self, &d, crate::refs::MAX_PARSED)?;
+            // The file itself, without a record lookup (cold in a database of a million
+            // blobs): a size shown is no promise, and a file gone is a size unknown.
+            let path = self.blob_dir().path_for(&d);
+            self.count_blob_open();
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(crate::refs::MAX_PARSED).read_to_end(&mut bytes))
+                .map_err(|e| Error::io("read", &path, e))?;
             let Ok(doc) = serde_json::from_slice::<Document>(&bytes) else {
                 return Ok(target.size());
             };

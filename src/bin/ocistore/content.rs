@@ -10,7 +10,7 @@ use ocistore::uncompressed::UncompressOptions;
 use ocistore::{Digest, Error, ErrorKind, Info, Labels, Manager};
 use serde_json::json;
 
-use crate::output::{self, age_at, human_size, info_json, labels_cell, print_json};
+use crate::output::{self, age_cell, human_size, info_json, labels_cell, print_json, size_cell};
 use crate::{Ctx, Failure, report};
 
 #[derive(Subcommand)]
@@ -320,49 +320,42 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
         crate::output::with_stdout(|o| o.write_all(end));
         return Ok(());
     }
-    // A table needs every row for its widths: each kept as its four cells, built once.
+    // Streams too: the columns have fixed widths, wide enough for every size ("1023.9 KiB")
+    // and age ("59 minutes ago") and for a sha256 or blake3 digest (a sha512 one widens its
+    // own row), so nothing is held and the first line comes at once.
     let now = std::time::SystemTime::now();
-    let mut rows: Vec<(Digest, String, String, String)> = Vec::new();
-    store.walk(
-        &mut |i| {
-            let labels = if i.labels.is_empty() {
-                String::new()
-            } else {
-                labels_cell(&i.labels)
-            };
-            rows.push((
-                i.digest,
-                human_size(i.size),
-                age_at(i.created_at, now),
-                labels,
-            ));
-            Ok(())
-        },
-        &filters,
-    )?;
-    let header = ["DIGEST", "SIZE", "AGE", "LABELS"];
-    let mut widths = header.map(str::len);
-    for (d, size, age, _) in &rows {
-        widths[0] = widths[0].max(d.as_str().len());
-        widths[1] = widths[1].max(size.len());
-        widths[2] = widths[2].max(age.len());
-    }
-    let [w0, w1, w2, _] = widths;
+    const W: [usize; 3] = [
+        "sha256:".len() + 64,
+        "1023.9 KiB".len(),
+        "59 minutes ago".len(),
+    ];
+    let [w0, w1, w2] = W;
     crate::output::with_stdout(|o| {
         writeln!(
             o,
             "{:w0$}   {:w1$}   {:w2$}   LABELS",
-            header[0], header[1], header[2]
-        )?;
-        for (d, size, age, labels) in &rows {
-            if labels.is_empty() {
-                writeln!(o, "{:w0$}   {size:w1$}   {age}", d.as_str())?;
-            } else {
-                writeln!(o, "{:w0$}   {size:w1$}   {age:w2$}   {labels}", d.as_str())?;
-            }
-        }
-        Ok(())
+            "DIGEST", "SIZE", "AGE"
+        )
     });
+    store.walk(
+        &mut |i| {
+            let (size, age) = (size_cell(i.size), age_cell(i.created_at, now));
+            let (d, size, age) = (i.digest.as_str(), size.as_str(), age.as_str());
+            crate::output::with_stdout(|o| {
+                output::cell(o, d, w0)?;
+                output::cell(o, size, w1)?;
+                if i.labels.is_empty() {
+                    o.write_all(age.as_bytes())?;
+                } else {
+                    output::cell(o, age, w2)?;
+                    o.write_all(labels_cell(&i.labels).as_bytes())?;
+                }
+                o.write_all(b"\n")
+            });
+            Ok(())
+        },
+        &filters,
+    )?;
     Ok(())
 }
 

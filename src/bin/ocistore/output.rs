@@ -117,11 +117,65 @@ pub fn status_json(s: &Status) -> Value {
     })
 }
 
+/// Writes `s` (ASCII) padded with blanks to `width`, then the three blanks between columns.
+pub fn cell(out: &mut impl Write, s: &str, width: usize) -> io::Result<()> {
+    const BLANKS: &[u8; 64] = &[b' '; 64];
+    out.write_all(s.as_bytes())?;
+    let mut pad = width.saturating_sub(s.len()) + 3;
+    while pad > 0 {
+        let n = pad.min(BLANKS.len());
+        out.write_all(&BLANKS[..n])?;
+        pad -= n;
+    }
+    Ok(())
+}
+
+/// A short table cell formatted on the stack: listings of a million rows format their sizes
+/// and ages without a heap allocation each.
+pub struct Cell {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Cell {
+    fn new() -> Cell {
+        Cell {
+            buf: [0; 40],
+            len: 0,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever written (see `write_str`).
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for Cell {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// "1.5 MiB", "512 B".
 pub fn human_size(n: u64) -> String {
+    size_cell(n).as_str().to_owned()
+}
+
+/// [`human_size`] as a [`Cell`].
+pub fn size_cell(n: u64) -> Cell {
+    use std::fmt::Write as _;
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut c = Cell::new();
     if n < 1024 {
-        return format!("{n} B");
+        let _ = write!(c, "{n} B");
+        return c;
     }
     let mut v = n as f64;
     let mut unit = 0;
@@ -129,11 +183,13 @@ pub fn human_size(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    format!("{v:.1} {}", UNITS[unit])
+    let _ = write!(c, "{v:.1} {}", UNITS[unit]);
+    c
 }
 
-/// "3 seconds ago", "2 hours ago": the age of `t` at `now`.
-pub fn age_at(t: SystemTime, now: SystemTime) -> String {
+/// "3 seconds ago", "2 hours ago": the age of `t` at `now`, as a [`Cell`].
+pub fn age_cell(t: SystemTime, now: SystemTime) -> Cell {
+    use std::fmt::Write as _;
     let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
@@ -141,7 +197,9 @@ pub fn age_at(t: SystemTime, now: SystemTime) -> String {
         3600..=86_399 => (secs / 3600, "hour"),
         _ => (secs / 86_400, "day"),
     };
-    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+    let mut c = Cell::new();
+    let _ = write!(c, "{n} {unit}{} ago", if n == 1 { "" } else { "s" });
+    c
 }
 
 /// Labels as `k=v,k2=v2`.
