@@ -153,25 +153,27 @@ impl BlobDir {
     }
 }
 
+/// One shard directory of the tree (`<alg>/<hh>`) and the names in it, sorted.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub alg: Algorithm,
+    pub hh: String,
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+}
+
 impl BlobDir {
-    /// Calls `f` with each shard directory of the tree (`<alg>/<hh>`): its algorithm, its
-    /// two hex characters, its path, and the names in it, sorted. Reads each directory once
-    /// and stats nothing: a caller that wants a file's metadata asks for that file alone.
-    pub(crate) fn for_each_shard(
-        &self,
-        mut f: impl FnMut(Algorithm, &str, &Path, Vec<String>) -> Result<()>,
-    ) -> Result<()> {
+    /// Every shard directory with the names in it. Reads each directory once and stats
+    /// nothing: a caller that wants a file's metadata asks for that file alone.
+    pub(crate) fn list_shards(&self) -> Result<Vec<Shard>> {
+        let mut shards = Vec::new();
         for alg in Algorithm::ALL {
             let alg_dir = self.root.join(alg.name());
-            for shard in read_dir_sorted(&alg_dir)? {
-                let Some(hh) = shard
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .map(str::to_owned)
-                else {
+            for dir in read_dir_sorted(&alg_dir)? {
+                let Some(hh) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                     continue;
                 };
-                let rd = match fs::read_dir(&shard) {
+                let rd = match fs::read_dir(&dir) {
                     Ok(rd) => rd,
                     // A file where a shard should be, or a shard removed meanwhile.
                     Err(e)
@@ -182,20 +184,25 @@ impl BlobDir {
                     {
                         continue;
                     }
-                    Err(e) => return Err(Error::io("read directory", &shard, e)),
+                    Err(e) => return Err(Error::io("read directory", &dir, e)),
                 };
                 let mut names = Vec::new();
                 for entry in rd {
-                    let entry = entry.map_err(|e| Error::io("read directory", &shard, e))?;
+                    let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
                     if let Ok(name) = entry.file_name().into_string() {
                         names.push(name);
                     }
                 }
                 names.sort_unstable();
-                f(alg, &hh, &shard, names)?;
+                shards.push(Shard {
+                    alg,
+                    hh,
+                    dir,
+                    names,
+                });
             }
         }
-        Ok(())
+        Ok(shards)
     }
 }
 

@@ -82,6 +82,12 @@ impl Store {
     pub fn gc(&self, opts: &Options) -> Result<Outcome> {
         let now = SystemTime::now();
         let _removal = self.begin_removal("collect garbage")?;
+        // The blob tree is listed on another thread while this one marks and sweeps: the
+        // listing is mostly the kernel's time, the marking this process's. A file the sweep
+        // removes meanwhile is gone when looked at; one created after its shard was listed is
+        // the next collection's to look at.
+        let blob_dir = self.blob_dir().clone();
+        let listing = std::thread::spawn(move || blob_dir.list_shards());
         let txn = self.write_txn("collect garbage")?;
         let mut out = Outcome::default();
         let owner_locks = self.drop_dead_owners_in(&txn, &mut out)?;
@@ -142,7 +148,10 @@ impl Store {
         // Debris: blob files nobody recorded (a crash between publish and commit). One that
         // may be a commit in flight in another process is left alone; the decision is made
         // again inside the removal's write transaction.
-        let debris = self.unrecorded_blob_files(now)?;
+        let shards = listing
+            .join()
+            .map_err(|_| Error::Corrupted("listing the blob tree panicked".into()))??;
+        let debris = self.unrecorded_blob_files(shards, now)?;
         let gone: BTreeSet<Digest> = if opts.dry_run {
             debris.iter().map(|(d, _)| *d).collect()
         } else {
@@ -511,13 +520,24 @@ impl Store {
     /// with their lengths: crash debris. Each shard directory is read once and merged with
     /// the records of that shard, in order, on a fresh snapshot; only a file without a record
     /// is looked at (stat) further.
-    fn unrecorded_blob_files(&self, now: SystemTime) -> Result<Vec<(Digest, u64)>> {
+    fn unrecorded_blob_files(
+        &self,
+        shards: Vec<crate::blobs::Shard>,
+        now: SystemTime,
+    ) -> Result<Vec<(Digest, u64)>> {
         let snap = self.read_txn()?;
         let Some(blobs) = &snap.blobs else {
             return Err(Error::Corrupted("the blobs table is missing".into()));
         };
         let mut debris = Vec::new();
-        self.blob_dir().for_each_shard(|alg, hh, dir, names| {
+        for crate::blobs::Shard {
+            alg,
+            hh,
+            dir,
+            names,
+        } in shards
+        {
+            let (hh, dir) = (hh.as_str(), dir.as_path());
             let consider = |name: String, debris: &mut Vec<(Digest, u64)>| {
                 if !name.starts_with(hh) {
                     return; // not a blob's name here: a stray, fsck's to report
@@ -555,8 +575,7 @@ impl Store {
             for name in names {
                 consider(name, &mut debris);
             }
-            Ok(())
-        })?;
+        }
         Ok(debris)
     }
 }

@@ -190,12 +190,22 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> Result<(), Failure> {
         }));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = outcome
-        .removed
-        .iter()
-        .map(|r| vec![r.kind.to_owned(), r.id.clone(), human_size(r.bytes)])
-        .collect();
-    table(&["KIND", "ID", "SIZE"], &rows);
+    // Fixed widths (a kind, a sha256 digest; a longer id widens its own row), so that a
+    // collection of half a million blobs is written as it is read, not laid out first.
+    let (w0, w1) = ("content".len(), "sha256:".len() + 64);
+    crate::output::with_stdout(|o| {
+        use std::io::Write;
+        crate::output::cell(o, "KIND", w0)?;
+        crate::output::cell(o, "ID", w1)?;
+        o.write_all(b"SIZE\n")?;
+        for r in &outcome.removed {
+            crate::output::cell(o, r.kind, w0)?;
+            crate::output::cell(o, &r.id, w1)?;
+            o.write_all(crate::output::size_cell(r.bytes).as_str().as_bytes())?;
+            o.write_all(b"\n")?;
+        }
+        Ok(())
+    });
     crate::outln!(
         "{} {} item(s), {}",
         if args.dry_run {
