@@ -316,8 +316,7 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
             },
             &filters,
         )?;
-        let end: &[u8] = if first { b"[]\n" } else { b"\n]\n" };
-        crate::output::with_stdout(|o| o.write_all(end));
+        crate::output::with_stdout(|o| o.write_all(if first { b"[]\n" } else { b"\n]\n" }));
         return Ok(());
     }
     // Streams too: the columns have fixed widths, wide enough for every size ("1023.9 KiB")

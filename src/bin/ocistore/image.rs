@@ -112,6 +112,20 @@ pub fn image_json(i: &Image) -> Value {
     })
 }
 
+/// An image as `image ls --json` writes it: [`image_json`]'s fields and its size for this
+/// platform.
+#[derive(serde::Serialize)]
+struct ImageLine<'a> {
+    name: &'a str,
+    digest: &'a str,
+    media_type: String,
+    size: u64,
+    created_at: String,
+    updated_at: String,
+    labels: &'a ocistore::Labels,
+    image_size: u64,
+}
+
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
     let store = if matches!(cmd, ImageCmd::Ls { .. } | ImageCmd::Inspect { .. }) {
         ctx.open_to_read()?
@@ -231,12 +245,18 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 store.image_sizes(&images, &host)
             };
             if ctx.json {
-                let list = images.iter().zip(&sizes).map(|(i, size)| {
-                    let mut v = image_json(i);
-                    v["image_size"] = json!(size);
-                    v
-                });
-                print_json(&Value::Array(list.collect()));
+                crate::output::print_json_lines(images.iter().zip(&sizes).map(|(i, size)| {
+                    ImageLine {
+                        name: &i.name,
+                        digest: i.target.digest().as_ref(),
+                        media_type: i.target.media_type().to_string(),
+                        size: i.target.size(),
+                        created_at: rfc3339(i.created_at),
+                        updated_at: rfc3339(i.updated_at),
+                        labels: &i.labels,
+                        image_size: *size,
+                    }
+                }));
             } else if quiet {
                 for i in &images {
                     crate::outln!("{}", i.name);

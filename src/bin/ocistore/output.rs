@@ -86,6 +86,21 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     })
 }
 
+/// Prints a JSON array of `items`, one compact element a line, as they come: a listing of a
+/// million elements builds no tree and holds nothing.
+pub fn print_json_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) {
+    let mut first = true;
+    for item in items {
+        let sep: &[u8] = if first { b"[\n" } else { b",\n" };
+        first = false;
+        with_stdout(|o| {
+            o.write_all(sep)?;
+            serde_json::to_writer(&mut *o, &item).map_err(io::Error::from)
+        });
+    }
+    with_stdout(|o| o.write_all(if first { b"[]\n" } else { b"\n]\n" }));
+}
+
 /// Prints a JSON value, pretty, followed by a newline.
 pub fn print_json(v: &Value) {
     with_stdout(|out| {
