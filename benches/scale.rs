@@ -162,11 +162,12 @@ fn open_table_db(root: &Path) -> redb::ReadOnlyDatabase {
     b.open_read_only(root.join("meta.redb")).unwrap()
 }
 
-/// "1.5 MiB", as the CLI writes sizes.
-fn human_size(n: u64) -> String {
+/// "1.5 MiB", as the CLI writes sizes, padded to 10, written straight into `out`.
+fn write_size(out: &mut impl Write, n: u64) {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
-        return format!("{n} B");
+        let _ = write!(out, "{:10}", format_args!("{n} B"));
+        return;
     }
     let mut v = n as f64;
     let mut unit = 0;
@@ -174,11 +175,11 @@ fn human_size(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    format!("{v:.1} {}", UNITS[unit])
+    let _ = write!(out, "{:10}", format_args!("{v:.1} {}", UNITS[unit]));
 }
 
-/// "3 minutes ago", as the CLI writes ages.
-fn age(created_nanos: u64, now: u64) -> String {
+/// "3 minutes ago", as the CLI writes ages, written straight into `out`.
+fn write_age(out: &mut impl Write, created_nanos: u64, now: u64) {
     let secs = now.saturating_sub(created_nanos) / 1_000_000_000;
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
@@ -186,11 +187,12 @@ fn age(created_nanos: u64, now: u64) -> String {
         3600..=86_399 => (secs / 3600, "hour"),
         _ => (secs / 86_400, "day"),
     };
-    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+    let _ = write!(out, "{n} {unit}{} ago", if n == 1 { "" } else { "s" });
 }
 
 /// Raw redb iteration of the blobs table, decoding each record and writing the line `content
-/// ls` writes (digest, human size, age, labels) to /dev/null.
+/// ls` writes (digest, human size, age, labels) straight into a buffer on /dev/null: the
+/// floor for a listing that decodes what it prints.
 fn raw_content_lines(root: &Path) -> Duration {
     let t = Instant::now();
     let db = open_table_db(root);
@@ -208,16 +210,15 @@ fn raw_content_lines(root: &Path) -> Duration {
         let (rec, _): (Record, usize) =
             bincode::serde::decode_from_slice(&v.value()[1..], bincode::config::standard())
                 .unwrap();
-        let labels: Vec<String> = rec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        writeln!(
-            out,
-            "{}   {}   {}   {}",
-            k.value(),
-            rec.size,
-            rec.created,
-            labels.join(",")
-        )
-        .unwrap();
+        write!(out, "{:71}   ", k.value()).unwrap();
+        write_size(&mut out, rec.size);
+        out.write_all(b"   ").unwrap();
+        write_age(&mut out, rec.created, now);
+        for (i, (k, v)) in rec.labels.iter().enumerate() {
+            let sep = if i == 0 { "   " } else { "," };
+            write!(out, "{sep}{k}={v}").unwrap();
+        }
+        out.write_all(b"\n").unwrap();
         n += 1;
     }
     out.flush().unwrap();

@@ -394,3 +394,38 @@ fn a_listing_into_a_closed_pipe_ends_quietly_with_exit_0() {
         );
     }
 }
+
+#[test]
+fn tables_escape_control_characters() {
+    // A label value with ESC, BEL, a newline, a backspace and C1's CSI: the table shows them
+    // escaped on one line; JSON keeps the value exactly.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let blob = tmp.path().join("blob");
+    std::fs::write(&blob, b"escape me").unwrap();
+    let hostile = "a\u{1b}[31mred\u{7}\nforged line\u{8}\u{9b}";
+    let put = json(
+        &root,
+        &[
+            "content",
+            "put",
+            blob.to_str().unwrap(),
+            "--label",
+            &format!("k={hostile}"),
+        ],
+    );
+    let digest = put["digest"].as_str().unwrap().to_owned();
+    let table = ok(&root, &["content", "ls"]);
+    assert_eq!(table.lines().count(), 2, "{table:?}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains(r"\u{1b}[31mred\u{7}\u{a}forged line\u{8}\u{9b}"),
+        "{table:?}"
+    );
+    let listed = json(&root, &["content", "ls"]);
+    assert_eq!(listed[0]["labels"]["k"], hostile);
+    assert_eq!(listed[0]["digest"], digest.as_str());
+}

@@ -329,7 +329,7 @@ impl Store {
             }
             // Straight into the ingest's buffers; one byte more than the descriptor allows
             // is enough to know the registry sent too much.
-            let mut body = stream.reader.take(job.size - offset + 1);
+            let mut body = stream.reader.take((job.size - offset).saturating_add(1));
             let (n, cut) = w.read_from(&mut body, &mut |chunk| {
                 if let Some(p) = &opts.progress {
                     p.advance(&job.digest, chunk.len() as u64);

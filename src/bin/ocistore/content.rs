@@ -347,7 +347,7 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
                     o.write_all(age.as_bytes())?;
                 } else {
                     output::cell(o, age, w2)?;
-                    o.write_all(labels_cell(&i.labels).as_bytes())?;
+                    o.write_all(output::shown(&labels_cell(&i.labels)).as_bytes())?;
                 }
                 o.write_all(b"\n")
             });

@@ -57,8 +57,12 @@ macro_rules! outln {
 /// Prints rows as a table with a header, columns padded to their widest cell (the last
 /// column is not padded).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let escaped: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| shown(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &escaped {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -79,8 +83,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             writeln!(out)
         };
         line(&mut header.iter().copied())?;
-        for row in rows {
-            line(&mut row.iter().map(String::as_str))?;
+        for row in &escaped {
+            line(&mut row.iter().map(|c| &**c))?;
         }
         Ok(())
     })
@@ -132,9 +136,28 @@ pub fn status_json(s: &Status) -> Value {
     })
 }
 
-/// Writes `s` (ASCII) padded with blanks to `width`, then the three blanks between columns.
+/// `s` as a terminal should show it: every control character (ESC, BEL, NUL, a newline,
+/// DEL, C1) escaped as `\u{1b}`, so that a string read from a registry or a label can neither
+/// drive the terminal nor forge a line. Borrowed when there is nothing to escape.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes `s` padded with blanks to `width` (control characters escaped, see [`shown`]), then the three blanks between columns.
 pub fn cell(out: &mut impl Write, s: &str, width: usize) -> io::Result<()> {
     const BLANKS: &[u8; 64] = &[b' '; 64];
+    let s = shown(s);
     out.write_all(s.as_bytes())?;
     let mut pad = width.saturating_sub(s.len()) + 3;
     while pad > 0 {

@@ -244,7 +244,13 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                     "size": d.size,
                 }));
             } else {
-                crate::outln!("{}\t{}\t{}\t{}", name, d.digest, d.media_type, d.size);
+                crate::outln!(
+                    "{}\t{}\t{}\t{}",
+                    crate::output::shown(&name.to_string()),
+                    d.digest,
+                    crate::output::shown(&d.media_type),
+                    d.size
+                );
             }
         }
         RemoteCmd::Tags {
@@ -270,7 +276,7 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 print_json(&json!(tags));
             } else {
                 for t in tags {
-                    crate::outln!("{t}");
+                    crate::outln!("{}", crate::output::shown(&t));
                 }
             }
         }
