@@ -142,7 +142,7 @@ impl Store {
         let _removal = self.begin_removal("prune")?;
         let txn = self.write_txn("prune")?;
         // This process's own reads count: written in this transaction.
-        self.write_uses_in(&txn, &[], Nanos::from(now))?;
+        let wrote_uses = self.write_uses_in(&txn, &[], Nanos::from(now))?;
         let mut out = Outcome {
             free_before: available_bytes(self.root())?,
             ..Outcome::default()
@@ -157,7 +157,7 @@ impl Store {
             blobs,
             children,
             loose_pinned,
-        } = load_graph(&txn)?;
+        } = load_graph(self, &txn, !wrote_uses)?;
         let roots = Roots::read(&txn, now, &children)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;
@@ -439,63 +439,100 @@ struct Graph {
 }
 
 /// Reads the graph (see [`Graph`]). The blob records and the content uses come in one key
-/// order and are merged as they are read.
-fn load_graph(txn: &redb::WriteTransaction) -> Result<Graph> {
+/// order and are merged. With `uses_on_the_side`, the uses are read on a second thread from
+/// a read snapshot, while this one reads the records: the write transaction changed no use
+/// (nothing this process noted was pending), and no other process commits while it is
+/// open, so the snapshot holds the same uses.
+fn load_graph(
+    store: &Store,
+    txn: &redb::WriteTransaction,
+    uses_on_the_side: bool,
+) -> Result<Graph> {
     fn read<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
         Error::db("read the blobs for prune", e)
     }
-    let children = gc::edges(txn)?;
-    let named: FxHashSet<&str> = (children.values().flatten().map(String::as_str))
-        .chain(children.keys().map(String::as_str))
-        .collect();
-    let table = txn.open_table(BLOBS).map_err(read)?;
-    let uses_table = txn.open_table(USES).map_err(read)?;
-    let mut uses = uses_table
-        .range(("content", "")..)
-        .map_err(read)?
-        .peekable();
-    let mut blobs = Blobs::default();
-    let mut loose_pinned = 0u64;
-    for entry in table.iter().map_err(read)? {
-        let (k, v) = entry.map_err(read)?;
-        let key = k.value();
-        let rec: BlobRecord = records::decode(v.value(), key)?;
-        let pinned = rec.labels.contains_key(crate::refs::GC_ROOT);
-        if pinned && !named.contains(key) {
-            loose_pinned += rec.size;
-            continue;
-        }
-        let mut last_used = rec.updated;
-        while let Some(Ok((u, _))) = uses.peek() {
-            let (kind, id) = u.value();
-            if kind != "content" || id > key {
+    fn content_uses(
+        table: &impl ReadableTable<(&'static str, &'static str), (u64, u64)>,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in table.range(("content", "")..).map_err(read)? {
+            let (k, v) = entry.map_err(read)?;
+            let (kind, id) = k.value();
+            if kind != "content" {
                 break;
             }
-            if id == key {
-                let (ns, _) = uses
-                    .peek()
-                    .and_then(|e| e.as_ref().ok())
-                    .expect("peeked")
-                    .1
-                    .value();
-                last_used = Nanos(ns);
-            }
-            uses.next();
+            out.push((id.to_owned(), v.value().0));
         }
-        blobs.insert(
-            key.to_owned(),
-            Blob {
-                size: rec.size,
-                last_used,
-                pinned,
-            },
-        );
+        Ok(out)
     }
-    drop(named);
-    Ok(Graph {
-        blobs,
-        children,
-        loose_pinned,
+    // A new read transaction, not the reusable snapshot: it must see every commit before
+    // this prune's write transaction began.
+    let snap = if uses_on_the_side {
+        let db = store.writable("prune")?;
+        Some(
+            redb::ReadableDatabase::begin_read(db)
+                .map_err(|e| Error::db("begin a read transaction", e))?,
+        )
+    } else {
+        None
+    };
+    std::thread::scope(|scope| {
+        let on_the_side = snap.as_ref().map(|snap| {
+            scope.spawn(move || -> Result<Vec<(String, u64)>> {
+                match snap.open_table(USES) {
+                    Ok(table) => content_uses(&table),
+                    Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+                    Err(e) => Err(read(e)),
+                }
+            })
+        });
+        let children = gc::edges(txn)?;
+        let named: FxHashSet<&str> = (children.values().flatten().map(String::as_str))
+            .chain(children.keys().map(String::as_str))
+            .collect();
+        let mut records: Vec<(String, Blob)> = Vec::new();
+        let mut loose_pinned = 0u64;
+        let table = txn.open_table(BLOBS).map_err(read)?;
+        for entry in table.iter().map_err(read)? {
+            let (k, v) = entry.map_err(read)?;
+            let key = k.value();
+            let rec: BlobRecord = records::decode(v.value(), key)?;
+            let pinned = rec.labels.contains_key(crate::refs::GC_ROOT);
+            if pinned && !named.contains(key) {
+                loose_pinned += rec.size;
+                continue;
+            }
+            let blob = Blob {
+                size: rec.size,
+                last_used: rec.updated,
+                pinned,
+            };
+            records.push((key.to_owned(), blob));
+        }
+        drop(named);
+        let uses = match on_the_side {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| Error::Corrupted("reading last uses panicked".into()))??,
+            None => content_uses(&txn.open_table(USES).map_err(read)?)?,
+        };
+        // Both in key order: a use overrides its blob's last update.
+        let mut uses = uses.into_iter().peekable();
+        let mut blobs = Blobs::default();
+        blobs.reserve(records.len());
+        for (key, mut blob) in records {
+            while let Some((id, ns)) = uses.next_if(|(id, _)| *id <= key) {
+                if id == key {
+                    blob.last_used = Nanos(ns);
+                }
+            }
+            blobs.insert(key, blob);
+        }
+        Ok(Graph {
+            blobs,
+            children,
+            loose_pinned,
+        })
     })
 }
 

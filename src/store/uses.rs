@@ -197,12 +197,13 @@ impl Store {
         txn: &WriteTransaction,
         extra: &[Used],
         at: Nanos,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut pending = std::mem::take(&mut *self.inner.uses.lock());
         for item in extra {
             pending.note(item.clone(), at);
         }
-        write_pending(txn, &pending)
+        write_pending(txn, &pending)?;
+        Ok(!pending.items.is_empty())
     }
 }
 
