@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod blobs;
+#[cfg(feature = "registry")]
 pub mod cache;
 pub mod content;
 pub mod digest;
@@ -34,6 +35,7 @@ pub mod prune;
 pub mod query;
 pub mod reference;
 pub mod refs;
+#[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
 pub mod testsuite;
@@ -49,6 +51,7 @@ pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::MemoryStore;
 pub use names::{Image, Name};
+#[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryOptions};
 pub use store::images::Completeness;
 pub use store::lease::{Lease, Resource};

@@ -560,6 +560,15 @@ fn many_processes_agree_with_a_serial_model() {
         );
     };
     check(&store, &tags, &BTreeSet::new(), "after the processes");
+    // Every process has ended: none left a lease it held for itself (a batch's), alive or not.
+    let owned: Vec<String> = (store.leases().unwrap().into_iter())
+        .filter(|l| l.owner.is_some())
+        .map(|l| l.id)
+        .collect();
+    assert!(
+        owned.is_empty(),
+        "process-held leases after the processes: {owned:?}"
+    );
     let fsck = store.fsck(&ocistore::verify::Options::default()).unwrap();
     assert!(
         fsck.problems

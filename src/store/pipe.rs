@@ -27,6 +27,10 @@
 //! A write the worker fails is reported by the next call, and every call after it: the bytes
 //! the caller has handed over are no longer all in the file, so the pipe is spent.
 
+// Sealing, streaming reads and capture serve pulls and the read-through cache; without the
+// `registry` feature nothing calls them.
+#![cfg_attr(not(feature = "registry"), allow(dead_code))]
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;

@@ -202,6 +202,7 @@ pub fn import(data: &[u8]) {
 
 /// What a registry or a config file hands us: the first byte picks the parser, the rest is
 /// its input. None may panic; what they accept must hold together.
+#[cfg(feature = "registry")]
 pub fn registry_wire(data: &[u8]) {
     use crate::registry::{auth, hosts, parse_content_range, parse_link_next};
     let Some((&which, rest)) = data.split_first() else {

@@ -506,22 +506,23 @@ mod tests {
         let (digest, removal) = half_removed(&store, b"being removed");
         let checker = store.clone();
         let fsck = std::thread::spawn(move || {
-            let started = Instant::now();
-            (
-                checker.fsck(&Options::default()).unwrap(),
-                started.elapsed(),
-            )
+            let out = checker.fsck(&Options::default()).unwrap();
+            (out, Instant::now())
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(
             !fsck.is_finished(),
             "fsck judged the file while its removal ran"
         );
+        let removal_ends = Instant::now();
         store.remove_unrecorded_files(&[digest]).unwrap();
         drop(removal);
-        let (out, took) = fsck.join().unwrap();
+        let (out, finished) = fsck.join().unwrap();
         assert!(out.problems.is_empty(), "{out:?}");
-        assert!(took >= Duration::from_millis(300));
+        assert!(
+            finished >= removal_ends,
+            "fsck finished before the removal did"
+        );
 
         // A remover that died in between leaves its file: that is debris, reported at once.
         let (_, removal) = half_removed(&store, b"left behind");
