@@ -792,3 +792,65 @@ fn image_sizes_read_each_image_once_not_each_name() {
         assert_eq!(*size, store.image_size(i, &platform).unwrap());
     }
 }
+
+#[test]
+fn index_entries_without_a_platform_are_always_wanted() {
+    // An artifact index (or a referrers index): no entry names a platform. It is complete for
+    // any platform when every entry is; an entry without a platform beside platform entries
+    // is wanted too; an index whose entries all name other platforms is not complete.
+    let (_d, store) = fresh();
+    let amd64 = parse_platform("linux/amd64").unwrap();
+    let arm64 = parse_platform("linux/arm64").unwrap();
+    let (a, a_size, _, a_layers) = image(&store, "artifact-a", 2);
+    let (b, b_size, _, b_layers) = image(&store, "artifact-b", 2);
+    let entries = [
+        descriptor(MANIFEST, &a, a_size).unwrap(),
+        descriptor(MANIFEST, &b, b_size).unwrap(),
+    ];
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let idx = put(&store, &bytes);
+    let idx_desc = descriptor(
+        "application/vnd.oci.image.index.v1+json",
+        &idx,
+        bytes.len() as u64,
+    )
+    .unwrap();
+    store.put_image("lab/artifacts:1", idx_desc, None).unwrap();
+    for p in [&amd64, &arm64] {
+        let c = store.check_image("lab/artifacts:1", p).unwrap();
+        assert!(c.complete, "{c:?}");
+        assert_eq!(c.manifest, Some(a));
+    }
+    let named = store.image("lab/artifacts:1").unwrap();
+    assert!(store.image_size(&named, &amd64).unwrap() > bytes.len() as u64);
+    store.delete(&b_layers[0]).unwrap();
+    let c = store.check_image("lab/artifacts:1", &amd64).unwrap();
+    assert!(!c.complete);
+    assert_eq!(c.missing[0].0, b_layers[0].to_string(), "{c:?}");
+
+    // Beside a platform's entry: the platform-less one is checked as well.
+    let (m, m_size, _, _) = image(&store, "amd64-image", 1);
+    let mut platformed = descriptor(MANIFEST, &m, m_size).unwrap();
+    platformed.set_platform(Some(amd64.clone()));
+    store
+        .write_index("lab/mixed:1", &[platformed, entries[1].clone()])
+        .unwrap();
+    let c = store.check_image("lab/mixed:1", &amd64).unwrap();
+    assert_eq!(c.manifest, Some(m));
+    assert!(!c.complete, "the platform-less entry lacks a layer: {c:?}");
+    // Entries that all name another platform: nothing for arm64.
+    let c = store.check_image("lab/mixed:1", &arm64).unwrap();
+    assert!(!c.complete);
+    assert!(
+        c.missing
+            .iter()
+            .any(|(_, why)| why.contains("no manifest for linux/arm64")),
+        "{c:?}"
+    );
+    let _ = a_layers;
+}

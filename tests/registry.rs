@@ -898,6 +898,36 @@ fn killed_pull_resumes_from_its_bytes() {
     pulled_whole(&env, &root, &reference, &image);
 }
 
+#[test]
+#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
+fn an_index_whose_entries_have_no_platform_is_pulled_whole() {
+    // An artifact index: no entry names a platform. The default pull (this machine's
+    // platform) takes every entry, and the image is complete; before, it failed with "a
+    // manifest for linux/amd64 ... (it has no platforms) not found".
+    let env = Env::new();
+    let (_reg, image, reference) = registry_with(
+        &env,
+        "nopf/app:1",
+        &["?linux/amd64", "?linux/arm64"],
+        &[40 << 10, 20 << 10],
+        53,
+    );
+    let root = env.path("store");
+    env.pull(&root, &[&reference], &image.root.digest);
+    let expected = image.blobs();
+    let content = env.content(&root);
+    for (d, size) in &expected {
+        assert_eq!(content.get(d), Some(size), "{d} pulled");
+    }
+    for platform in ["linux/amd64", "linux/arm64"] {
+        assert!(
+            env.complete(&root, &reference, platform),
+            "complete for {platform}"
+        );
+    }
+    env.fsck_clean(&root);
+}
+
 /// Leases of processes that died, as `lease ls --json` shows them: those whose owner is dead.
 fn dead_owner_leases(env: &Env, root: &std::path::Path) -> Vec<String> {
     let leases = env.ok(root, &["lease", "ls"]);

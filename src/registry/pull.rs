@@ -563,7 +563,9 @@ impl Plan {
                 .map(|((_, depth, keep), (desc, bytes))| (desc, bytes, depth, keep))
                 .collect();
         }
-        if root_is_index && !platforms.is_empty() && matched == 0 {
+        // An index whose entries all lack a platform is wanted whole (see `check_target`):
+        // only one that names platforms, none of them asked for, has nothing to pull.
+        if root_is_index && !platforms.is_empty() && matched == 0 && !offered.is_empty() {
             return Err(Error::NotFound(format!(
                 "{repo}: a manifest for {} in index {} (it has {})",
                 platforms

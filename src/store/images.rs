@@ -502,27 +502,44 @@ impl Store {
         platform: &Platform,
     ) -> Result<Completeness> {
         let mut missing = Vec::new();
-        let mut desc = target.clone();
         let mut manifest = None;
-        for _depth in 0..8 {
+        // What is wanted of an index: its entry for `platform` and every entry without a
+        // platform (an artifact, a referrers index, an attestation list), as containerd's
+        // FilterPlatforms keeps them. An index whose entries all lack a platform is complete
+        // when all of them are; one whose entries all name other platforms is not.
+        let mut wanted: Vec<(Descriptor, usize)> = vec![(target.clone(), 0)];
+        while let Some((desc, depth)) = wanted.pop() {
             let d = descriptor_digest(&desc)?;
+            if depth > 8 {
+                missing.push((d.to_string(), "indexes nested deeper than 8".into()));
+                continue;
+            }
             if !present_with_size(snap, &d, desc.size(), &mut missing)? {
-                break;
+                continue;
             }
             let bytes = crate::helpers::read_blob_prefix(self, &d, crate::refs::MAX_PARSED)?;
             let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if let Some(list) = doc.get("manifests").and_then(Value::as_array) {
-                let chosen = list.iter().find(|m| {
+                let entry = |m: &Value| serde_json::from_value::<Descriptor>(m.clone()).ok();
+                let (platformed, platformless): (Vec<&Value>, Vec<&Value>) =
+                    list.iter().partition(|m| m.get("platform").is_some());
+                let chosen = platformed.iter().find(|m| {
                     m.get("platform")
                         .and_then(|p| serde_json::from_value::<Platform>(p.clone()).ok())
                         .is_some_and(|p| platform_matches(platform, &p))
                 });
-                match chosen.and_then(|m| serde_json::from_value::<Descriptor>(m.clone()).ok()) {
-                    Some(next) => {
-                        desc = next;
-                        continue;
-                    }
-                    None => {
+                // Last pushed is first checked: the platform's own manifest is the one
+                // reported as `manifest`.
+                wanted.extend(
+                    platformless
+                        .iter()
+                        .rev()
+                        .filter_map(|m| entry(m))
+                        .map(|e| (e, depth + 1)),
+                );
+                match chosen.and_then(|m| entry(m)) {
+                    Some(next) => wanted.push((next, depth + 1)),
+                    None if !platformed.is_empty() || platformless.is_empty() => {
                         missing.push((
                             d.to_string(),
                             format!(
@@ -530,11 +547,12 @@ impl Store {
                                 names::platform_string(platform)
                             ),
                         ));
-                        break;
                     }
+                    None => {}
                 }
+                continue;
             }
-            manifest = Some(d);
+            manifest.get_or_insert(d);
             let parts = doc.get("config").into_iter().chain(
                 doc.get("layers")
                     .and_then(Value::as_array)
@@ -549,7 +567,6 @@ impl Store {
                 let digest = descriptor_digest(&pd)?;
                 present_with_size(snap, &digest, pd.size(), &mut missing)?;
             }
-            break;
         }
         Ok(Completeness {
             complete: missing.is_empty(),
@@ -615,11 +632,18 @@ impl Store {
                 return Ok(target.size());
             };
             if let Some(list) = doc.manifests {
-                let chosen = list.into_iter().find(|m| {
-                    (m.platform.clone())
-                        .and_then(|p| serde_json::from_value::<Platform>(p).ok())
-                        .is_some_and(|p| platform_matches(platform, &p))
-                });
+                // An index of entries without platforms (an artifact index): its first.
+                let any_platform = list.iter().any(|m| m.platform.is_some());
+                let mut list = list.into_iter();
+                let chosen = if any_platform {
+                    list.find(|m| {
+                        (m.platform.clone())
+                            .and_then(|p| serde_json::from_value::<Platform>(p).ok())
+                            .is_some_and(|p| platform_matches(platform, &p))
+                    })
+                } else {
+                    list.next()
+                };
                 match chosen.map(|m| Digest::parse(&m.digest)) {
                     Some(Ok(next)) => {
                         d = next;

@@ -226,7 +226,8 @@ fn platform_json(platform: &str) -> Value {
 }
 
 /// Builds a test image in a new OCI layout at `dir`, tagged `tag`: for each platform
-/// (`os/arch[/variant]`) a config and one layer per entry of `layer_sizes`. With more than
+/// (`os/arch[/variant]`; `?os/arch` for an index entry without a `platform`, as artifact
+/// indexes have) a config and one layer per entry of `layer_sizes`. With more than
 /// one platform, an OCI index over them; the first layer is then shared by every platform,
 /// as base layers are. Different `seed`s give disjoint layers.
 pub fn build_image(
@@ -254,7 +255,7 @@ pub fn build_image(
             layers.push(blob);
             diff_ids.push(diff_id);
         }
-        let mut config = platform_json(platform);
+        let mut config = platform_json(platform.trim_start_matches('?'));
         config["created"] = json!("2024-01-01T00:00:00Z");
         config["config"] = json!({
             "Env": ["PATH=/usr/bin:/bin"],
@@ -282,12 +283,17 @@ pub fn build_image(
         let doc = json!({
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
-            "manifests": pis.iter().map(|pi| json!({
-                "mediaType": OCI_MANIFEST,
-                "digest": pi.manifest.digest,
-                "size": pi.manifest.size,
-                "platform": platform_json(&pi.platform),
-            })).collect::<Vec<_>>(),
+            "manifests": pis.iter().map(|pi| {
+                let mut entry = json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": pi.manifest.digest,
+                    "size": pi.manifest.size,
+                });
+                if !pi.platform.starts_with('?') {
+                    entry["platform"] = platform_json(&pi.platform);
+                }
+                entry
+            }).collect::<Vec<_>>(),
         });
         (put_blob(dir, &serde_json::to_vec(&doc).unwrap()), OCI_INDEX)
     } else {
