@@ -10,7 +10,7 @@ use ocistore::uncompressed::UncompressOptions;
 use ocistore::{Digest, Error, ErrorKind, Info, Labels, Manager};
 use serde_json::json;
 
-use crate::output::{self, age_cell, human_size, info_json, labels_cell, print_json, size_cell};
+use crate::output::{self, age_cell, human_size, info_json, print_json, size_cell};
 use crate::{Ctx, Failure, report};
 
 #[derive(Subcommand)]
@@ -347,7 +347,7 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
                     o.write_all(age.as_bytes())?;
                 } else {
                     output::cell(o, age, w2)?;
-                    o.write_all(output::shown(&labels_cell(&i.labels)).as_bytes())?;
+                    output::write_labels(o, &i.labels)?;
                 }
                 o.write_all(b"\n")
             });
