@@ -11,12 +11,11 @@
 //! written for `ingest_expiry`.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime};
 
 use redb::ReadableTable;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::digest::Digest;

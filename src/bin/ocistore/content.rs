@@ -303,20 +303,15 @@ fn ls(ctx: &Ctx, filters: &[String], quiet: bool) -> Result<(), Failure> {
     }
     if ctx.json {
         // Streams: the array's elements, one a line, as the walk finds them.
-        let mut first = true;
+        let mut lines = output::JsonLines::new();
         store.walk(
             &mut |i| {
-                let sep: &[u8] = if first { b"[\n" } else { b",\n" };
-                first = false;
-                crate::output::with_stdout(|o| {
-                    o.write_all(sep)?;
-                    serde_json::to_writer(&mut *o, &InfoLine::of(i)).map_err(io::Error::from)
-                });
+                lines.item(&InfoLine::of(i));
                 Ok(())
             },
             &filters,
         )?;
-        crate::output::with_stdout(|o| o.write_all(if first { b"[]\n" } else { b"\n]\n" }));
+        lines.finish();
         return Ok(());
     }
     // Streams too: the columns have fixed widths, wide enough for every size ("1023.9 KiB")

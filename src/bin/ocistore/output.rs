@@ -90,19 +90,46 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     })
 }
 
-/// Prints a JSON array of `items`, one compact element a line, as they come: a listing of a
-/// million elements builds no tree and holds nothing.
-pub fn print_json_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) {
-    let mut first = true;
-    for item in items {
-        let sep: &[u8] = if first { b"[\n" } else { b",\n" };
-        first = false;
+/// A JSON array written as its elements come, one compact element a line: a listing of a
+/// million elements builds no tree and holds nothing. [`JsonLines::finish`] closes it.
+pub struct JsonLines {
+    first: bool,
+}
+
+impl Default for JsonLines {
+    fn default() -> Self {
+        JsonLines::new()
+    }
+}
+
+impl JsonLines {
+    pub fn new() -> JsonLines {
+        JsonLines { first: true }
+    }
+
+    /// Writes one element.
+    pub fn item(&mut self, item: &impl serde::Serialize) {
+        let sep: &[u8] = if self.first { b"[\n" } else { b",\n" };
+        self.first = false;
         with_stdout(|o| {
             o.write_all(sep)?;
-            serde_json::to_writer(&mut *o, &item).map_err(io::Error::from)
+            serde_json::to_writer(&mut *o, item).map_err(io::Error::from)
         });
     }
-    with_stdout(|o| o.write_all(if first { b"[]\n" } else { b"\n]\n" }));
+
+    /// Closes the array (`[]` when nothing came).
+    pub fn finish(self) {
+        with_stdout(|o| o.write_all(if self.first { b"[]\n" } else { b"\n]\n" }));
+    }
+}
+
+/// Prints `items` as a [`JsonLines`] array.
+pub fn print_json_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) {
+    let mut lines = JsonLines::new();
+    for item in items {
+        lines.item(&item);
+    }
+    lines.finish();
 }
 
 /// Prints a JSON value, pretty, followed by a newline.
