@@ -62,8 +62,9 @@ pub struct BatchOutcome {
 /// A set of blobs and names to commit together. See the module docs.
 pub struct Batch {
     store: Store,
-    /// The staging directory, locked while this batch lives: its lease's owner.
-    owner: Option<OwnerDir>,
+    /// The staging directory, locked while this batch lives: its lease's owner. Dropped
+    /// after `Drop::drop` has dropped the lease.
+    owner: OwnerDir,
     lease: String,
     staged: BTreeMap<Digest, (PathBuf, u64, Labels)>,
     present: BTreeSet<Digest>,
@@ -110,7 +111,7 @@ impl Store {
         let mut batch = Batch {
             store: self.clone(),
             lease: format!("ocistore.batch/{}", owner.id()),
-            owner: Some(owner),
+            owner,
             staged: BTreeMap::new(),
             present: BTreeSet::new(),
             leased_content: BTreeSet::new(),
@@ -135,10 +136,6 @@ impl Batch {
     fn lease(&mut self, wanted: &[(String, u64, Digest)]) -> Result<Vec<bool>> {
         let mut present = Vec::with_capacity(wanted.len());
         let txn = self.store.write_txn("start a batch")?;
-        let owner = self
-            .owner
-            .as_ref()
-            .expect("a batch owns its directory until dropped");
         let rec = crate::store::records::LeaseRecord {
             created: Nanos::now(),
             // Dropped with its owner (see `store::owner`); the expiry only bounds a lease
@@ -146,7 +143,7 @@ impl Batch {
             expires: Some(Nanos::from(
                 SystemTime::now() + Duration::from_secs(24 * 3600),
             )),
-            labels: owner.labels(),
+            labels: self.owner.labels(),
         };
         crate::store::lease::insert_lease(&txn, &self.lease, &rec)?;
         if !wanted.is_empty() {
@@ -287,12 +284,7 @@ impl Batch {
             (None, n)
         } else {
             self.files += 1;
-            let dir = self
-                .owner
-                .as_ref()
-                .expect("a batch owns its directory until dropped")
-                .dir();
-            let path = dir.join(format!("{:06}", self.files));
+            let path = self.owner.dir().join(format!("{:06}", self.files));
             let file =
                 File::create(&path).map_err(|e| Error::io("create staging file", &path, e))?;
             // Hashed on this thread while a worker writes the previous buffer.
@@ -630,8 +622,8 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // The lease goes before its owner directory: a gc that finds the directory gone
-        // would take the lease for a dead process's.
+        // The lease goes before its owner directory (a field, dropped after this): a gc that
+        // finds the directory gone would take the lease for a dead process's.
         if !self.done
             && let Err(e) = self.store.delete_lease(&self.lease)
             && e.kind() != ErrorKind::NotFound
@@ -643,7 +635,6 @@ impl Drop for Batch {
         {
             tracing::warn!(error = %e, "could not drop the records of downloads that never started");
         }
-        drop(self.owner.take());
     }
 }
 

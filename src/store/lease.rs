@@ -119,7 +119,8 @@ fn lease_of(store: &Store, id: &str, rec: LeaseRecord) -> Lease {
 pub(crate) struct ReadLease {
     store: Store,
     id: String,
-    owner: Option<OwnerDir>,
+    /// Dropped after `Drop::drop` has dropped the lease.
+    _owner: OwnerDir,
 }
 
 impl Drop for ReadLease {
@@ -129,7 +130,6 @@ impl Drop for ReadLease {
         {
             tracing::warn!(lease = %self.id, error = %e, "could not drop a reader's lease; the next gc drops it");
         }
-        drop(self.owner.take());
     }
 }
 
@@ -196,7 +196,7 @@ impl Store {
         Ok(Some(ReadLease {
             store: self.clone(),
             id,
-            owner: Some(owner),
+            _owner: owner,
         }))
     }
 

@@ -50,7 +50,8 @@ pub struct LeaseOwner {
 pub(crate) struct OwnerDir {
     id: String,
     dir: PathBuf,
-    lock: Option<RefLock>,
+    /// Released (a field) after `Drop::drop` has removed the directory.
+    lock: RefLock,
 }
 
 impl OwnerDir {
@@ -75,11 +76,8 @@ impl OwnerDir {
 
 impl Drop for OwnerDir {
     fn drop(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            let _ = fs::remove_dir_all(&self.dir);
-            lock.remove_file();
-            drop(lock);
-        }
+        let _ = fs::remove_dir_all(&self.dir);
+        self.lock.remove_file();
     }
 }
 
@@ -90,11 +88,7 @@ impl Store {
         let dir = self.ingest_root().join(&id);
         fs::create_dir_all(&dir).map_err(|e| Error::io("create an owner directory", &dir, e))?;
         let lock = RefLock::acquire(&dir.join("lock"), &id)?;
-        Ok(OwnerDir {
-            id,
-            dir,
-            lock: Some(lock),
-        })
+        Ok(OwnerDir { id, dir, lock })
     }
 
     /// Whether the process owning `owner` still holds it. Takes no lock that outlives the
