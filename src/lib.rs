@@ -34,6 +34,8 @@ pub mod oci;
 pub mod prune;
 pub mod query;
 pub mod reference;
+#[cfg(feature = "containerd")]
+pub mod serve;
 pub mod refs;
 #[cfg(feature = "registry")]
 pub mod registry;

@@ -159,11 +159,15 @@ impl Store {
         labels: Labels,
         children: Vec<Digest>,
         arrival: crate::store::group::Arrival,
+        lease: Option<&str>,
     ) -> Result<()> {
         if self.blob_record(digest)?.is_some() {
             // Not joining a group with this commit: withdraw, or a leader waits for it.
             drop(arrival);
             self.remove_ingest(reference, lock)?;
+            if let Some(lease) = lease {
+                self.hold(lease, digest)?;
+            }
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }
         let data = lock.path();
@@ -180,6 +184,7 @@ impl Store {
             data.to_path_buf(),
             reference.to_owned(),
         );
+        let lease = lease.map(str::to_owned);
         let existed = self.group_write_announced("commit a blob", Some(arrival), move |txn| {
             let mut blobs = txn
                 .open_table(BLOBS)
@@ -199,6 +204,9 @@ impl Store {
                     .map_err(|e| Error::db("open the label index", e))?;
                 insert_record(&mut blobs, &mut index, &key, size, labels, Nanos::now())?;
                 graph::record(txn, &key, &children)?;
+            }
+            if let Some(lease) = &lease {
+                crate::store::hold::hold_in(txn, lease, &key)?;
             }
             let mut ingests = txn
                 .open_table(INGESTS)

@@ -21,6 +21,7 @@
 pub mod batch;
 pub(crate) mod graph;
 pub(crate) mod group;
+pub mod hold;
 pub mod images;
 mod ingest;
 pub mod interchange;

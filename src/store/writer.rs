@@ -41,6 +41,8 @@ pub(crate) struct StoreWriter {
     recorded: bool,
     /// Committed (or found committed): the ingest is gone, drop must not bring it back.
     finished: bool,
+    /// The lease the committed blob joins, in the commit's transaction.
+    lease: Option<String>,
 }
 
 impl StoreWriter {
@@ -58,6 +60,11 @@ impl StoreWriter {
         let file = Arc::clone(lock.file());
         let data_path = lock.path().to_path_buf();
         let pipe = store.pipe(Arc::clone(&file), data_path.clone(), offset);
+        // A resumed ingest was last written when its file was (see `keep_write_time`).
+        let updated = (offset > 0)
+            .then(|| file.metadata().and_then(|m| m.modified()).ok())
+            .flatten()
+            .map_or(record.started, Nanos::from);
         StoreWriter {
             pipe,
             store,
@@ -66,12 +73,19 @@ impl StoreWriter {
             file,
             data_path,
             hasher,
-            updated: record.started,
+            updated,
             record,
             expected,
             recorded,
             finished: false,
+            lease: None,
         }
+    }
+
+    /// This writer, with its commit putting the blob in lease `lease`.
+    pub(crate) fn in_lease(mut self, lease: String) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     fn ensure_recorded(&mut self) -> Result<()> {
@@ -328,6 +342,7 @@ impl Writer for StoreWriter {
             labels,
             children.unwrap_or_default(),
             arrival,
+            w.lease.as_deref(),
         );
         if committed.is_ok()
             || committed
@@ -342,6 +357,7 @@ impl Writer for StoreWriter {
     fn close(self: Box<Self>) -> Result<()> {
         let mut w = *self;
         w.flush_buf()?;
+        w.keep_write_time();
         w.ensure_recorded()
     }
 
@@ -359,6 +375,15 @@ impl StoreWriter {
             tracing::warn!(%reference, error = %d, "could not remove an ingest of wrong bytes");
         }
         e
+    }
+
+    /// Sets the file's mtime to when its last bytes were handed to this writer (they reach
+    /// the file later, through the pipe), so that a writer resuming the ingest reports that
+    /// time as `updated_at`, as containerd's store does.
+    fn keep_write_time(&self) {
+        if self.pipe.end() > 0 {
+            let _ = self.file.set_modified(self.updated.into());
+        }
     }
 
     /// See [`Writer::abort`].
@@ -380,7 +405,9 @@ impl Drop for StoreWriter {
         if self.finished {
             return;
         }
-        if let Err(e) = self.flush_buf().and_then(|()| self.ensure_recorded()) {
+        let flushed = self.flush_buf();
+        self.keep_write_time();
+        if let Err(e) = flushed.and_then(|()| self.ensure_recorded()) {
             tracing::warn!(reference = %self.reference, error = %e, "could not flush ingest on drop");
         }
     }

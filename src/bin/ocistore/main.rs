@@ -11,6 +11,7 @@ mod lease;
 mod output;
 mod prune;
 mod registry;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ enum Command {
     /// Ask a registry: inspect a reference, list tags, remove a manifest
     #[command(subcommand)]
     Remote(registry::RemoteCmd),
+    /// Serve the store to containerd: its content API over gRPC on a unix socket
+    Serve(serve::ServeArgs),
 }
 
 /// What a command needs from the command line at large.
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         Command::Du => check::du(&ctx),
         Command::Prune(a) => prune::prune(&ctx, a),
         Command::Remote(c) => registry::run(&ctx, c),
+        Command::Serve(a) => serve::serve(&ctx, a),
     };
     output::flush();
     match result {

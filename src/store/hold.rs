@@ -1,0 +1,203 @@
+//! Holds of an outside owner: a lease that content joins as it is written or adopted, and that
+//! gives each blob back one at a time.
+//!
+//! containerd's metadata layer keeps its own database of what its namespaces use and treats
+//! the content store below it as a bag of blobs: it writes, adopts (asks `Info` of a digest it
+//! was about to fetch, and records it when present), and deletes whatever its own gc finds
+//! unused. `ocistore serve --containerd` keeps everything containerd wrote or adopted in one
+//! lease ([`CONTAINERD_LEASE`]), so that ocistore's gc and prune leave it alone, and answers
+//! containerd's delete with [`Store::release_content`]: the blob leaves the lease, and goes
+//! only when nothing else keeps it by gc's rules (a name, another lease, a `gc.root` label, a
+//! kept parent).
+
+use redb::ReadableTable;
+
+use crate::content::Writer;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::gc::{Roots, edges, mark};
+use crate::refs::GC_ROOT;
+use crate::store::Store;
+use crate::store::graph;
+use crate::store::records::{self, BlobRecord, LeaseRecord, Nanos};
+use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES};
+
+/// The lease that holds what containerd wrote or adopted through `ocistore serve
+/// --containerd`.
+pub const CONTAINERD_LEASE: &str = "ocistore.containerd";
+
+/// What [`Store::release_content`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The lease held the blob and nothing else kept it: its record and file are gone.
+    Removed,
+    /// The lease gave up its hold (or had none); something else keeps the blob.
+    Kept,
+    /// The lease did not hold the blob: nothing changed.
+    NotHeld,
+}
+
+/// Adds `content:<key>` to lease `id` in `txn`, creating the lease (no expiry, no labels)
+/// when it is missing.
+pub(crate) fn hold_in(txn: &redb::WriteTransaction, id: &str, key: &str) -> Result<()> {
+    let mut leases = txn
+        .open_table(LEASES)
+        .map_err(|e| Error::db("open the leases table", e))?;
+    let missing = leases
+        .get(id)
+        .map_err(|e| Error::db("read a lease", e))?
+        .is_none();
+    if missing {
+        let rec = LeaseRecord {
+            created: Nanos::now(),
+            expires: None,
+            labels: Default::default(),
+        };
+        leases
+            .insert(id, records::encode(&rec).as_slice())
+            .map_err(|e| Error::db("write a lease", e))?;
+    }
+    txn.open_table(LEASE_RESOURCES)
+        .map_err(|e| Error::db("open the lease resources", e))?
+        .insert((id, "content", key), ())
+        .map_err(|e| Error::db("add a lease resource", e))?;
+    Ok(())
+}
+
+impl Store {
+    /// [`crate::Ingester::writer`] whose commit also puts the blob in lease `lease`, in the
+    /// commit's own transaction (the lease is created when missing). Content that turns out
+    /// to be committed already (`AlreadyExists`, at open or at commit) joins the lease too.
+    pub fn writer_in_lease(
+        &self,
+        lease: &str,
+        reference: &str,
+        expected_size: Option<u64>,
+        expected: Option<&Digest>,
+    ) -> Result<Box<dyn Writer>> {
+        match self.store_writer(reference, expected_size, expected) {
+            Ok(w) => Ok(Box::new(w.in_lease(lease.to_owned()))),
+            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => {
+                if let Some(d) = expected {
+                    self.hold(lease, d)?;
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts committed blob `digest` in lease `lease` (created when missing), unless it is
+    /// there already; `NotFound` when there is no such blob. A read answers when the lease
+    /// holds it: no write transaction.
+    pub fn hold(&self, lease: &str, digest: &Digest) -> Result<()> {
+        if self.lease_holds_content(lease, digest)? {
+            return Ok(());
+        }
+        let key = digest.to_string();
+        let txn = self.write_txn("hold content")?;
+        let present = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+            .is_some();
+        if !present {
+            return Err(Error::NotFound(format!("content {digest}")));
+        }
+        hold_in(&txn, lease, &key)?;
+        txn.commit().map_err(|e| Error::db("commit a hold", e))
+    }
+
+    /// Whether lease `lease` holds blob `digest` (one read).
+    pub fn lease_holds_content(&self, lease: &str, digest: &Digest) -> Result<bool> {
+        let txn = self.read_txn()?;
+        let key = digest.to_string();
+        Ok(txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?
+            .get((lease, "content", key.as_str()))
+            .map_err(|e| Error::db("read a lease resource", e))?
+            .is_some())
+    }
+
+    /// The blobs lease `lease` holds, in digest order.
+    pub fn lease_content(&self, lease: &str) -> Result<Vec<Digest>> {
+        let txn = self.read_txn()?;
+        let table = txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((lease, "content", "")..)
+            .map_err(|e| Error::db("read lease resources", e))?
+        {
+            let (k, _) = entry.map_err(|e| Error::db("read lease resources", e))?;
+            let (id, kind, value) = k.value();
+            if id != lease || kind != "content" {
+                break;
+            }
+            out.push(Digest::parse(value).map_err(|_| {
+                Error::Corrupted(format!("lease {lease:?} holds malformed digest {value:?}"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Takes blob `digest` out of lease `lease` and, in the same transaction, removes the
+    /// blob when nothing else keeps it by gc's rules: a name, another live lease, a
+    /// `gc.root` label, or a kept blob that references it. `NotFound` when there is no such
+    /// blob. A blob the lease does not hold is left as it is ([`Released::NotHeld`]).
+    /// Durable on return.
+    pub fn release_content(&self, lease: &str, digest: &Digest) -> Result<Released> {
+        let key = digest.to_string();
+        let record = self.blob_record(digest)?;
+        if record.is_none() {
+            return Err(Error::NotFound(format!("content {digest}")));
+        }
+        if !self.lease_holds_content(lease, digest)? {
+            return Ok(Released::NotHeld);
+        }
+        let _removal = self.begin_removal("release content")?;
+        let txn = self.write_txn("release content")?;
+        let held = txn
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?
+            .remove((lease, "content", key.as_str()))
+            .map_err(|e| Error::db("release a lease resource", e))?
+            .is_some();
+        let record: Option<BlobRecord> = txn
+            .open_table(BLOBS)
+            .map_err(|e| Error::db("open the blobs table", e))?
+            .get(key.as_str())
+            .map_err(|e| Error::db("read a blob record", e))?
+            .map(|v| records::decode(v.value(), &key))
+            .transpose()?;
+        let Some(record) = record else {
+            txn.commit().map_err(|e| Error::db("commit a release", e))?;
+            return Err(Error::NotFound(format!("content {digest}")));
+        };
+        if !held {
+            txn.commit().map_err(|e| Error::db("commit a release", e))?;
+            return Ok(Released::NotHeld);
+        }
+        let kept = record.labels.contains_key(GC_ROOT) || {
+            let edges = edges(&txn)?;
+            let roots = Roots::read(&txn, std::time::SystemTime::now(), &edges)?;
+            let starts = (roots.fixed.iter().map(String::as_str))
+                .chain(roots.names.values().map(|n| n.target.as_str()));
+            mark(&edges, starts).contains(key.as_str())
+        };
+        if kept {
+            txn.commit().map_err(|e| Error::db("commit a release", e))?;
+            return Ok(Released::Kept);
+        }
+        self.remove_blob_in(&txn, &key)?;
+        graph::forget(&txn, &key)?;
+        txn.commit().map_err(|e| Error::db("commit a release", e))?;
+        if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {
+            tracing::warn!(%digest, error = %e, "blob record released but its file remains");
+        }
+        Ok(Released::Removed)
+    }
+}
