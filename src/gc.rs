@@ -392,6 +392,16 @@ impl Roots {
         now: SystemTime,
         edges: &Edges,
     ) -> Result<Roots> {
+        Roots::read_except(txn, now, edges, None)
+    }
+
+    /// [`Roots::read`] as if lease `except` did not exist.
+    pub(crate) fn read_except(
+        txn: &redb::WriteTransaction,
+        now: SystemTime,
+        edges: &Edges,
+        except: Option<&str>,
+    ) -> Result<Roots> {
         let mut roots = Roots::default();
         let names = txn.open_table(NAMES).map_err(db("open the names table"))?;
         for entry in names.iter().map_err(db("read names"))? {
@@ -432,7 +442,8 @@ impl Roots {
         for entry in leases.iter().map_err(db("read leases"))? {
             let (k, v) = entry.map_err(db("read leases"))?;
             let rec: LeaseRecord = records::decode(v.value(), k.value())?;
-            if rec.expires.is_some_and(|e| SystemTime::from(e) <= now) {
+            if rec.expires.is_some_and(|e| SystemTime::from(e) <= now) || except == Some(k.value())
+            {
                 continue;
             }
             for (kind, value) in crate::store::lease::resources_in(&resources, k.value())? {

@@ -34,11 +34,11 @@ pub mod oci;
 pub mod prune;
 pub mod query;
 pub mod reference;
-#[cfg(feature = "containerd")]
-pub mod serve;
 pub mod refs;
 #[cfg(feature = "registry")]
 pub mod registry;
+#[cfg(feature = "containerd")]
+pub mod serve;
 pub mod store;
 pub mod testsuite;
 pub mod uncompressed;

@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::content::{IngestManager, Info, Labels, Manager, Provider};
+use crate::content::{Info, IngestManager, Labels, Manager, Provider};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter;
@@ -100,7 +100,7 @@ pub fn run(store: Store, opts: &Options, ready: impl FnOnce(&Path)) -> Result<()
         ready(&socket);
         tokio::select! {
             r = &mut server => r.map_err(|e| Error::Io {
-                action: "serve the socket".into(),
+                action: "serve the socket",
                 path: socket.clone(),
                 source: std::io::Error::other(e),
             }),
@@ -136,8 +136,9 @@ fn claim_socket(socket: &Path) -> Result<()> {
             "a server is already listening on {}",
             socket.display()
         ))),
-        Err(_) => std::fs::remove_file(socket)
-            .map_err(|e| Error::io("remove a stale socket", socket, e)),
+        Err(_) => {
+            std::fs::remove_file(socket).map_err(|e| Error::io("remove a stale socket", socket, e))
+        }
     }
 }
 
@@ -222,7 +223,9 @@ fn status_message(s: &crate::content::Status) -> proto::Status {
 /// The store's reference for containerd's `reference`.
 pub(crate) fn ingest_ref(reference: &str) -> std::result::Result<String, Status> {
     if reference.is_empty() {
-        return Err(Status::invalid_argument("ingest reference must not be empty"));
+        return Err(Status::invalid_argument(
+            "ingest reference must not be empty",
+        ));
     }
     Ok(format!("{INGEST_PREFIX}{reference}"))
 }
@@ -289,8 +292,8 @@ impl Content for Service {
         &self,
         req: Request<proto::ListContentRequest>,
     ) -> std::result::Result<Response<Self::ListStream>, Status> {
-        let filter = filter::parse_all(&req.get_ref().filters)
-            .map_err(|e| grpc_status(Error::from(e)))?;
+        let filter =
+            filter::parse_all(&req.get_ref().filters).map_err(|e| grpc_status(Error::from(e)))?;
         let store = self.store.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -404,8 +407,8 @@ impl Content for Service {
         &self,
         req: Request<proto::ListStatusesRequest>,
     ) -> std::result::Result<Response<proto::ListStatusesResponse>, Status> {
-        let filter = filter::parse_all(&req.get_ref().filters)
-            .map_err(|e| grpc_status(Error::from(e)))?;
+        let filter =
+            filter::parse_all(&req.get_ref().filters).map_err(|e| grpc_status(Error::from(e)))?;
         let store = self.store.clone();
         let all = blocking(move || store.list_statuses(&[])).await?;
         let statuses = (all.into_iter().filter_map(containerd_status))

@@ -57,7 +57,9 @@ pub(super) fn session(
             (session, reply) = match handled {
                 Ok(pair) => pair,
                 Err(e) => {
-                    let _ = tx.send(Err(Status::internal(format!("write failed: {e}")))).await;
+                    let _ = tx
+                        .send(Err(Status::internal(format!("write failed: {e}"))))
+                        .await;
                     return;
                 }
             };
@@ -101,7 +103,10 @@ fn parse_expected(s: &str) -> std::result::Result<Option<Digest>, Status> {
 }
 
 impl Session {
-    async fn open(store: Store, first: &WriteContentRequest) -> std::result::Result<Session, Status> {
+    async fn open(
+        store: Store,
+        first: &WriteContentRequest,
+    ) -> std::result::Result<Session, Status> {
         let reference = ingest_ref(&first.r#ref)?;
         let total = non_negative("total", first.total)?;
         let expected = parse_expected(&first.expected)?;
@@ -113,7 +118,9 @@ impl Session {
             let mut attempt = 0;
             loop {
                 match s.writer_in_lease(CONTAINERD_LEASE, &r, total, expected.as_ref()) {
-                    Err(e) if e.kind() == crate::ErrorKind::Unavailable && attempt < LOCK_RETRIES => {
+                    Err(e)
+                        if e.kind() == crate::ErrorKind::Unavailable && attempt < LOCK_RETRIES =>
+                    {
                         std::thread::sleep(std::time::Duration::from_millis(1 << attempt));
                         attempt += 1;
                     }

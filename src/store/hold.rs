@@ -146,7 +146,8 @@ impl Store {
 
     /// Takes blob `digest` out of lease `lease` and, in the same transaction, removes the
     /// blob when nothing else keeps it by gc's rules: a name, another live lease, a
-    /// `gc.root` label, or a kept blob that references it. `NotFound` when there is no such
+    /// `gc.root` label, or a blob kept by those that references it (what the lease itself
+    /// still holds does not count: the blob's parents go the same way). `NotFound` when there is no such
     /// blob. A blob the lease does not hold is left as it is ([`Released::NotHeld`]).
     /// Durable on return.
     pub fn release_content(&self, lease: &str, digest: &Digest) -> Result<Released> {
@@ -183,7 +184,8 @@ impl Store {
         }
         let kept = record.labels.contains_key(GC_ROOT) || {
             let edges = edges(&txn)?;
-            let roots = Roots::read(&txn, std::time::SystemTime::now(), &edges)?;
+            let now = std::time::SystemTime::now();
+            let roots = Roots::read_except(&txn, now, &edges, Some(lease))?;
             let starts = (roots.fixed.iter().map(String::as_str))
                 .chain(roots.names.values().map(|n| n.target.as_str()));
             mark(&edges, starts).contains(key.as_str())

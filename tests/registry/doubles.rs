@@ -241,6 +241,10 @@ pub enum Fault {
     Append(usize),
     /// Waits this long before forwarding.
     Delay(Duration),
+    /// Sends the answer's head and the first half of its body, waits this long, then sends
+    /// the rest: a transfer caught in the middle.
+    #[allow(dead_code)] // tests/containerd.rs
+    StallHalf(Duration),
 }
 
 /// Which requests a fault applies to, and how often.
@@ -438,6 +442,15 @@ impl FaultProxy {
             Some(Fault::CutHalf) if body_fault => {
                 client.write_all(head.as_bytes())?;
                 client.write_all(&body[..body.len() / 2])?;
+                client.flush()?;
+                return client.shutdown(Shutdown::Both);
+            }
+            Some(Fault::StallHalf(d)) if body_fault => {
+                client.write_all(head.as_bytes())?;
+                client.write_all(&body[..body.len() / 2])?;
+                client.flush()?;
+                std::thread::sleep(*d);
+                client.write_all(&body[body.len() / 2..])?;
                 client.flush()?;
                 return client.shutdown(Shutdown::Both);
             }
