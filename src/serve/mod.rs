@@ -351,20 +351,29 @@ impl Content for Service {
             }
         };
         let store = self.store.clone();
-        let reader = blocking(move || store.reader_at(&digest)).await?;
-        let blob = reader.size();
-        if offset > blob {
-            return Err(Status::out_of_range(format!(
-                "read past object length {blob} bytes"
-            )));
-        }
-        let end = if size == 0 {
-            blob
-        } else {
-            offset.saturating_add(size).min(blob)
-        };
+        // One blocking task opens the blob and streams it: an error opening it (NotFound,
+        // OutOfRange) ends the stream with that status before any data.
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
+            let reader = match store.reader_at(&digest) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(grpc_status(e)));
+                    return;
+                }
+            };
+            let blob = reader.size();
+            if offset > blob {
+                let _ = tx.blocking_send(Err(Status::out_of_range(format!(
+                    "read past object length {blob} bytes"
+                ))));
+                return;
+            }
+            let end = if size == 0 {
+                blob
+            } else {
+                offset.saturating_add(size).min(blob)
+            };
             let mut at = offset;
             while at < end {
                 let want = usize::try_from(end - at).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
