@@ -631,6 +631,86 @@ fn writers_on_one_reference_and_clients_that_vanish() {
 
 #[test]
 #[ignore = "needs containerd; run by .ci/run's interop suite"]
+fn sigterm_mid_write_keeps_the_ingest_to_resume() {
+    let mut rig = Rig::new();
+    let data: Vec<u8> = (0..4 * MIB as usize)
+        .map(|i| (i * 13 % 249) as u8)
+        .collect();
+    let digest = sha256(&data);
+    let mut writer = Command::new("ctr")
+        .arg("--address")
+        .arg(rig.ctd_sock())
+        .args([
+            "content",
+            "ingest",
+            "--expected-digest",
+            &digest,
+            "stopping",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = writer.stdin.as_mut().unwrap();
+        stdin.write_all(&data[..MIB as usize]).unwrap();
+        stdin.flush().unwrap();
+    }
+    let offset = || {
+        rig.env
+            .ok(&rig.root, &["ingest", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["ref"].as_str().is_some_and(|r| r.ends_with("/stopping")))
+            .map(|s| s["offset"].as_u64().unwrap_or(0))
+            .max()
+    };
+    assert!(
+        poll(Duration::from_secs(20), Duration::from_millis(10), || {
+            offset().is_some_and(|o| o > 0)
+        }),
+        "the write reaches the root"
+    );
+    // SIGTERM while the stream is open: the server exits 0 and the bytes stay an ingest.
+    rig.serve.stop();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let kept = offset().expect("the ingest is kept");
+    assert!(kept > 0, "its bytes are kept");
+    assert!(!rig.content().contains(&digest));
+    rig.fsck_clean();
+    // Server and containerd back: the same ingest run again from a file resumes and commits.
+    rig.serve = Serve::start(&rig.env, &rig.root, &rig.env.path("content.sock"), "serve2");
+    rig.ctd.restart();
+    let file = rig.env.path("data");
+    std::fs::write(&file, &data).unwrap();
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(rig.ctd_sock())
+        .args([
+            "content",
+            "ingest",
+            "--expected-digest",
+            &digest,
+            "stopping",
+        ])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rig.ctr_get(&digest), data);
+    rig.fsck_clean();
+}
+
+#[test]
+#[ignore = "needs containerd; run by .ci/run's interop suite"]
 fn the_server_stays_small_while_containerd_writes_a_gigabyte() {
     let mut rig = Rig::new();
     let file = rig.env.path("big");

@@ -443,7 +443,11 @@ impl Content for Service {
     ) -> std::result::Result<Response<()>, Status> {
         let reference = ingest_ref(&req.get_ref().r#ref)?;
         let store = self.store.clone();
-        blocking(move || store.abort(&reference)).await?;
+        blocking(move || {
+            store.abort(&reference)?;
+            store.release_ingest(CONTAINERD_LEASE, &reference)
+        })
+        .await?;
         Ok(Response::new(()))
     }
 }

@@ -162,6 +162,9 @@ impl Session {
                 // Committed meanwhile: the ingest is not needed, and the blob is held.
                 writer.abort().map_err(grpc_status)?;
                 self.store
+                    .release_ingest(CONTAINERD_LEASE, &self.reference)
+                    .map_err(grpc_status)?;
+                self.store
                     .hold(CONTAINERD_LEASE, &expected)
                     .map_err(grpc_status)?;
                 return Err(Status::already_exists(format!(

@@ -40,6 +40,23 @@ pub enum Released {
 /// Adds `content:<key>` to lease `id` in `txn`, creating the lease (no expiry, no labels)
 /// when it is missing.
 pub(crate) fn hold_in(txn: &redb::WriteTransaction, id: &str, key: &str) -> Result<()> {
+    hold_kind_in(txn, id, "content", key)
+}
+
+/// Drops `ingest:<reference>` from lease `id` in `txn` (nothing when it is not there).
+pub(crate) fn release_ingest_in(
+    txn: &redb::WriteTransaction,
+    id: &str,
+    reference: &str,
+) -> Result<()> {
+    txn.open_table(LEASE_RESOURCES)
+        .map_err(|e| Error::db("open the lease resources", e))?
+        .remove((id, "ingest", reference))
+        .map_err(|e| Error::db("release a lease resource", e))?;
+    Ok(())
+}
+
+fn hold_kind_in(txn: &redb::WriteTransaction, id: &str, kind: &str, key: &str) -> Result<()> {
     let mut leases = txn
         .open_table(LEASES)
         .map_err(|e| Error::db("open the leases table", e))?;
@@ -59,15 +76,17 @@ pub(crate) fn hold_in(txn: &redb::WriteTransaction, id: &str, key: &str) -> Resu
     }
     txn.open_table(LEASE_RESOURCES)
         .map_err(|e| Error::db("open the lease resources", e))?
-        .insert((id, "content", key), ())
+        .insert((id, kind, key), ())
         .map_err(|e| Error::db("add a lease resource", e))?;
     Ok(())
 }
 
 impl Store {
-    /// [`crate::Ingester::writer`] whose commit also puts the blob in lease `lease`, in the
-    /// commit's own transaction (the lease is created when missing). Content that turns out
-    /// to be committed already (`AlreadyExists`, at open or at commit) joins the lease too.
+    /// [`crate::Ingester::writer`] in lease `lease` (created when missing): the ingest is
+    /// held while it lasts (gc's ingest expiry does not remove it; an abort or the commit
+    /// releases it), and the commit puts the blob in the lease in its own transaction.
+    /// Content that turns out to be committed already (`AlreadyExists`, at open or at
+    /// commit) joins the lease too.
     pub fn writer_in_lease(
         &self,
         lease: &str,
@@ -76,7 +95,10 @@ impl Store {
         expected: Option<&Digest>,
     ) -> Result<Box<dyn Writer>> {
         match self.store_writer(reference, expected_size, expected) {
-            Ok(w) => Ok(Box::new(w.in_lease(lease.to_owned()))),
+            Ok(w) => {
+                self.hold_ingest(lease, reference)?;
+                Ok(Box::new(w.in_lease(lease.to_owned())))
+            }
             Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => {
                 if let Some(d) = expected {
                     self.hold(lease, d)?;
@@ -107,6 +129,30 @@ impl Store {
         }
         hold_in(&txn, lease, &key)?;
         txn.commit().map_err(|e| Error::db("commit a hold", e))
+    }
+
+    /// Puts ingest `reference` in lease `lease` (created when missing), unless it is there.
+    fn hold_ingest(&self, lease: &str, reference: &str) -> Result<()> {
+        let held = self
+            .read_txn()?
+            .open_table(LEASE_RESOURCES)
+            .map_err(|e| Error::db("open the lease resources", e))?
+            .get((lease, "ingest", reference))
+            .map_err(|e| Error::db("read a lease resource", e))?
+            .is_some();
+        if held {
+            return Ok(());
+        }
+        let txn = self.write_txn("hold an ingest")?;
+        hold_kind_in(&txn, lease, "ingest", reference)?;
+        txn.commit().map_err(|e| Error::db("commit a hold", e))
+    }
+
+    /// Drops ingest `reference` from lease `lease` (nothing when it is not there).
+    pub fn release_ingest(&self, lease: &str, reference: &str) -> Result<()> {
+        let txn = self.write_txn("release an ingest")?;
+        release_ingest_in(&txn, lease, reference)?;
+        txn.commit().map_err(|e| Error::db("commit a release", e))
     }
 
     /// Whether lease `lease` holds blob `digest` (one read).
@@ -201,5 +247,160 @@ impl Store {
             tracing::warn!(%digest, error = %e, "blob record released but its file remains");
         }
         Ok(Released::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::{Manager, Writer};
+    use crate::store::lease::Resource;
+
+    fn put(store: &Store, reference: &str, bytes: &[u8]) -> Digest {
+        let mut w = store
+            .writer_in_lease(CONTAINERD_LEASE, reference, None, None)
+            .unwrap();
+        std::io::Write::write_all(&mut w, bytes).unwrap();
+        w.commit(None, None, Default::default()).unwrap()
+    }
+
+    fn manifest_of(config: &Digest, size: usize) -> Vec<u8> {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{size}}},"layers":[]}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_commit_in_a_lease_is_held_and_gc_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = put(&store, "r1", b"held by containerd");
+        assert!(store.lease_holds_content(CONTAINERD_LEASE, &d).unwrap());
+        assert_eq!(store.lease_content(CONTAINERD_LEASE).unwrap(), vec![d]);
+        store.gc(&Default::default()).unwrap();
+        assert!(store.info(&d).is_ok(), "gc keeps what the lease holds");
+        // Committed again (AlreadyExists): still held, once.
+        let mut w = store
+            .writer_in_lease(CONTAINERD_LEASE, "r2", None, None)
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"held by containerd").unwrap();
+        let e = w.commit(None, None, Default::default()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::AlreadyExists);
+        assert_eq!(store.lease_content(CONTAINERD_LEASE).unwrap(), vec![d]);
+        // Opening with the digest expected: AlreadyExists, and held.
+        let other = crate::helpers::write_blob(
+            &store,
+            "plain",
+            &mut &b"written by ocistore"[..],
+            None,
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let e = store
+            .writer_in_lease(CONTAINERD_LEASE, "r3", None, Some(&other))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::AlreadyExists);
+        assert!(store.lease_holds_content(CONTAINERD_LEASE, &other).unwrap());
+    }
+
+    #[test]
+    fn release_removes_only_what_nothing_else_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alone = put(&store, "a", b"containerd's alone");
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &alone).unwrap(),
+            Released::Removed
+        );
+        assert_eq!(
+            store.info(&alone).unwrap_err().kind(),
+            crate::ErrorKind::NotFound
+        );
+        assert_eq!(
+            store
+                .release_content(CONTAINERD_LEASE, &alone)
+                .unwrap_err()
+                .kind(),
+            crate::ErrorKind::NotFound
+        );
+
+        // Another lease keeps it.
+        let leased = put(&store, "b", b"also in a user's lease");
+        store
+            .create_lease("mine", None, Default::default())
+            .unwrap();
+        store
+            .add_lease_resource("mine", &Resource::Content(leased))
+            .unwrap();
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &leased).unwrap(),
+            Released::Kept
+        );
+        assert!(store.info(&leased).is_ok());
+        assert!(
+            !store
+                .lease_holds_content(CONTAINERD_LEASE, &leased)
+                .unwrap()
+        );
+
+        // A gc.root label keeps it.
+        let rooted = put(&store, "c", b"a gc root");
+        let mut info = store.info(&rooted).unwrap();
+        info.labels
+            .insert(crate::refs::GC_ROOT.to_owned(), "yes".to_owned());
+        store.update(&info, &["labels"]).unwrap();
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &rooted).unwrap(),
+            Released::Kept
+        );
+
+        // A parent kept by another lease keeps its child; a parent containerd alone holds
+        // does not.
+        let child = put(&store, "d", b"a config");
+        let parent = put(&store, "e", &manifest_of(&child, 8));
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &child).unwrap(),
+            Released::Removed,
+            "a parent only containerd holds keeps nothing"
+        );
+        let child = put(&store, "f", b"another config");
+        let parent2 = put(&store, "g", &manifest_of(&child, 14));
+        store
+            .add_lease_resource("mine", &Resource::Content(parent2))
+            .unwrap();
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &child).unwrap(),
+            Released::Kept
+        );
+        let _ = parent;
+
+        // A blob containerd never held is left alone.
+        let theirs = crate::helpers::write_blob(
+            &store,
+            "plain",
+            &mut &b"ocistore's"[..],
+            None,
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            store.release_content(CONTAINERD_LEASE, &theirs).unwrap(),
+            Released::NotHeld
+        );
+        assert!(store.info(&theirs).is_ok());
+    }
+
+    #[test]
+    fn the_containerd_lease_id_is_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let e = store
+            .create_lease(CONTAINERD_LEASE, None, Default::default())
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 }

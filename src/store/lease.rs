@@ -215,6 +215,12 @@ impl Store {
         }
         validate_labels(&labels)?;
         crate::store::owner::refuse_owner_labels(&labels)?;
+        if id == crate::store::hold::CONTAINERD_LEASE {
+            return Err(Error::InvalidArgument(format!(
+                "lease id {id:?} is reserved: it holds what containerd keeps through \
+                 `ocistore serve --containerd`"
+            )));
+        }
         let rec = LeaseRecord {
             created: Nanos::now(),
             expires: expires_at.map(Nanos::from),

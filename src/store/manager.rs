@@ -167,6 +167,7 @@ impl Store {
             self.remove_ingest(reference, lock)?;
             if let Some(lease) = lease {
                 self.hold(lease, digest)?;
+                self.release_ingest(lease, reference)?;
             }
             return Err(Error::AlreadyExists(format!("content {digest}")));
         }
@@ -207,6 +208,7 @@ impl Store {
             }
             if let Some(lease) = &lease {
                 crate::store::hold::hold_in(txn, lease, &key)?;
+                crate::store::hold::release_ingest_in(txn, lease, &reference_owned)?;
             }
             let mut ingests = txn
                 .open_table(INGESTS)
