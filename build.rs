@@ -11,7 +11,15 @@ fn main() {
 fn containerd() {
     let proto = "proto/containerd/services/content/v1/content.proto";
     println!("cargo:rerun-if-changed={proto}");
-    let files = protox::compile([proto], ["proto"]).expect("compile containerd's content.proto");
+    // Without source info: containerd's comments hold indented text that rustdoc would run
+    // as doctests. The .proto in proto/ keeps them for readers.
+    let files = protox::Compiler::new(["proto"])
+        .expect("the proto directory")
+        .include_source_info(false)
+        .include_imports(true)
+        .open_file(proto)
+        .expect("compile containerd's content.proto")
+        .file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

@@ -167,7 +167,7 @@ fn open_table_db(root: &Path) -> redb::ReadOnlyDatabase {
 fn write_size(out: &mut impl Write, n: u64) {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
-        let _ = write!(out, "{:10}", format_args!("{n} B"));
+        let _ = write!(out, "{:10}", format!("{n} B"));
         return;
     }
     let mut v = n as f64;
@@ -176,7 +176,7 @@ fn write_size(out: &mut impl Write, n: u64) {
         v /= 1024.0;
         unit += 1;
     }
-    let _ = write!(out, "{:10}", format_args!("{v:.1} {}", UNITS[unit]));
+    let _ = write!(out, "{:10}", format!("{v:.1} {}", UNITS[unit]));
 }
 
 /// "3 minutes ago", as the CLI writes ages, written straight into `out`.

@@ -253,7 +253,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::{Manager, Writer};
+    use crate::content::Manager;
     use crate::store::lease::Resource;
 
     fn put(store: &Store, reference: &str, bytes: &[u8]) -> Digest {
