@@ -94,7 +94,7 @@ impl Store {
         let roots = Roots::read(&txn, now, &edges)?;
         let starts = (roots.fixed.iter().map(String::as_str))
             .chain(roots.names.values().map(|n| n.target.as_str()));
-        let marked = mark(&edges, starts);
+        let marked = mark_referrers(self, &edges, mark(&edges, starts))?;
         let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
         // Sweep records.
         let mut doomed: Vec<(String, u64)> = Vec::new();
@@ -504,6 +504,50 @@ pub(crate) fn edges(txn: &redb::WriteTransaction) -> Result<Edges> {
         }
     }
     Ok(children)
+}
+
+/// Adds to `marked` every referrer of marked content (a manifest whose `subject` is marked:
+/// a signature, SBOM or attestation of a kept image) and what it reaches, until nothing
+/// changes. The candidates are the unmarked parents of marked blobs; each is read once (a
+/// small JSON file) to learn its subject.
+pub(crate) fn mark_referrers<'a>(
+    store: &Store,
+    edges: &'a Edges,
+    mut marked: FxHashSet<&'a str>,
+) -> Result<FxHashSet<&'a str>> {
+    let mut subjects: FxHashMap<&'a str, Option<String>> = FxHashMap::default();
+    loop {
+        let mut found: Vec<&'a str> = Vec::new();
+        for (parent, children) in edges {
+            let parent = parent.as_str();
+            if marked.contains(parent) || !children.iter().any(|c| marked.contains(c.as_str())) {
+                continue;
+            }
+            let subject = match subjects.get(parent) {
+                Some(s) => s.clone(),
+                None => {
+                    let s =
+                        crate::store::referrers::subject_of(store, parent)?.map(|d| d.to_string());
+                    subjects.insert(parent, s.clone());
+                    s
+                }
+            };
+            if subject.is_some_and(|s| marked.contains(s.as_str())) {
+                found.push(parent);
+            }
+        }
+        if found.is_empty() {
+            return Ok(marked);
+        }
+        while let Some(d) = found.pop() {
+            if !marked.insert(d) {
+                continue;
+            }
+            if let Some(c) = edges.get(d) {
+                found.extend(c.iter().map(String::as_str).filter(|c| !marked.contains(c)));
+            }
+        }
+    }
 }
 
 /// Every blob reachable from `starts` along `edges` (the starts included, whether they exist

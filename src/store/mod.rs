@@ -32,6 +32,7 @@ pub(crate) mod migrate;
 pub mod owner;
 pub(crate) mod pipe;
 pub(crate) mod records;
+pub mod referrers;
 pub(crate) mod schema;
 mod snapshot;
 pub mod uses;

@@ -53,6 +53,17 @@ pub enum ImageCmd {
         /// A name (alpine, ghcr.io/o/r:t) or a digest
         reference: String,
     },
+    /// List the referrers of an image (signatures, SBOMs, attestations) stored here
+    Referrers {
+        /// A name or a digest
+        reference: String,
+        /// Only referrers of this artifact type
+        #[arg(long, value_name = "TYPE")]
+        artifact_type: Option<String>,
+        /// Also the referrers of referrers (a signature on an SBOM)
+        #[arg(long)]
+        recursive: bool,
+    },
     /// Point new names at what SOURCE points at
     Tag {
         /// Existing name or digest
@@ -127,7 +138,10 @@ struct ImageLine<'a> {
 }
 
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
-    let store = if matches!(cmd, ImageCmd::Ls { .. } | ImageCmd::Inspect { .. }) {
+    let store = if matches!(
+        cmd,
+        ImageCmd::Ls { .. } | ImageCmd::Inspect { .. } | ImageCmd::Referrers { .. }
+    ) {
         ctx.open_to_read()?
     } else {
         ctx.open()?
@@ -289,6 +303,55 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 "document": document,
             });
             print_json(&v);
+        }
+        ImageCmd::Referrers {
+            reference,
+            artifact_type,
+            recursive,
+        } => {
+            let desc = store.resolve(&reference)?;
+            let digest = Digest::parse(desc.digest().as_ref())?;
+            let found = if recursive {
+                store.referrers_recursive(&digest, artifact_type.as_deref())?
+            } else {
+                store.referrers(&digest, artifact_type.as_deref())?
+            };
+            if ctx.json {
+                print_json(&Value::Array(
+                    found
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "digest": r.digest.to_string(),
+                                "media_type": r.media_type,
+                                "artifact_type": r.artifact_type,
+                                "size": r.size,
+                                "annotations": r.annotations,
+                                "subject": r.subject.to_string(),
+                            })
+                        })
+                        .collect(),
+                ));
+            } else {
+                let rows: Vec<Vec<String>> = found
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.digest.to_string(),
+                            crate::output::shown(r.artifact_type.as_deref().unwrap_or("-"))
+                                .into_owned(),
+                            crate::output::human_size(r.size),
+                            crate::output::shown(
+                                r.annotations
+                                    .get("org.opencontainers.image.created")
+                                    .map_or("-", String::as_str),
+                            )
+                            .into_owned(),
+                        ]
+                    })
+                    .collect();
+                table(&["DIGEST", "ARTIFACT-TYPE", "SIZE", "CREATED"], &rows);
+            }
         }
         ImageCmd::Tag { source, targets } => {
             let targets: Vec<&str> = targets.iter().map(String::as_str).collect();

@@ -1,0 +1,317 @@
+//! Referrers (OCI 1.1): the manifests whose `subject` names a given manifest — its
+//! signatures, SBOMs and attestations. Found from the reverse references table (the subject
+//! is one of a manifest's recorded children), then confirmed by reading each candidate
+//! parent, so the cost follows the number of parents, not the size of the store.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// One referrer of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Referrer {
+    /// The referrer's digest.
+    pub digest: Digest,
+    /// Its own `mediaType`.
+    pub media_type: String,
+    /// Its `artifactType`, else (for an image manifest) its config's media type, as the
+    /// referrers API reports it.
+    pub artifact_type: Option<String>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The manifest it refers to.
+    #[serde(skip)]
+    pub subject: Digest,
+}
+
+/// The most referrers [`Store::referrers_recursive`] visits: a bound against hostile chains.
+pub const MAX_REFERRERS: usize = 100_000;
+
+/// What a manifest document says about itself as a referrer: its subject, media type,
+/// artifact type and annotations; `None` when it is not a JSON manifest with a subject.
+#[allow(clippy::type_complexity)]
+pub(crate) fn as_referrer(
+    bytes: &[u8],
+) -> Option<(Digest, String, Option<String>, BTreeMap<String, String>)> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let subject = Digest::parse(doc.get("subject")?.get("digest")?.as_str()?).ok()?;
+    let media_type = doc
+        .get("mediaType")
+        .and_then(serde_json::Value::as_str)
+        .map_or_else(
+            || crate::store::images::sniff_media_type(bytes),
+            str::to_owned,
+        );
+    let artifact_type = doc
+        .get("artifactType")
+        .and_then(serde_json::Value::as_str)
+        .or_else(|| doc.get("config")?.get("mediaType")?.as_str())
+        .map(str::to_owned);
+    let annotations = doc
+        .get("annotations")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((subject, media_type, artifact_type, annotations))
+}
+
+impl Store {
+    /// The referrers of `subject` stored here (manifests whose `subject` is it), by digest;
+    /// with `artifact_type`, only those of that type.
+    pub fn referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let mut out = Vec::new();
+        for parent in self.parents(subject)? {
+            let bytes =
+                match crate::helpers::read_blob_prefix(self, &parent, crate::refs::MAX_PARSED) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+            let Some((named, media_type, artifact, annotations)) = as_referrer(&bytes) else {
+                continue;
+            };
+            if named != *subject || artifact_type.is_some_and(|t| artifact.as_deref() != Some(t)) {
+                continue;
+            }
+            let size = match self.blob_record(&parent)? {
+                Some(rec) => rec.size,
+                None => continue,
+            };
+            out.push(Referrer {
+                digest: parent,
+                media_type,
+                artifact_type: artifact,
+                size,
+                annotations,
+                subject: *subject,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Store::referrers`] of `subject`, then of each referrer found (a signature on an
+    /// SBOM), breadth first; each referrer once, whatever cycles the documents claim, and at
+    /// most [`MAX_REFERRERS`] (more is `FailedPrecondition`). The artifact type filters
+    /// what is listed, not what is followed.
+    pub fn referrers_recursive(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let mut seen: BTreeSet<Digest> = BTreeSet::from([*subject]);
+        let mut queue = VecDeque::from([*subject]);
+        let mut out = Vec::new();
+        while let Some(d) = queue.pop_front() {
+            for r in self.referrers(&d, None)? {
+                if !seen.insert(r.digest) {
+                    continue;
+                }
+                if seen.len() > MAX_REFERRERS {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{subject} has more than {MAX_REFERRERS} referrers, directly or through \
+                         other referrers"
+                    )));
+                }
+                queue.push_back(r.digest);
+                if artifact_type.is_none_or(|t| r.artifact_type.as_deref() == Some(t)) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `subject` of the stored blob `key`, when it is a small JSON manifest that has one
+/// (read from its file; nothing larger than [`crate::refs::MAX_PARSED`] is read).
+pub(crate) fn subject_of(store: &Store, key: &str) -> Result<Option<Digest>> {
+    let Ok(digest) = Digest::parse(key) else {
+        return Ok(None);
+    };
+    let path = store.blob_dir().path_for(&digest);
+    let bytes = match std::fs::metadata(&path) {
+        Ok(m) if m.len() <= crate::refs::MAX_PARSED => match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read a manifest", &path, e)),
+        },
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("stat a blob", &path, e)),
+    };
+    Ok(as_referrer(&bytes).map(|(subject, ..)| subject))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::Manager;
+    use crate::helpers::write_blob;
+
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    fn put(store: &Store, bytes: &[u8]) -> Digest {
+        write_blob(store, "t", &mut &bytes[..], None, None, Default::default()).unwrap()
+    }
+
+    /// A manifest with one config blob, and a subject when given.
+    fn manifest(
+        store: &Store,
+        config: &[u8],
+        artifact: Option<&str>,
+        subject: Option<&Digest>,
+    ) -> Digest {
+        let c = put(store, config);
+        let mut doc = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": c.to_string(), "size": config.len()},
+            "layers": [],
+            "annotations": {"org.opencontainers.image.created": "2026-12-06T00:00:00Z"},
+        });
+        if let Some(t) = artifact {
+            doc["artifactType"] = t.into();
+        }
+        if let Some(s) = subject {
+            let size = store.info(s).map_or(0, |i| i.size);
+            doc["subject"] =
+                serde_json::json!({"mediaType": MANIFEST, "digest": s.to_string(), "size": size});
+        }
+        put(store, &serde_json::to_vec(&doc).unwrap())
+    }
+
+    fn descriptor(store: &Store, d: &Digest) -> oci_spec::image::Descriptor {
+        crate::names::descriptor(MANIFEST, d, store.info(d).unwrap().size).unwrap()
+    }
+
+    #[test]
+    fn referrers_are_listed_filtered_and_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = manifest(&store, b"{\"image\":1}", None, None);
+        let sig = manifest(
+            &store,
+            b"{\"sig\":1}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&image),
+        );
+        let sbom = manifest(
+            &store,
+            b"{\"sbom\":1}",
+            Some("application/spdx+json"),
+            Some(&image),
+        );
+        let sbom_sig = manifest(
+            &store,
+            b"{\"sig\":2}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&sbom),
+        );
+        let mut direct: Vec<Digest> = store
+            .referrers(&image, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.digest)
+            .collect();
+        direct.sort();
+        let mut want = vec![sig, sbom];
+        want.sort();
+        assert_eq!(direct, want);
+        let signed = store
+            .referrers(&image, Some("application/vnd.dev.sigstore"))
+            .unwrap();
+        assert_eq!(signed.len(), 1);
+        assert_eq!(signed[0].digest, sig);
+        assert_eq!(
+            signed[0].artifact_type.as_deref(),
+            Some("application/vnd.dev.sigstore")
+        );
+        assert_eq!(
+            signed[0].annotations["org.opencontainers.image.created"],
+            "2026-12-06T00:00:00Z"
+        );
+        let all = store
+            .referrers_recursive(&image, Some("application/vnd.dev.sigstore"))
+            .unwrap();
+        let mut all: Vec<Digest> = all.iter().map(|r| r.digest).collect();
+        all.sort();
+        let mut want = vec![sig, sbom_sig];
+        want.sort();
+        assert_eq!(all, want, "a signature on the SBOM comes with --recursive");
+        assert!(store.referrers(&sig, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn gc_keeps_the_referrers_of_kept_images_and_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = manifest(&store, b"{\"image\":1}", None, None);
+        let sig = manifest(
+            &store,
+            b"{\"sig\":1}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&image),
+        );
+        let sbom = manifest(
+            &store,
+            b"{\"sbom\":1}",
+            Some("application/spdx+json"),
+            Some(&image),
+        );
+        let sbom_sig = manifest(
+            &store,
+            b"{\"sig\":2}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&sbom),
+        );
+        let other = manifest(&store, b"{\"other\":1}", None, None);
+        let orphan = manifest(
+            &store,
+            b"{\"sig\":3}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&other),
+        );
+        store
+            .put_image("lab/app:1", descriptor(&store, &image), None)
+            .unwrap();
+        store.gc(&Default::default()).unwrap();
+        for kept in [image, sig, sbom, sbom_sig] {
+            assert!(store.info(&kept).is_ok(), "{kept} is kept with its image");
+            for child in store.children(&kept).unwrap() {
+                assert!(store.info(&child).is_ok(), "{child} of {kept} is kept");
+            }
+        }
+        for gone in [other, orphan] {
+            assert_eq!(
+                store.info(&gone).unwrap_err().kind(),
+                crate::ErrorKind::NotFound
+            );
+        }
+        // Without its name the image goes, and its referrers with it.
+        store.delete_image("lab/app:1").unwrap();
+        store.gc(&Default::default()).unwrap();
+        for gone in [image, sig, sbom, sbom_sig] {
+            assert_eq!(
+                store.info(&gone).unwrap_err().kind(),
+                crate::ErrorKind::NotFound
+            );
+        }
+    }
+}
