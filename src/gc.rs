@@ -550,6 +550,29 @@ pub(crate) fn mark_referrers<'a>(
     }
 }
 
+/// Turns every subject edge around, for prune, which treats an image and its referrers as one
+/// unit: the subject reaches its referrer (its signatures and SBOMs go, and stay, with it),
+/// and a referrer no longer reaches its subject (a referrer alone never keeps an image).
+/// Reads each parent's document once (small JSON files only).
+pub(crate) fn turn_subject_edges(store: &Store, edges: &mut Edges) -> Result<()> {
+    let mut turned: Vec<(String, String)> = Vec::new();
+    for (parent, children) in edges.iter() {
+        if let Some(subject) = crate::store::referrers::subject_of(store, parent)? {
+            let subject = subject.to_string();
+            if children.contains(&subject) {
+                turned.push((parent.clone(), subject));
+            }
+        }
+    }
+    for (referrer, subject) in turned {
+        if let Some(c) = edges.get_mut(&referrer) {
+            c.retain(|d| *d != subject);
+        }
+        edges.entry(subject).or_default().push(referrer);
+    }
+    Ok(())
+}
+
 /// Every blob reachable from `starts` along `edges` (the starts included, whether they exist
 /// or not), borrowed from them.
 pub(crate) fn mark<'a>(

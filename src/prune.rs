@@ -155,9 +155,10 @@ impl Store {
         let owner_locks = self.drop_dead_owners_in(&txn, &mut dropped)?;
         let Graph {
             blobs,
-            children,
+            mut children,
             loose_pinned,
         } = load_graph(self, &txn, !wrote_uses)?;
+        gc::turn_subject_edges(self, &mut children)?;
         let roots = Roots::read(&txn, now, &children)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;

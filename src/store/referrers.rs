@@ -314,4 +314,66 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn prune_takes_an_image_and_its_referrers_as_one_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let all = || crate::prune::Options {
+            max_used: Some(1),
+            ..Default::default()
+        };
+        let pin: crate::Labels = [("ocistore.pin".to_owned(), "true".to_owned())].into();
+        let image = manifest(&store, b"{\"image\":1}", None, None);
+        let sig = manifest(
+            &store,
+            b"{\"sig\":1}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&image),
+        );
+        store
+            .put_image("lab/app:1", descriptor(&store, &image), Some(pin.clone()))
+            .unwrap();
+        let other = manifest(&store, b"{\"other\":1}", None, None);
+        let other_sig = manifest(
+            &store,
+            b"{\"sig\":3}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&other),
+        );
+        store.prune(&all()).unwrap();
+        assert!(
+            store.info(&image).is_ok() && store.info(&sig).is_ok(),
+            "a pinned image keeps its referrers"
+        );
+        for gone in [other, other_sig] {
+            assert!(store.info(&gone).is_err(), "unnamed {gone} goes");
+        }
+        // Unpinned and over budget: the image and its signature go together.
+        store
+            .put_image(
+                "lab/app:1",
+                descriptor(&store, &image),
+                Some(Default::default()),
+            )
+            .unwrap();
+        store.prune(&all()).unwrap();
+        for gone in [image, sig] {
+            assert!(store.info(&gone).is_err(), "{gone} goes with its image");
+        }
+        // A pinned referrer alone does not keep its image.
+        let image = manifest(&store, b"{\"image\":2}", None, None);
+        let sig = manifest(
+            &store,
+            b"{\"sig\":2}",
+            Some("application/vnd.dev.sigstore"),
+            Some(&image),
+        );
+        store
+            .put_image("lab/sig:1", descriptor(&store, &sig), Some(pin))
+            .unwrap();
+        store.prune(&all()).unwrap();
+        assert!(store.info(&sig).is_ok(), "the pinned referrer stays");
+        assert!(store.info(&image).is_err(), "its image, unnamed, goes");
+    }
 }
