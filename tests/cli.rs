@@ -429,3 +429,82 @@ fn tables_escape_control_characters() {
     assert_eq!(listed[0]["labels"]["k"], hostile);
     assert_eq!(listed[0]["digest"], digest.as_str());
 }
+
+#[test]
+fn image_referrers_lists_signatures_and_sboms_with_their_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let put = |bytes: &[u8]| -> String {
+        let out = run(&root, &["content", "put", "-"], Some(bytes));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let config = put(b"{}");
+    let image = put(
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
+        )
+        .as_bytes(),
+    );
+    let image_size = json(&root, &["content", "info", &image])["size"]
+        .as_u64()
+        .unwrap();
+    let referrer = |artifact: &str, created: &str| {
+        put(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"{artifact}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config}","size":2}},"layers":[],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{image}","size":{image_size}}},"annotations":{{"org.opencontainers.image.created":"{created}"}}}}"#
+        )
+        .as_bytes())
+    };
+    let sig = referrer(
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "2026-12-01T00:00:00Z",
+    );
+    let sbom = referrer("application/spdx+json", "2026-12-02T00:00:00Z");
+    ok(&root, &["image", "tag", &image, "lab/app:1"]);
+
+    let all = json(&root, &["image", "referrers", "lab/app:1"]);
+    let mut found: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["digest"].as_str().unwrap())
+        .collect();
+    found.sort();
+    let mut want = vec![sig.as_str(), sbom.as_str()];
+    want.sort();
+    assert_eq!(found, want, "{all}");
+    let sboms = json(
+        &root,
+        &[
+            "image",
+            "referrers",
+            &image,
+            "--artifact-type",
+            "application/spdx+json",
+        ],
+    );
+    assert_eq!(sboms.as_array().unwrap().len(), 1, "{sboms}");
+    assert_eq!(sboms[0]["digest"], sbom.as_str());
+    assert_eq!(sboms[0]["artifact_type"], "application/spdx+json");
+    assert_eq!(
+        sboms[0]["annotations"]["org.opencontainers.image.created"],
+        "2026-12-02T00:00:00Z"
+    );
+    let table = ok(&root, &["image", "referrers", "lab/app:1"]);
+    assert!(table.starts_with("DIGEST"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&sig) && l.contains("cosign") && l.contains("2026-12-01")),
+        "{table}"
+    );
+    // gc keeps both with their named image.
+    ok(&root, &["gc"]);
+    for d in [&sig, &sbom] {
+        assert_eq!(json(&root, &["content", "info", d])["digest"], d.as_str());
+    }
+}
