@@ -538,7 +538,7 @@ fn load_graph(
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
-fn available_bytes(path: &std::path::Path) -> Result<u64> {
+pub(crate) fn available_bytes(path: &std::path::Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument(format!("path {path:?} holds a NUL byte")))?;

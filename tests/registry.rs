@@ -46,7 +46,8 @@ use serde_json::{Value, json};
 
 use containerd::Containerd;
 use doubles::{
-    ConnectProxy, Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer, seen_list,
+    ConnectProxy, Documents, Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer,
+    seen_list,
 };
 use harness::{
     Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left, faulty,
@@ -2831,4 +2832,87 @@ fn prune_beside_pulls_in_other_processes_loses_nothing() {
     assert!(prunes > 0);
     let fsck = env.ok(&root, &["fsck"]);
     assert_eq!(fsck["problems"], json!([]), "{fsck}");
+}
+
+// ================================================================ sizes before fetching
+
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn a_pull_refuses_blobs_over_its_limits_before_fetching_anything() {
+    let env = Env::new();
+    let root = env.path("store");
+    let config = json!({"architecture": "amd64", "os": "linux"}).to_string();
+    let config_digest = sha256(config.as_bytes());
+    let manifest = |layer_size: u64| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": images::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": format!("sha256:{}", "ab".repeat(32)), "size": layer_size}],
+        })
+        .to_string()
+    };
+    let layer = format!("sha256:{}", "ab".repeat(32));
+    // A layer of 2^63 bytes: over the default maximum (64 GiB).
+    let huge = Documents::start("huge/app", "1", images::OCI_MANIFEST, manifest(1 << 63));
+    let r = env.fails(
+        &root,
+        &["image", "pull", &format!("{}/huge/app:1", huge.server.host)],
+        1,
+    );
+    assert!(
+        r.stderr.contains(&layer)
+            && r.stderr.contains("9223372036854775808")
+            && r.stderr.contains("68719476736"),
+        "the error names the blob, its size and the limit: {}",
+        r.stderr
+    );
+    // 200 MB with --max-size 100MB.
+    let big = Documents::start("big/app", "1", images::OCI_MANIFEST, manifest(200_000_000));
+    let r = env.fails(
+        &root,
+        &[
+            "image",
+            "pull",
+            &format!("{}/big/app:1", big.server.host),
+            "--max-size",
+            "100MB",
+        ],
+        1,
+    );
+    assert!(
+        r.stderr.contains("200000000") && r.stderr.contains("100000000"),
+        "{}",
+        r.stderr
+    );
+    // Within the maximum but not the free space: 1 PiB with --max-size 2048TiB.
+    let vast = Documents::start("vast/app", "1", images::OCI_MANIFEST, manifest(1 << 50));
+    let r = env.fails(
+        &root,
+        &[
+            "image",
+            "pull",
+            &format!("{}/vast/app:1", vast.server.host),
+            "--max-size",
+            "2048TiB",
+        ],
+        1,
+    );
+    assert!(
+        r.stderr.contains("free"),
+        "the error names the free space: {}",
+        r.stderr
+    );
+    for server in [&huge, &big, &vast] {
+        let blob_gets: Vec<String> = server
+            .seen()
+            .into_iter()
+            .filter(|l| l.contains("/blobs/"))
+            .collect();
+        assert!(blob_gets.is_empty(), "nothing fetched: {blob_gets:?}");
+    }
+    assert_eq!(env.ok(&root, &["image", "ls"]), json!([]), "nothing named");
+    assert!(env.content(&root).is_empty(), "nothing stored");
+    env.fsck_clean(&root);
 }

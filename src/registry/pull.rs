@@ -55,6 +55,17 @@ pub struct PullOptions {
     pub if_missing: bool,
     /// Where progress goes.
     pub progress: Option<Arc<dyn Progress>>,
+    /// The largest blob or document to fetch; `None`: [`DEFAULT_MAX_SIZE`] (as import).
+    pub max_size: Option<u64>,
+}
+
+/// The largest blob a pull fetches unless told otherwise: 64 GiB, as import reads.
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 30;
+
+/// Room a pull leaves on the root's file system beyond what it fetches: 1% of what it
+/// fetches, at least 64 MiB (metadata, the file system's own needs).
+fn free_space_margin(fetch: u64) -> u64 {
+    (fetch / 100).max(64 << 20)
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -191,6 +202,7 @@ impl Store {
             )));
         }
         let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
+        self.check_sizes(&repo, &plan, opts.max_size.unwrap_or(DEFAULT_MAX_SIZE))?;
         let mut labels = Labels::new();
         labels.insert(source_label(&repo.host), repo.path.clone());
         let mut out = PullOutcome {
@@ -264,6 +276,35 @@ impl Store {
         batch.put_name(&key, target, None)?;
         batch.commit()?;
         Ok(out)
+    }
+
+    /// Refuses a plan before anything is fetched when a blob is larger than `max_size`, or
+    /// when what the store lacks would not fit the root's free space with a margin; the
+    /// error names the blob (or the total), its size and the limit.
+    fn check_sizes(&self, repo: &Repository, plan: &Plan, max_size: u64) -> Result<()> {
+        let mut missing = 0u64;
+        for job in &plan.blobs {
+            if job.size > max_size {
+                return Err(Error::FailedPrecondition(format!(
+                    "{repo}: blob {} is {} bytes, more than the pull's maximum of {max_size} \
+                     (--max-size)",
+                    job.digest, job.size
+                )));
+            }
+            if self.blob_record(&job.digest)?.is_none() {
+                missing = missing.saturating_add(job.size);
+            }
+        }
+        let free = crate::prune::available_bytes(self.root())?;
+        let need = missing.saturating_add(free_space_margin(missing));
+        if need > free {
+            return Err(Error::FailedPrecondition(format!(
+                "{repo}: the pull needs {missing} bytes (and a margin of {} bytes) but the \
+                 store's file system has {free} bytes free",
+                need - missing
+            )));
+        }
+        Ok(())
     }
 
     /// Fetches every job, `registry.concurrency()` at a time, largest first; the results in

@@ -138,6 +138,58 @@ fn respond(conn: &mut TcpStream, status: &str, extra: &str, body: &str) -> std::
     )
 }
 
+// ================================================================ a registry of documents
+
+/// A test double for a registry that serves documents no real registry would take (a
+/// manifest naming a layer of 2^63 bytes): `GET /v2/` answers 200, `GET|HEAD
+/// /v2/<repo>/manifests/<tag>` answers `manifest` as `media_type`, and everything else 404.
+/// Records every request line.
+pub struct Documents {
+    pub server: Server,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Documents {
+    pub fn start(
+        repo: &'static str,
+        tag: &'static str,
+        media_type: &'static str,
+        manifest: String,
+    ) -> Documents {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let server = Server::start(move |mut conn| {
+            let Ok(Some((head, _))) = Head::read(&mut conn, Duration::from_secs(10)) else {
+                return;
+            };
+            s.lock().unwrap().push(head.line.clone());
+            let (path, _) = head.path_query();
+            let _ = if path == "/v2/" {
+                respond(&mut conn, "200 OK", JSON_TYPE, "{}")
+            } else if path == format!("/v2/{repo}/manifests/{tag}") {
+                let ct = format!("Content-Type: {media_type}\r\n");
+                if head.method == "HEAD" {
+                    write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        manifest.len()
+                    )
+                } else {
+                    respond(&mut conn, "200 OK", &ct, &manifest)
+                }
+            } else {
+                respond(&mut conn, "404 Not Found", JSON_TYPE, "{}")
+            };
+        });
+        Documents { server, seen }
+    }
+
+    /// The request lines so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
 // ================================================================ paging tag lists
 
 /// A test double for a registry that pages tag lists, as distribution 2.8 (the real registry

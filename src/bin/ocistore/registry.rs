@@ -46,6 +46,10 @@ pub struct PullArgs {
     /// Make no request at all when the image is present and complete
     #[arg(long)]
     if_missing: bool,
+    /// The largest blob to fetch; larger ones fail the pull before anything is fetched
+    /// (e.g. 64GiB, 500MB)
+    #[arg(long, default_value = "64GiB", value_name = "SIZE")]
+    max_size: String,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -172,6 +176,7 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
         all_platforms: args.all_platforms,
         if_missing: args.if_missing,
         progress: bars.clone().map(|b| b as Arc<dyn Progress>),
+        max_size: Some(crate::output::parse_size(&args.max_size)?),
     };
     let out = Bars::finish(
         &bars,
