@@ -159,7 +159,7 @@ impl Documents {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let server = Server::start(move |mut conn| {
-            let Ok(Some((head, _))) = Head::read(&mut conn, Duration::from_secs(10)) else {
+            let Ok(Some((head, _))) = Head::read(&conn, Duration::from_secs(10)) else {
                 return;
             };
             s.lock().unwrap().push(head.line.clone());
