@@ -508,3 +508,118 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
         assert_eq!(json(&root, &["content", "info", d])["digest"], d.as_str());
     }
 }
+
+#[test]
+fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    ok(&root, &["image", "import", sample.to_str().unwrap()]);
+    let files = tmp.path().join("in");
+    std::fs::create_dir_all(&files).unwrap();
+    let sbom = files.join("sbom.spdx.json");
+    std::fs::write(&sbom, br#"{"spdxVersion":"SPDX-2.3","name":"hello"}"#).unwrap();
+    let notes = files.join("notes.bin");
+    let noise: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&notes, &noise).unwrap();
+
+    let made = json(
+        &root,
+        &[
+            "artifact",
+            "create",
+            "lab/hello-sbom:1",
+            "--artifact-type",
+            "application/spdx+json",
+            "--subject",
+            "hello:1.0",
+            "--annotation",
+            "org.opencontainers.image.created=2026-12-06T00:00:00Z",
+            &format!("{}:application/spdx+json", sbom.display()),
+            notes.to_str().unwrap(),
+        ],
+    );
+    let digest = made["digest"].as_str().unwrap().to_owned();
+    let referrers = json(&root, &["image", "referrers", "hello:1.0"]);
+    assert_eq!(referrers[0]["digest"], digest.as_str(), "{referrers}");
+    assert_eq!(referrers[0]["artifact_type"], "application/spdx+json");
+    let doc = json(&root, &["image", "inspect", "lab/hello-sbom:1"]);
+    assert_eq!(
+        doc["document"]["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    assert_eq!(doc["document"]["config"]["size"], 2);
+    assert_eq!(
+        doc["document"]["layers"][0]["mediaType"],
+        "application/spdx+json"
+    );
+    assert_eq!(
+        doc["document"]["layers"][1]["mediaType"],
+        "application/octet-stream"
+    );
+
+    let out = tmp.path().join("out");
+    let got = json(
+        &root,
+        &["artifact", "get", &digest, "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(got.as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(
+        std::fs::read(out.join("sbom.spdx.json")).unwrap(),
+        std::fs::read(&sbom).unwrap()
+    );
+    assert_eq!(std::fs::read(out.join("notes.bin")).unwrap(), noise);
+
+    // A manifest whose titles try to leave the directory: refused before anything is written.
+    let layer = |title: &str, d: &str, size: u64| {
+        format!(
+            r#"{{"mediaType":"application/octet-stream","digest":"{d}","size":{size},"annotations":{{"org.opencontainers.image.title":"{title}"}}}}"#
+        )
+    };
+    let small = ok(&root, &["content", "put", sbom.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let small_size = std::fs::metadata(&sbom).unwrap().len();
+    let config = doc["document"]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for evil in ["../escaped", "/tmp/absolute", "a/../../escaped"] {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"x/y","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config}","size":2}},"layers":[{},{}]}}"#,
+            layer("fine.txt", &small, small_size),
+            layer(evil, &small, small_size)
+        );
+        let put = run(&root, &["content", "put", "-"], Some(manifest.as_bytes()));
+        assert!(put.status.success());
+        let evil_digest = String::from_utf8(put.stdout).unwrap().trim().to_owned();
+        let dest = tmp.path().join("evil-out");
+        let r = run(
+            &root,
+            &[
+                "artifact",
+                "get",
+                &evil_digest,
+                "-o",
+                dest.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(
+            code(&r),
+            1,
+            "{evil}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("nothing written"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(
+            !dest.exists(),
+            "{evil}: nothing written, not even the fine file"
+        );
+        assert!(!tmp.path().join("escaped").exists() && !Path::new("/tmp/absolute").exists());
+    }
+}

@@ -18,6 +18,7 @@
 //! transactions are serialised across processes, a concurrent delete can never remove the
 //! file of a blob that another process is committing.
 
+pub mod artifact;
 pub mod batch;
 pub(crate) mod graph;
 pub(crate) mod group;

@@ -3,6 +3,7 @@
 //! Errors print one line, `ocistore: <message>`, on stderr. Exit codes: 0 success, 2 usage
 //! errors and invalid arguments (bad digest, filter, label, reference), 1 anything else.
 
+mod artifact;
 mod check;
 mod content;
 mod image;
@@ -45,6 +46,9 @@ enum Command {
     /// Images: names pointing at manifests and indexes
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Artifacts (OCI 1.1) from files, and back: SBOMs, signatures, wasm modules
+    #[command(subcommand)]
+    Artifact(artifact::ArtifactCmd),
     /// Leases: holds that protect content from gc
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
         Command::Content(c) => content::run(&ctx, c),
         Command::Ingest(c) => ingest::run(&ctx, c),
         Command::Image(c) => image::run(&ctx, c),
+        Command::Artifact(c) => artifact::run(&ctx, c),
         Command::Lease(c) => lease::run(&ctx, c),
         Command::Gc(a) => lease::gc(&ctx, a),
         Command::Fsck(a) => check::fsck(&ctx, a),
