@@ -623,3 +623,33 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
         assert!(!tmp.path().join("escaped").exists() && !Path::new("/tmp/absolute").exists());
     }
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_definitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&root, &["completions", shell]);
+        for command in ["artifact", "serve", "referrers", "prune"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    // The bash script parses.
+    let path = tmp.path().join("ocistore.bash");
+    std::fs::write(&path, ok(&root, &["completions", "bash"])).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let man = ok(&root, &["man"]);
+    assert!(
+        man.contains(".TH ocistore 1"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("serve") && man.contains("artifact"));
+    // Neither writes a store.
+    assert!(!root.exists());
+}

@@ -65,6 +65,13 @@ enum Command {
     Remote(registry::RemoteCmd),
     /// Serve the store to containerd: its content API over gRPC on a unix socket
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `ocistore man > ocistore.1`
+    Man,
 }
 
 /// What a command needs from the command line at large.
@@ -158,6 +165,19 @@ pub fn report(e: &Error) {
     eprintln!("ocistore: {}", line.join("; "));
 }
 
+/// Writes `bytes` to stdout; a reader gone away (`| head`) is not an error.
+fn print_raw(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Error(Error::Io {
+            action: "write to stdout",
+            path: PathBuf::from("-"),
+            source: e,
+        })),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Ctx {
@@ -176,6 +196,24 @@ fn main() -> ExitCode {
         Command::Prune(a) => prune::prune(&ctx, a),
         Command::Remote(c) => registry::run(&ctx, c),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ocistore", &mut text);
+            print_raw(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut text)
+            {
+                Ok(()) => print_raw(&text),
+                Err(source) => Err(Failure::Error(Error::Io {
+                    action: "render the manual page",
+                    path: PathBuf::from("-"),
+                    source,
+                })),
+            }
+        }
     };
     output::flush();
     match result {
