@@ -46,8 +46,8 @@ use serde_json::{Value, json};
 
 use containerd::Containerd;
 use doubles::{
-    ConnectProxy, Documents, Fault, FaultProxy, PagingTags, Rule, Seen, Slammer, TokenServer,
-    seen_list,
+    ConnectProxy, Documents, Fault, FaultProxy, PagingTags, Routes, Rule, Seen, Slammer,
+    TokenServer, seen_list,
 };
 use harness::{
     Env, MIB, Reg, RegOpts, Req, anonymous, auth_json, blob_gets, failed_pull_left, faulty,
@@ -2915,4 +2915,49 @@ fn a_pull_refuses_blobs_over_its_limits_before_fetching_anything() {
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]), "nothing named");
     assert!(env.content(&root).is_empty(), "nothing stored");
     env.fsck_clean(&root);
+}
+
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn remote_tags_streams_pages_skips_what_is_not_a_tag_and_caps_a_page() {
+    let env = Env::new();
+    let root = env.path("store");
+    let odd = json!({"name": "odd/app", "tags": ["v1", "evil\u{1b}[2J", "nul\u{0}x", "../../etc/passwd", "two\nlines", "v2"]})
+        .to_string();
+    let huge_tags: Vec<String> = (0..3_000_000).map(|i| format!("t{i:08}")).collect();
+    let huge = json!({"name": "huge/app", "tags": huge_tags}).to_string();
+    assert!(huge.len() > 30 << 20);
+    let server = Routes::start(vec![
+        ("/v2/odd/app/tags/list".into(), odd),
+        ("/v2/huge/app/tags/list".into(), huge),
+    ]);
+    let host = &server.server.host;
+    let r = env.run(&root, &["remote", "tags", &format!("{host}/odd/app")]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.json(), json!(["v1", "v2"]), "only valid tags are listed");
+    let lines = env.tag_lines(&root, &format!("{host}/odd/app"), &[]);
+    assert_eq!(lines, ["v1", "v2"]);
+    assert_eq!(
+        r.stderr.matches("not a valid tag").count(),
+        4,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{0}'),
+        "{:?}",
+        r.stderr
+    );
+    let (r, kib) = run_max_rss(
+        &env,
+        &root,
+        &["remote", "tags", &format!("{host}/huge/app")],
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("8388608 bytes"),
+        "the error names the cap: {}",
+        r.stderr
+    );
+    assert!(kib < 64 * 1024, "peak RSS {kib} KiB");
 }

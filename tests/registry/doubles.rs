@@ -190,6 +190,38 @@ impl Documents {
     }
 }
 
+/// A test double answering fixed bodies by path (`GET /v2/` always 200), 404 otherwise:
+/// for what no real registry sends, such as a 60 MiB tag list page or tags holding control
+/// characters.
+pub struct Routes {
+    pub server: Server,
+}
+
+impl Routes {
+    pub fn start(routes: Vec<(String, String)>) -> Routes {
+        let routes = Arc::new(routes);
+        let server = Server::start(move |mut conn| {
+            let Ok(Some((head, _))) = Head::read(&conn, Duration::from_secs(10)) else {
+                return;
+            };
+            let (path, _) = head.path_query();
+            let body = if path == "/v2/" {
+                Some("{}")
+            } else {
+                routes
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, b)| b.as_str())
+            };
+            let _ = match body {
+                Some(b) => respond(&mut conn, "200 OK", JSON_TYPE, b),
+                None => respond(&mut conn, "404 Not Found", JSON_TYPE, "{}"),
+            };
+        });
+        Routes { server }
+    }
+}
+
 // ================================================================ paging tag lists
 
 /// A test double for a registry that pages tag lists, as distribution 2.8 (the real registry

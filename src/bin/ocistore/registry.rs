@@ -276,13 +276,31 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 .into());
             }
             let repo = Repository::of(&name);
-            let tags = remote.registry().tags(&repo, limit, last.as_deref())?;
-            if ctx.json {
-                print_json(&json!(tags));
-            } else {
-                for t in tags {
-                    crate::outln!("{}", crate::output::shown(&t));
-                }
+            // Each page printed as it arrives: a listing of a million tags holds one page.
+            let mut lines = crate::output::JsonLines::new();
+            let json = ctx.json;
+            remote.registry().for_each_tag(
+                &repo,
+                limit,
+                last.as_deref(),
+                &mut |t| {
+                    if json {
+                        lines.item(&t);
+                    } else {
+                        crate::outln!("{}", crate::output::shown(t));
+                    }
+                    Ok(())
+                },
+                &mut |bad| {
+                    crate::output::flush();
+                    eprintln!(
+                        "ocistore: warning: {repo}: skipped {}: not a valid tag",
+                        crate::output::shown(bad)
+                    );
+                },
+            )?;
+            if json {
+                lines.finish();
             }
         }
         RemoteCmd::Rm { reference, remote } => {
