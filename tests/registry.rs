@@ -2961,3 +2961,41 @@ fn remote_tags_streams_pages_skips_what_is_not_a_tag_and_caps_a_page() {
     );
     assert!(kib < 64 * 1024, "peak RSS {kib} KiB");
 }
+
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn a_registry_that_never_answers_fails_a_pull_within_a_minute() {
+    let env = Env::new();
+    let root = env.path("store");
+    // Accepts every connection and never answers: the connections are kept open.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    let server = doubles::Server::start(move |conn| h.lock().unwrap().push(conn));
+    let started = Instant::now();
+    let r = env.run(
+        &root,
+        &["image", "pull", &format!("{}/silent/app:1", server.host)],
+    );
+    let took = started.elapsed();
+    println!(
+        "a pull from a silent registry failed after {took:?}: {}",
+        r.stderr.trim()
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "failed within a minute: {took:?}"
+    );
+    assert!(
+        r.stderr.contains(&server.host)
+            && r.stderr.contains("no answer in time")
+            && r.stderr.contains("deadline"),
+        "the error names the host and the limit: {}",
+        r.stderr
+    );
+    assert!(
+        held.lock().unwrap().len() >= 2,
+        "it was tried more than once"
+    );
+    assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+}

@@ -28,7 +28,16 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// The longest single wait, `Retry-After` included (default 30 s).
     pub max_wait: Duration,
+    /// No attempt of a request starts once this long has passed since its first (default
+    /// 45 s): a registry that never answers fails a request in about this long, not in
+    /// `attempts` times the timeout.
+    pub deadline: Duration,
 }
+
+/// How long to wait for a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a response's head once the request is sent.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -36,6 +45,7 @@ impl Default for RetryPolicy {
             attempts: 5,
             base: Duration::from_millis(200),
             max_wait: Duration::from_secs(30),
+            deadline: Duration::from_secs(45),
         }
     }
 }
@@ -211,8 +221,8 @@ impl Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .proxy(proxy)
             .http_status_as_error(false)
-            .timeout_connect(Some(t))
-            .timeout_recv_response(Some(t))
+            .timeout_connect(Some(t.min(CONNECT_TIMEOUT)))
+            .timeout_recv_response(Some(t.min(RESPONSE_TIMEOUT)))
             .timeout_per_read(Some(t))
             .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(16)
@@ -323,6 +333,7 @@ impl Client {
         let key = (ep.cred_host.clone(), scope.clone());
         let mut reauthed = false;
         let mut attempt = t.spent;
+        let began = std::time::Instant::now();
         // A mirror is tried once per request: on failure the next place is asked instead.
         let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
@@ -391,17 +402,38 @@ impl Client {
                             t.describe()
                         )));
                     }
-                    retry_after(&resp).unwrap_or_else(|| self.backoff(attempt))
+                    let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
+                    (wait, format!("HTTP {status}"))
                 }
                 Err(e) => {
                     if attempt >= attempts || !transient(&e) {
                         return Err(network_error(t, &e, attempt));
                     }
-                    self.backoff(attempt)
+                    let cause = match &e {
+                        ureq::Error::Timeout(_) => "no answer in time".to_owned(),
+                        e => e.to_string(),
+                    };
+                    (self.backoff(attempt), cause)
                 }
             };
-            tracing::debug!(target = %t.describe(), attempt, ?wait, "retrying");
-            std::thread::sleep(wait.min(self.retry.max_wait));
+            let (wait, cause) = wait;
+            let wait = wait.min(self.retry.max_wait);
+            let spent = began.elapsed();
+            if spent + wait >= self.retry.deadline {
+                return Err(Error::Unavailable(format!(
+                    "{}: {cause}; gave up after {attempt} attempts in {:.0} s (the retry deadline \
+                     is {} s)",
+                    t.describe(),
+                    spent.as_secs_f64(),
+                    self.retry.deadline.as_secs()
+                )));
+            }
+            if wait >= Duration::from_secs(5) {
+                tracing::warn!(target = %t.describe(), attempt, "waiting {} s before trying again", wait.as_secs());
+            } else {
+                tracing::debug!(target = %t.describe(), attempt, ?wait, "retrying");
+            }
+            std::thread::sleep(wait);
         }
     }
 

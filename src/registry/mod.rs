@@ -28,7 +28,9 @@ use ureq::http::Method;
 
 pub use auth::{Credential, Credentials};
 use client::{Body, Client, Endpoint, Target};
-pub use client::{RetryPolicy, parse_content_range, parse_link_next};
+pub use client::{
+    CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RetryPolicy, parse_content_range, parse_link_next,
+};
 pub use proxy::Proxies;
 
 use crate::digest::Digest;
@@ -60,7 +62,8 @@ pub struct RegistryOptions {
     pub concurrency: usize,
     /// How failed requests are retried.
     pub retry: RetryPolicy,
-    /// Connect, response and per-read timeout (default 30 s).
+    /// Per-read timeout (default 30 s); connecting waits at most [`CONNECT_TIMEOUT`] (10 s)
+    /// and a response's head [`RESPONSE_TIMEOUT`] (15 s), or this when shorter.
     pub timeout: Duration,
     /// Where `<host>/hosts.toml` files are looked for (default: [`hosts::search_dirs`]).
     pub hosts_dirs: Vec<std::path::PathBuf>,

@@ -180,6 +180,19 @@ fn print_raw(bytes: &[u8]) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library's warnings (a long wait before a retry, a lease it could not drop) on
+    // stderr; the server logs at info level.
+    let level = if matches!(cli.command, Command::Serve(_)) {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
     let ctx = Ctx {
         root: cli.root.unwrap_or_else(default_root),
         json: cli.json,

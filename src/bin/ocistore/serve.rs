@@ -17,11 +17,6 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGTERM or SIGINT; with `--json`, prints one line when ready.
 pub fn serve(ctx: &Ctx, args: ServeArgs) -> Result<(), Failure> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .init();
     let store = ctx.open()?;
     let opts = ocistore::serve::Options {
         socket: args.containerd,
