@@ -2999,3 +2999,49 @@ fn a_registry_that_never_answers_fails_a_pull_within_a_minute() {
     );
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
 }
+
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn a_registry_that_trickles_fails_a_pull_within_a_minute() {
+    use std::io::Write;
+    let env = Env::new();
+    let root = env.path("store");
+    // Answers a manifest's head at once, then one byte of its body every 2 s: each read
+    // beats the per-read timeout, the transfer never ends.
+    let server = doubles::Server::start(|mut conn| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut conn, &mut buf);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                    Content-Length: 5000\r\nConnection: close\r\n\r\n";
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..40 {
+            if conn.write_all(b" ").and_then(|()| conn.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let started = Instant::now();
+    let r = env.run(
+        &root,
+        &["image", "pull", &format!("{}/slow/app:1", server.host)],
+    );
+    let took = started.elapsed();
+    println!(
+        "a pull from a trickling registry failed after {took:?}: {}",
+        r.stderr.trim()
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "failed within a minute: {took:?}"
+    );
+    assert!(
+        r.stderr.contains(&server.host) && r.stderr.contains("minimum rate"),
+        "the error names the host and the limit: {}",
+        r.stderr
+    );
+    assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+}

@@ -18,6 +18,7 @@ pub mod hosts;
 mod proxy;
 pub mod pull;
 pub mod push;
+pub mod rate;
 
 use std::io::Read;
 use std::path::Path;
@@ -413,24 +414,35 @@ impl Registry {
                 };
                 let media_type = header(&resp, "content-type");
                 let claimed = header(&resp, "docker-content-digest");
-                match resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_MANIFEST)
-                    .read_to_vec()
-                {
-                    Ok(bytes) => break (media_type, claimed, bytes),
-                    Err(e @ ureq::Error::BodyExceedsLimit(_)) => {
+                let mut bytes = Vec::new();
+                let read = Read::read_to_end(
+                    &mut Read::take(
+                        rate::RateGuard::new(resp.body_mut().as_reader()),
+                        MAX_MANIFEST + 1,
+                    ),
+                    &mut bytes,
+                );
+                match read {
+                    Ok(_) if bytes.len() as u64 > MAX_MANIFEST => {
                         return Err(Error::FailedPrecondition(format!(
-                            "{}: larger than {MAX_MANIFEST} bytes: {e}",
+                            "{}: larger than {MAX_MANIFEST} bytes",
                             t.describe()
                         )));
+                    }
+                    Ok(_) => break (media_type, claimed, bytes),
+                    Err(e) if rate::is_too_slow(&e) => {
+                        return Err(Error::Unavailable(format!("{}: {e}", t.describe())));
                     }
                     Err(e) if attempt < self.retry_policy().attempts && !ep.mirror => {
                         tracing::debug!(error = %e, attempt, "manifest body cut; again");
                         std::thread::sleep(self.backoff(attempt));
                     }
-                    Err(e) => return Err(client::network_error(&t, &e, attempt)),
+                    Err(e) => {
+                        return Err(Error::Unavailable(format!(
+                            "{}: the body was cut after {attempt} attempts: {e}",
+                            t.describe()
+                        )));
+                    }
                 }
             };
             let expected = match Digest::parse(reference) {
@@ -641,7 +653,7 @@ impl Registry {
         };
         Ok(BlobStream {
             start,
-            reader: Box::new(resp.into_body().into_reader()),
+            reader: Box::new(rate::RateGuard::new(resp.into_body().into_reader())),
         })
     }
 
@@ -685,7 +697,7 @@ impl Registry {
                 };
                 Ok(Direct::Got(BlobStream {
                     start,
-                    reader: Box::new(answer.body),
+                    reader: Box::new(rate::RateGuard::new(answer.body)),
                 }))
             }
             Err(direct::Declined::Retry) => Ok(Direct::Through(0)),

@@ -388,6 +388,12 @@ impl Store {
                 )));
             }
             if offset < job.size {
+                if let Some(e) = cut.as_ref().filter(|e| super::rate::is_too_slow(e)) {
+                    return Err(Error::Unavailable(format!(
+                        "{repo}: blob {}: cut at byte {offset} of {}: {e}",
+                        job.digest, job.size
+                    )));
+                }
                 // Cut short: resume from here.
                 let why = cut.map_or_else(|| "the body ended early".to_owned(), |e| e.to_string());
                 retry(
