@@ -3045,3 +3045,53 @@ fn a_registry_that_trickles_fails_a_pull_within_a_minute() {
     );
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
 }
+
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn what_a_registry_sends_wrong_exits_1_and_the_users_own_mistakes_exit_2() {
+    let env = Env::new();
+    let root = env.path("store");
+    let config = format!("sha256:{}", "cd".repeat(32));
+    let manifest = |layer: serde_json::Value| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": images::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+            "layers": [layer],
+        })
+        .to_string()
+    };
+    let bad_digest = Documents::start(
+        "bad/digest",
+        "1",
+        images::OCI_MANIFEST,
+        manifest(
+            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:not-hex", "size": 3}),
+        ),
+    );
+    let negative = Documents::start(
+        "bad/size",
+        "1",
+        images::OCI_MANIFEST,
+        manifest(
+            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", "ab".repeat(32)), "size": -5}),
+        ),
+    );
+    for (server, repo) in [(&bad_digest, "bad/digest"), (&negative, "bad/size")] {
+        let r = env.run(
+            &root,
+            &["image", "pull", &format!("{}/{repo}:1", server.server.host)],
+        );
+        assert_eq!(r.code, Some(1), "a registry's fault exits 1: {r:?}");
+        assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&server.server.host),
+            "names the host: {}",
+            r.stderr
+        );
+    }
+    // The user's own malformed reference is still a usage error.
+    let r = env.run(&root, &["image", "pull", "UPPER/Case:bad tag"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+}

@@ -143,6 +143,9 @@ pub enum Failure {
     Error(Error),
     /// Some items failed and were reported one by one; exit 1.
     Reported,
+    /// An error whose cause is not the user's arguments, whatever its kind (what a registry
+    /// sent): printed, exit 1.
+    Fault(Error),
 }
 
 impl From<Error> for Failure {
@@ -232,6 +235,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Fault(e)) => {
+            report(&e);
+            ExitCode::from(1)
+        }
         Err(Failure::Error(e)) => {
             report(&e);
             match e.kind() {

@@ -169,7 +169,14 @@ impl Progress for Bars {
     }
 }
 
+/// A failure of a call to a registry, once the user's arguments have been checked: whatever
+/// the registry sent (a malformed digest, a bad size, a garbage challenge) exits 1, never 2.
+fn fault(e: Error) -> Failure {
+    Failure::Fault(e)
+}
+
 pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Failure> {
+    Name::parse(&args.reference)?;
     let bars = Bars::new("pulling");
     let opts = PullOptions {
         platforms: platforms(&args.platforms)?,
@@ -181,7 +188,8 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
     let out = Bars::finish(
         &bars,
         store.pull(&args.remote.registry(), &args.reference, &opts),
-    )?;
+    )
+    .map_err(fault)?;
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
@@ -198,6 +206,10 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
 }
 
 pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Failure> {
+    Name::parse(&args.name)?;
+    if let Some(t) = &args.target {
+        Name::parse(t)?;
+    }
     let bars = Bars::new("pushing");
     let opts = PushOptions {
         platforms: platforms(&args.platforms)?,
@@ -209,7 +221,7 @@ pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Fa
         args.target.as_deref(),
         &opts,
     );
-    let out = Bars::finish(&bars, pushed)?;
+    let out = Bars::finish(&bars, pushed).map_err(fault)?;
     if ctx.json {
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
@@ -237,7 +249,8 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
             let name = Name::parse(&reference)?;
             let found = remote
                 .registry()
-                .image_in_registry(&reference, platform.as_ref())?;
+                .image_in_registry(&reference, platform.as_ref())
+                .map_err(fault)?;
             let Some(d) = found else {
                 return Err(Error::NotFound(format!("{name} in its registry")).into());
             };
@@ -279,26 +292,29 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
             // Each page printed as it arrives: a listing of a million tags holds one page.
             let mut lines = crate::output::JsonLines::new();
             let json = ctx.json;
-            remote.registry().for_each_tag(
-                &repo,
-                limit,
-                last.as_deref(),
-                &mut |t| {
-                    if json {
-                        lines.item(&t);
-                    } else {
-                        crate::outln!("{}", crate::output::shown(t));
-                    }
-                    Ok(())
-                },
-                &mut |bad| {
-                    crate::output::flush();
-                    eprintln!(
-                        "ocistore: warning: {repo}: skipped {}: not a valid tag",
-                        crate::output::shown(bad)
-                    );
-                },
-            )?;
+            remote
+                .registry()
+                .for_each_tag(
+                    &repo,
+                    limit,
+                    last.as_deref(),
+                    &mut |t| {
+                        if json {
+                            lines.item(&t);
+                        } else {
+                            crate::outln!("{}", crate::output::shown(t));
+                        }
+                        Ok(())
+                    },
+                    &mut |bad| {
+                        crate::output::flush();
+                        eprintln!(
+                            "ocistore: warning: {repo}: skipped {}: not a valid tag",
+                            crate::output::shown(bad)
+                        );
+                    },
+                )
+                .map_err(fault)?;
             if json {
                 lines.finish();
             }
@@ -312,12 +328,13 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 None => {
                     let tag = ocistore::registry::reference_of(&name);
                     registry
-                        .manifest_head(&repo, &tag)?
+                        .manifest_head(&repo, &tag)
+                        .map_err(fault)?
                         .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {tag}")))?
                         .digest
                 }
             };
-            registry.manifest_delete(&repo, &digest)?;
+            registry.manifest_delete(&repo, &digest).map_err(fault)?;
             if !ctx.json {
                 crate::outln!("removed {repo}@{digest}");
             } else {
