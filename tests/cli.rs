@@ -558,6 +558,23 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
         "application/octet-stream"
     );
 
+    // image ls --json names the artifact type (null for a plain image).
+    let ls = json(&root, &["image", "ls"]);
+    let line = |name: &str| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"].as_str().is_some_and(|n| n.contains(name)))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {ls}"))
+    };
+    assert_eq!(
+        line("hello-sbom")["artifact_type"],
+        "application/spdx+json",
+        "{ls}"
+    );
+    assert_eq!(line("hello:1.0")["artifact_type"], Value::Null, "{ls}");
+
     let out = tmp.path().join("out");
     let got = json(
         &root,

@@ -3125,3 +3125,37 @@ fn a_pull_of_many_layers_fits_in_few_file_descriptors() {
     );
     pulled_whole(&env, &root, &reference, &image);
 }
+
+#[test]
+#[ignore = "needs docker-registry; run by .ci/run's interop suite"]
+fn an_artifact_pushed_and_pulled_keeps_its_bytes_and_its_artifact_type() {
+    let env = Env::new();
+    let (root, other) = (env.path("store"), env.path("other"));
+    let reg = Reg::plain();
+    let file = env.path("sbom.spdx.json");
+    std::fs::write(&file, br#"{"spdxVersion":"SPDX-2.3"}"#).unwrap();
+    let made = env.ok(
+        &root,
+        &[
+            "artifact",
+            "create",
+            "lab/sbom:1",
+            "--artifact-type",
+            "application/spdx+json",
+            &format!("{}:application/spdx+json", p(&file)),
+        ],
+    );
+    let digest = made["digest"].as_str().unwrap().to_owned();
+    let target = reg.reference("lab/sbom:1");
+    env.push(&root, &["lab/sbom:1", &target], &digest);
+    env.pull(&other, &[&target], &digest);
+    let ls = env.ok(&other, &["image", "ls"]);
+    assert_eq!(ls[0]["artifact_type"], "application/spdx+json", "{ls}");
+    let out = env.path("out");
+    env.ok(&other, &["artifact", "get", &target, "-o", p(&out)]);
+    assert_eq!(
+        std::fs::read(out.join("sbom.spdx.json")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    env.fsck_clean(&other);
+}

@@ -201,6 +201,7 @@ impl Store {
                 root.descriptor.digest
             )));
         }
+        let artifact_type = crate::store::referrers::artifact_type_of(&root.bytes);
         let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
         self.check_sizes(&repo, &plan, opts.max_size.unwrap_or(DEFAULT_MAX_SIZE))?;
         let mut labels = Labels::new();
@@ -268,11 +269,14 @@ impl Store {
                 out.blobs_present += 1;
             }
         }
-        let target = names::descriptor(
-            &root.descriptor.media_type,
-            &root.descriptor.digest,
-            root.descriptor.size,
-        )?;
+        let target = crate::store::referrers::with_artifact_type(
+            names::descriptor(
+                &root.descriptor.media_type,
+                &root.descriptor.digest,
+                root.descriptor.size,
+            )?,
+            artifact_type.as_deref(),
+        );
         batch.put_name(&key, target, None)?;
         batch.commit()?;
         Ok(out)

@@ -150,7 +150,10 @@ impl Store {
         let staged = batch.stage(&mut &bytes[..], None, None, Default::default())?;
         batch.put_name(
             name,
-            names::descriptor(MANIFEST, &staged.digest, staged.size)?,
+            crate::store::referrers::with_artifact_type(
+                names::descriptor(MANIFEST, &staged.digest, staged.size)?,
+                Some(&spec.artifact_type),
+            ),
             None,
         )?;
         batch.commit()?;

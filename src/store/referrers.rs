@@ -139,6 +139,33 @@ impl Store {
     }
 }
 
+/// A manifest's own `artifactType`, when it declares one (for the descriptor a name keeps).
+pub fn artifact_type_of(bytes: &[u8]) -> Option<String> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(rename = "artifactType")]
+        artifact_type: Option<String>,
+    }
+    serde_json::from_slice::<Doc>(bytes)
+        .ok()?
+        .artifact_type
+        .filter(|t| !t.is_empty())
+}
+
+/// `descriptor` with its `artifactType` set to `artifact_type`, when there is one.
+pub fn with_artifact_type(
+    mut descriptor: oci_spec::image::Descriptor,
+    artifact_type: Option<&str>,
+) -> oci_spec::image::Descriptor {
+    if let Some(t) = artifact_type {
+        descriptor.set_artifact_type(Some(oci_spec::image::MediaType::from(t)));
+    }
+    descriptor
+}
+
 /// The `subject` of the stored blob `key`, when it is a small JSON manifest that has one
 /// (read from its file; nothing larger than [`crate::refs::MAX_PARSED`] is read).
 pub(crate) fn subject_of(store: &Store, key: &str) -> Result<Option<Digest>> {
