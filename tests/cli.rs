@@ -670,3 +670,63 @@ fn completions_and_the_manual_page_come_from_the_command_definitions() {
     // Neither writes a store.
     assert!(!root.exists());
 }
+
+#[test]
+fn a_layout_listing_untagged_referrers_imports_and_keeps_them_with_their_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    ok(&a, &["image", "import", sample.to_str().unwrap()]);
+    let file = tmp.path().join("sig.bin");
+    std::fs::write(&file, b"a signature").unwrap();
+    let sig = json(
+        &a,
+        &[
+            "artifact",
+            "create",
+            "lab/sig:1",
+            "--artifact-type",
+            "application/vnd.example.sig",
+            "--subject",
+            "hello:1.0",
+            file.to_str().unwrap(),
+        ],
+    )["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let layout = tmp.path().join("layout");
+    ok(
+        &a,
+        &[
+            "image",
+            "export",
+            "hello:1.0",
+            "lab/sig:1",
+            "-o",
+            layout.to_str().unwrap(),
+            "--format",
+            "oci-dir",
+        ],
+    );
+    // The signature listed untagged, as oras-go writes referrers.
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        if m["digest"] == sig.as_str() {
+            m.as_object_mut().unwrap().remove("annotations");
+        }
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let imported = json(&b, &["image", "import", layout.to_str().unwrap()]);
+    assert_eq!(
+        imported["images"].as_array().unwrap().len(),
+        1,
+        "{imported}"
+    );
+    ok(&b, &["gc"]);
+    let referrers = json(&b, &["image", "referrers", "hello:1.0"]);
+    assert_eq!(referrers[0]["digest"], sig.as_str(), "{referrers}");
+    assert_eq!(json(&b, &["content", "info", &sig])["digest"], sig.as_str());
+}

@@ -93,6 +93,13 @@ impl Store {
         let mut images = Vec::new();
         for img in &out.images {
             if img.name.is_empty() {
+                // A referrer (a signature, an SBOM: listed untagged, as oras-go and
+                // regclient write them) needs no name: gc keeps it with its subject.
+                let digest = crate::names::descriptor_digest(&img.descriptor)?;
+                let doc = batch.read(&digest, crate::refs::MAX_PARSED)?;
+                if crate::store::referrers::as_referrer(&doc).is_some() {
+                    continue;
+                }
                 return Err(Error::InvalidArgument(format!(
                     "image {} in the input has no name: give one with --name",
                     img.descriptor.digest()
