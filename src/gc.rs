@@ -92,9 +92,7 @@ impl Store {
         let owner_locks = self.drop_dead_owners_in(&txn, &mut out)?;
         let edges = edges(&txn)?;
         let roots = Roots::read(&txn, now, &edges)?;
-        let starts = (roots.fixed.iter().map(String::as_str))
-            .chain(roots.names.values().map(|n| n.target.as_str()));
-        let marked = mark_referrers(self, &edges, mark(&edges, starts))?;
+        let marked = mark_referrers(self, &edges, mark(&edges, roots.starts()))?;
         let blobs = txn.open_table(BLOBS).map_err(db("open the blobs table"))?;
         // Sweep records.
         let mut doomed: Vec<(String, u64)> = Vec::new();
@@ -393,6 +391,12 @@ impl Roots {
         edges: &Edges,
     ) -> Result<Roots> {
         Roots::read_except(txn, now, edges, None)
+    }
+
+    /// Where gc's marking starts: the fixed roots and every name's target.
+    pub(crate) fn starts(&self) -> impl Iterator<Item = &str> {
+        (self.fixed.iter().map(String::as_str))
+            .chain(self.names.values().map(|n| n.target.as_str()))
     }
 
     /// [`Roots::read`] as if lease `except` did not exist.

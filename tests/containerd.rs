@@ -474,10 +474,7 @@ fn a_killed_server_loses_nothing_and_the_fetch_resumes() {
     );
     let reference = proxy.reference("fault/app:1");
     let fetch = |rig: &Rig| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(rig.ctd_sock())
-            .args(["content", "fetch", "--plain-http", &reference])
+        rig.ctr_cmd(&["content", "fetch", "--plain-http", &reference])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -546,10 +543,7 @@ fn writers_on_one_reference_and_clients_that_vanish() {
     let digest = sha256(&data);
     // The first writer holds the reference while its stdin stays open.
     let ingest = |reference: &str| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(rig.ctd_sock())
-            .args(["content", "ingest", "--expected-size"])
+        rig.ctr_cmd(&["content", "ingest", "--expected-size"])
             .arg(data.len().to_string())
             .args(["--expected-digest", &digest, reference])
             .stdin(Stdio::piped())
@@ -607,24 +601,7 @@ fn writers_on_one_reference_and_clients_that_vanish() {
     // Run again from a file, ctr resumes it: it seeks past the bytes already written.
     let file = rig.env.path("data");
     std::fs::write(&file, &data).unwrap();
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(rig.ctd_sock())
-        .args([
-            "content",
-            "ingest",
-            "--expected-digest",
-            &digest,
-            "shared-ref",
-        ])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.ingest_file("shared-ref", &digest, &file);
     assert_eq!(rig.ctr_get(&digest), data);
     rig.fsck_clean();
 }
@@ -637,10 +614,8 @@ fn sigterm_mid_write_keeps_the_ingest_to_resume() {
         .map(|i| (i * 13 % 249) as u8)
         .collect();
     let digest = sha256(&data);
-    let mut writer = Command::new("ctr")
-        .arg("--address")
-        .arg(rig.ctd_sock())
-        .args([
+    let mut writer = rig
+        .ctr_cmd(&[
             "content",
             "ingest",
             "--expected-digest",
@@ -687,24 +662,7 @@ fn sigterm_mid_write_keeps_the_ingest_to_resume() {
     rig.ctd.restart();
     let file = rig.env.path("data");
     std::fs::write(&file, &data).unwrap();
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(rig.ctd_sock())
-        .args([
-            "content",
-            "ingest",
-            "--expected-digest",
-            &digest,
-            "stopping",
-        ])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.ingest_file("stopping", &digest, &file);
     assert_eq!(rig.ctr_get(&digest), data);
     rig.fsck_clean();
 }
@@ -725,10 +683,8 @@ fn the_server_stays_small_while_containerd_writes_a_gigabyte() {
         }
     }
     let started = Instant::now();
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(rig.ctd_sock())
-        .args(["content", "ingest", "big-layer"])
+    let out = rig
+        .ctr_cmd(&["content", "ingest", "big-layer"])
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .unwrap();
@@ -777,7 +733,25 @@ fn the_socket_is_claimed_and_released_with_care() {
 }
 
 impl Rig {
-    fn ctd_sock(&self) -> PathBuf {
-        self.ctd.sock().to_path_buf()
+    /// `ctr --address <this containerd> ARGS`, not yet run.
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(self.ctd.sock()).args(args);
+        c
+    }
+
+    /// `ctr content ingest --expected-digest DIGEST REFERENCE < FILE`, which must succeed
+    /// (a resumed ingest seeks past the bytes it has).
+    fn ingest_file(&self, reference: &str, digest: &str, file: &Path) {
+        let out = self
+            .ctr_cmd(&["content", "ingest", "--expected-digest", digest, reference])
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

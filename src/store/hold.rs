@@ -232,9 +232,8 @@ impl Store {
             let edges = edges(&txn)?;
             let now = std::time::SystemTime::now();
             let roots = Roots::read_except(&txn, now, &edges, Some(lease))?;
-            let starts = (roots.fixed.iter().map(String::as_str))
-                .chain(roots.names.values().map(|n| n.target.as_str()));
-            crate::gc::mark_referrers(self, &edges, mark(&edges, starts))?.contains(key.as_str())
+            crate::gc::mark_referrers(self, &edges, mark(&edges, roots.starts()))?
+                .contains(key.as_str())
         };
         if kept {
             txn.commit().map_err(|e| Error::db("commit a release", e))?;

@@ -224,6 +224,18 @@ mod tests {
         put(store, &serde_json::to_vec(&doc).unwrap())
     }
 
+    /// An image with a signature and an SBOM, and a signature on the SBOM.
+    fn signed_image(store: &Store) -> [Digest; 4] {
+        let image = manifest(store, b"{\"image\":1}", None, None);
+        let sig = manifest(store, b"{\"sig\":1}", Some(SIG), Some(&image));
+        let sbom = manifest(store, b"{\"sbom\":1}", Some(SBOM), Some(&image));
+        let sbom_sig = manifest(store, b"{\"sig\":2}", Some(SIG), Some(&sbom));
+        [image, sig, sbom, sbom_sig]
+    }
+
+    const SIG: &str = "application/vnd.dev.sigstore";
+    const SBOM: &str = "application/spdx+json";
+
     fn descriptor(store: &Store, d: &Digest) -> oci_spec::image::Descriptor {
         crate::names::descriptor(MANIFEST, d, store.info(d).unwrap().size).unwrap()
     }
@@ -232,25 +244,7 @@ mod tests {
     fn referrers_are_listed_filtered_and_followed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let image = manifest(&store, b"{\"image\":1}", None, None);
-        let sig = manifest(
-            &store,
-            b"{\"sig\":1}",
-            Some("application/vnd.dev.sigstore"),
-            Some(&image),
-        );
-        let sbom = manifest(
-            &store,
-            b"{\"sbom\":1}",
-            Some("application/spdx+json"),
-            Some(&image),
-        );
-        let sbom_sig = manifest(
-            &store,
-            b"{\"sig\":2}",
-            Some("application/vnd.dev.sigstore"),
-            Some(&sbom),
-        );
+        let [image, sig, sbom, sbom_sig] = signed_image(&store);
         let mut direct: Vec<Digest> = store
             .referrers(&image, None)
             .unwrap()
@@ -289,25 +283,7 @@ mod tests {
     fn gc_keeps_the_referrers_of_kept_images_and_drops_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let image = manifest(&store, b"{\"image\":1}", None, None);
-        let sig = manifest(
-            &store,
-            b"{\"sig\":1}",
-            Some("application/vnd.dev.sigstore"),
-            Some(&image),
-        );
-        let sbom = manifest(
-            &store,
-            b"{\"sbom\":1}",
-            Some("application/spdx+json"),
-            Some(&image),
-        );
-        let sbom_sig = manifest(
-            &store,
-            b"{\"sig\":2}",
-            Some("application/vnd.dev.sigstore"),
-            Some(&sbom),
-        );
+        let [image, sig, sbom, sbom_sig] = signed_image(&store);
         let other = manifest(&store, b"{\"other\":1}", None, None);
         let orphan = manifest(
             &store,
