@@ -3097,36 +3097,6 @@ fn what_a_registry_sends_wrong_exits_1_and_the_users_own_mistakes_exit_2() {
 }
 
 #[test]
-#[ignore = "needs docker-registry and skopeo; run by .ci/run's interop suite"]
-fn a_pull_of_many_layers_fits_in_few_file_descriptors() {
-    let env = Env::new();
-    let root = env.path("store");
-    let reg = Reg::plain();
-    let sizes = vec![2048usize; 600];
-    let (image, reference) = pushed(&env, &reg, "many/layers:1", AMD64, &sizes, 77);
-    // 600 layers under a limit of 128 open files.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 128 && exec \"$@\"")
-        .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(&root)
-        .args(["--json", "image", "pull", &reference])
-        .env("DOCKER_CONFIG", env.docker_config())
-        .env("OCISTORE_HOSTS_DIR", env.path("hosts"))
-        .env("HOME", env.path("home"))
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "the pull fits in 128 descriptors: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pulled_whole(&env, &root, &reference, &image);
-}
-
-#[test]
 #[ignore = "needs docker-registry; run by .ci/run's interop suite"]
 fn an_artifact_pushed_and_pulled_keeps_its_bytes_and_its_artifact_type() {
     let env = Env::new();
