@@ -1992,7 +1992,8 @@ fn token_expiring_mid_pull_reauthenticates_once() {
 fn one_gib_layer_pull_and_push_hold_memory_flat() {
     const LIMIT_KIB: i64 = 64 * 1024;
     let env = Env::new();
-    let (_reg, image, reference) = registry_with(&env, "big/app:1", AMD64, &[1 << 30], 41);
+    let size = big_layer_size(&env);
+    let (_reg, image, reference) = registry_with(&env, "big/app:1", AMD64, &[size], 41);
     let root = env.path("store");
     env.ok(&root, &["du"]);
 
@@ -2014,19 +2015,44 @@ fn one_gib_layer_pull_and_push_hold_memory_flat() {
         "it uploaded everything: {out}"
     );
     println!(
-        "1 GiB layer: pull peak RSS {:.1} MiB, push peak RSS {:.1} MiB",
+        "{} MiB layer: pull peak RSS {:.1} MiB, push peak RSS {:.1} MiB",
+        size >> 20,
         pull_kib as f64 / 1024.0,
         push_kib as f64 / 1024.0
     );
     assert!(
         pull_kib < LIMIT_KIB,
-        "peak RSS {pull_kib} KiB pulling a 1 GiB layer"
+        "peak RSS {pull_kib} KiB pulling a {size}-byte layer"
     );
     assert!(
         push_kib < LIMIT_KIB,
-        "peak RSS {push_kib} KiB pushing a 1 GiB layer"
+        "peak RSS {push_kib} KiB pushing a {size}-byte layer"
     );
     assert_eq!(skopeo_digest(&target, None), image.root.digest);
+}
+
+/// The big layer's size: 1 GiB where the disk has room for its five copies (the test
+/// image, the source registry, the store, the pull's free-space margin, the target
+/// registry), less on a smaller disk, but never less than four times the RSS limit, so the
+/// test still tells a streaming path from one that holds the layer.
+fn big_layer_size(env: &Env) -> usize {
+    const FLOOR: u64 = 256 << 20;
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1", p(&env.path("."))])
+        .output()
+        .expect("df");
+    let free: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df --output=avail prints a number");
+    let size = ((free.saturating_sub(256 << 20) / 5) & !((1 << 20) - 1)).min(1 << 30);
+    assert!(
+        size >= FLOOR,
+        "the test's disk has {free} bytes free; it needs at least {} for a {FLOOR}-byte layer",
+        5 * FLOOR + (256 << 20)
+    );
+    size as usize
 }
 
 // ================================================================ 14. conformance of pulled content
