@@ -8,6 +8,8 @@
 //!   `ctr images import` read.
 //! - [`layout`] holds what both share: the `oci-layout` file, `index.json`, the walk of a
 //!   descriptor's children with its limits, and blob paths.
+//! - [`referrers`] is the OCI 1.1 referrers model: what a manifest says as a referrer, and
+//!   the index listing a manifest's referrers (the referrers API's answer, the tag schema).
 //! - [`sample`] builds a small deterministic multi-platform image, for tests and demos.
 //!
 //! This module also parses the children of a manifest or index ([`children`],
@@ -16,6 +18,7 @@
 pub mod export;
 pub mod import;
 pub mod layout;
+pub mod referrers;
 pub mod sample;
 
 mod archive;

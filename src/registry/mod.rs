@@ -19,6 +19,7 @@ mod proxy;
 pub mod pull;
 pub mod push;
 pub mod rate;
+pub mod referrers;
 
 use std::io::Read;
 use std::path::Path;
@@ -151,6 +152,17 @@ pub struct Manifest {
     pub descriptor: RemoteDescriptor,
     /// The bytes, exactly as served.
     pub bytes: Vec<u8>,
+}
+
+/// What a registry said to a manifest PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutManifest {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The subject the registry recorded for its referrers API (the `OCI-Subject` header):
+    /// when it is there, the registry lists the manifest as a referrer itself, and the
+    /// tag schema need not be kept.
+    pub subject: Option<Digest>,
 }
 
 /// A blob body being received.
@@ -402,8 +414,26 @@ impl Registry {
     /// GET of a manifest by tag or digest; `None` when the registry does not have it. The
     /// bytes are checked against the digest asked for, or against `Docker-Content-Digest`.
     pub fn manifest_get(&self, repo: &Repository, reference: &str) -> Result<Option<Manifest>> {
+        self.manifest_get_via(repo, reference, capability_for(reference))
+    }
+
+    /// [`Registry::manifest_get`] of the server alone (what a push reads before it writes).
+    pub fn manifest_get_on_server(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<Manifest>> {
+        self.manifest_get_via(repo, reference, "server only")
+    }
+
+    fn manifest_get_via(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        capability: &str,
+    ) -> Result<Option<Manifest>> {
         let t = target(repo, "pull", format!("manifest {reference}"));
-        self.read_via(repo, capability_for(reference), |ep| {
+        self.read_via(repo, capability, |ep| {
             // A body cut short is asked for again, as a failed request is.
             let mut attempt = 0;
             let (media_type, claimed, bytes) = loop {
@@ -504,14 +534,15 @@ impl Registry {
         }
     }
 
-    /// PUT of a manifest under `reference` (a tag, or its digest). Returns its digest.
+    /// PUT of a manifest under `reference` (a tag, or its digest): its digest, and the
+    /// subject the registry says it recorded for the referrers API (`OCI-Subject`).
     pub fn manifest_put(
         &self,
         repo: &Repository,
         reference: &str,
         media_type: &str,
         bytes: &[u8],
-    ) -> Result<Digest> {
+    ) -> Result<PutManifest> {
         let t = target(repo, "pull,push", format!("manifest {reference}"));
         let ep = self.server(repo)?;
         let mut resp = self.client.send(
@@ -525,7 +556,10 @@ impl Registry {
         if !matches!(resp.status().as_u16(), 200..=202) {
             return Err(unexpected(&t, &mut resp));
         }
-        Ok(crate::digest::Algorithm::Sha256.digest(bytes))
+        Ok(PutManifest {
+            digest: crate::digest::Algorithm::Sha256.digest(bytes),
+            subject: header(&resp, "oci-subject").and_then(|s| Digest::parse(s.trim()).ok()),
+        })
     }
 
     /// DELETE of a manifest by digest (the registry drops every tag that names it). A

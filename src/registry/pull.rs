@@ -28,6 +28,7 @@ use crate::content::{IngestManager, Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{self, Name, platform_matches};
+use crate::oci::referrers::MAX_REFERRERS;
 use crate::oci::{Child, ChildKind, is_index};
 use crate::store::writer::StoreWriter;
 use crate::store::{Sealed, Store};
@@ -57,7 +58,17 @@ pub struct PullOptions {
     pub progress: Option<Arc<dyn Progress>>,
     /// The largest blob or document to fetch; `None`: [`DEFAULT_MAX_SIZE`] (as import).
     pub max_size: Option<u64>,
+    /// Also fetch the referrers (signatures, SBOMs, attestations) of every manifest pulled,
+    /// and theirs, with their blobs; they are stored in the same transaction as the name
+    /// and kept by it (see [`Store::referrers`]).
+    pub referrers: bool,
+    /// With `referrers`: only referrers of this artifact type (and theirs of this type).
+    pub artifact_type: Option<String>,
 }
+
+/// How deep [`PullOptions::referrers`] follows referrers of referrers: a bound against a
+/// hostile registry's endless chain (a signature on an SBOM is depth 2).
+pub const MAX_REFERRER_DEPTH: usize = 32;
 
 /// The largest blob a pull fetches unless told otherwise: 64 GiB, as import reads.
 pub const DEFAULT_MAX_SIZE: u64 = 64 << 30;
@@ -74,6 +85,9 @@ impl std::fmt::Debug for PullOptions {
             .field("platforms", &self.platforms)
             .field("all_platforms", &self.all_platforms)
             .field("if_missing", &self.if_missing)
+            .field("max_size", &self.max_size)
+            .field("referrers", &self.referrers)
+            .field("artifact_type", &self.artifact_type)
             .finish()
     }
 }
@@ -93,6 +107,8 @@ pub struct PullOutcome {
     pub blobs_present: u64,
     /// Bytes that crossed the wire for blobs (a resumed blob counts what was fetched now).
     pub bytes_fetched: u64,
+    /// Referrers stored with the image ([`PullOptions::referrers`]).
+    pub referrers: u64,
 }
 
 /// The label that records where a blob came from (containerd's convention): the value is
@@ -178,6 +194,7 @@ impl Store {
                     .manifest_head(&repo, &wanted)?
                     .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {wanted}")))?;
                 if image.target.digest().to_string() == head.digest.to_string()
+                    && !opts.referrers
                     && complete(self, image)?
                 {
                     self.record_use([crate::store::uses::Used::Image(key.clone())]);
@@ -202,7 +219,12 @@ impl Store {
             )));
         }
         let artifact_type = crate::store::referrers::artifact_type_of(&root.bytes);
-        let plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
+        let mut plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
+        let referrers = if opts.referrers {
+            plan.add_referrers(registry, &repo, opts.artifact_type.as_deref())?
+        } else {
+            0
+        };
         self.check_sizes(&repo, &plan, opts.max_size.unwrap_or(DEFAULT_MAX_SIZE))?;
         let mut labels = Labels::new();
         labels.insert(source_label(&repo.host), repo.path.clone());
@@ -210,6 +232,7 @@ impl Store {
             name: key.clone(),
             digest: root.descriptor.digest.to_string(),
             media_type: root.descriptor.media_type.clone(),
+            referrers,
             ..PullOutcome::default()
         };
         // One batch, whose lease is made together with leases on every blob wanted before
@@ -638,6 +661,89 @@ impl Plan {
             .map(|(digest, size)| Job { digest, size })
             .collect();
         Ok(plan)
+    }
+
+    /// Adds the referrers of every manifest in the plan, and theirs, breadth first, with
+    /// everything under them (every platform, every layer): a level's listings and
+    /// manifests `concurrency` at a time. Only referrers of `artifact_type` when given.
+    /// Returns how many were added. Each referrer once, whatever cycles the registry
+    /// claims; deeper than [`MAX_REFERRER_DEPTH`] or more than [`MAX_REFERRERS`] fails.
+    fn add_referrers(
+        &mut self,
+        registry: &Registry,
+        repo: &Repository,
+        artifact_type: Option<&str>,
+    ) -> Result<u64> {
+        let mut seen: BTreeSet<Digest> = self.docs.iter().map(|(d, _)| d.digest).collect();
+        let mut blobs: BTreeMap<Digest, u64> =
+            self.blobs.iter().map(|j| (j.digest, j.size)).collect();
+        let mut level: Vec<(Digest, u64)> =
+            self.docs.iter().map(|(d, _)| (d.digest, d.size)).collect();
+        let mut added = 0u64;
+        let mut depth = 0usize;
+        while !level.is_empty() {
+            depth += 1;
+            let listings = super::largest_first(
+                &level,
+                registry.concurrency(),
+                |(_, size)| *size,
+                |(d, _)| registry.referrers(repo, d, artifact_type),
+            )?;
+            let mut found: Vec<Child> = Vec::new();
+            for r in listings.into_iter().flat_map(|l| l.referrers) {
+                if !seen.insert(r.digest) {
+                    continue;
+                }
+                if depth > MAX_REFERRER_DEPTH {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{repo}: referrers of referrers nested deeper than \
+                         {MAX_REFERRER_DEPTH} at {} (a referrer of {})",
+                        r.digest, r.subject
+                    )));
+                }
+                if seen.len() > MAX_REFERRERS {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{repo}: more than {MAX_REFERRERS} referrers"
+                    )));
+                }
+                found.push(Child {
+                    digest: r.digest,
+                    media_type: r.media_type,
+                    size: r.size,
+                    kind: ChildKind::Manifest,
+                    platform: None,
+                });
+            }
+            let fetched = super::largest_first(
+                &found,
+                registry.concurrency(),
+                |c| c.size,
+                |c| Self::child_manifest(registry, repo, c),
+            )?;
+            level = Vec::new();
+            for (desc, bytes) in fetched {
+                // The referrer and everything under it, all of it wanted.
+                let sub = Plan::make(registry, repo, &desc, bytes, &[])?;
+                added += 1;
+                for (d, b) in sub.docs {
+                    seen.insert(d.digest);
+                    if !self.docs.iter().any(|(have, _)| have.digest == d.digest) {
+                        level.push((d.digest, d.size));
+                        self.docs.push((d, b));
+                    }
+                }
+                for j in sub.blobs {
+                    blobs.insert(j.digest, j.size);
+                }
+            }
+        }
+        let docs: BTreeSet<Digest> = self.docs.iter().map(|(d, _)| d.digest).collect();
+        self.blobs = blobs
+            .into_iter()
+            .filter(|(d, _)| !docs.contains(d))
+            .map(|(digest, size)| Job { digest, size })
+            .collect();
+        Ok(added)
     }
 
     /// Fetches the manifest an index names as `c`, checked against its descriptor's size,

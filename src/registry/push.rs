@@ -37,12 +37,19 @@ pub struct PushOptions {
     pub platforms: Vec<Platform>,
     /// Where progress goes.
     pub progress: Option<Arc<dyn Progress>>,
+    /// Also push the store's referrers of every manifest pushed (and theirs), after their
+    /// subjects, each by digest.
+    pub referrers: bool,
+    /// With `referrers`: only referrers of this artifact type (and theirs of this type).
+    pub artifact_type: Option<String>,
 }
 
 impl std::fmt::Debug for PushOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PushOptions")
             .field("platforms", &self.platforms)
+            .field("referrers", &self.referrers)
+            .field("artifact_type", &self.artifact_type)
             .finish()
     }
 }
@@ -62,6 +69,8 @@ pub struct PushOutcome {
     pub blobs_skipped: u64,
     /// Bytes uploaded.
     pub bytes_pushed: u64,
+    /// Referrers pushed with the image ([`PushOptions::referrers`]).
+    pub referrers: u64,
 }
 
 /// A manifest or index to put: digest, media type, bytes.
@@ -116,22 +125,87 @@ impl Store {
             root_type = crate::store::images::sniff_media_type(&root_bytes);
         }
         let root = (Algorithm::Sha256.digest(&root_bytes), root_type, root_bytes);
-        let PushPlan {
-            docs,
-            blobs,
-            absent,
-        } = self.push_plan(&root, name)?;
-        // Where on the target's registry the image is known to be: what it lacks can be
-        // mounted from there.
-        let sources = self.sources_of(
-            &repo,
-            std::iter::once(root_digest).chain(docs.iter().map(|((d, _, _), _)| *d)),
-        );
         let mut out = PushOutcome {
             target: target_name.to_string(),
             digest: root.0.to_string(),
             ..PushOutcome::default()
         };
+        let docs = self.push_root(
+            registry,
+            &repo,
+            &root,
+            &reference_of(&target_name),
+            root_digest,
+            name,
+            opts,
+            &mut out,
+        )?;
+        if opts.referrers {
+            // After their subjects, breadth first: a registry may check that a subject is
+            // there, and the tag schema's index is written for a subject the registry has.
+            let mut seen: std::collections::BTreeSet<Digest> = docs.iter().copied().collect();
+            let mut queue: VecDeque<Digest> = docs.into_iter().collect();
+            while let Some(subject) = queue.pop_front() {
+                for r in self.referrers(&subject, opts.artifact_type.as_deref())? {
+                    if !seen.insert(r.digest) {
+                        continue;
+                    }
+                    if seen.len() > crate::oci::referrers::MAX_REFERRERS {
+                        return Err(Error::FailedPrecondition(format!(
+                            "image {name}: more than {} referrers",
+                            crate::oci::referrers::MAX_REFERRERS
+                        )));
+                    }
+                    let bytes = crate::helpers::read_blob_prefix(self, &r.digest, MAX_MANIFEST)?;
+                    let doc = (r.digest, r.media_type.clone(), bytes);
+                    let under = self.push_root(
+                        registry,
+                        &repo,
+                        &doc,
+                        &r.digest.to_string(),
+                        r.digest,
+                        name,
+                        opts,
+                        &mut out,
+                    )?;
+                    out.referrers += 1;
+                    for d in under {
+                        if d == r.digest || seen.insert(d) {
+                            queue.push_back(d);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pushes `root` and everything under it to `repo`, the root under `reference`, counting
+    /// into `out`: the digests of the manifests pushed (the root's among them).
+    #[allow(clippy::too_many_arguments)]
+    fn push_root(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        root: &Doc,
+        reference: &str,
+        stored_root: Digest,
+        name: &str,
+        opts: &PushOptions,
+        out: &mut PushOutcome,
+    ) -> Result<Vec<Digest>> {
+        let repo = repo.clone();
+        let PushPlan {
+            docs,
+            blobs,
+            absent,
+        } = self.push_plan(root, name)?;
+        // Where on the target's registry the image is known to be: what it lacks can be
+        // mounted from there.
+        let sources = self.sources_of(
+            &repo,
+            std::iter::once(stored_root).chain(docs.iter().map(|((d, _, _), _)| *d)),
+        );
         // What the store lacks first: a few HEADs and mounts, and a push that cannot be
         // whole fails before it uploads anything.
         let each = |blobs: &BTreeMap<Digest, u64>,
@@ -154,8 +228,8 @@ impl Store {
         }
         // Manifests children first, a level of the index at a time from the deepest (a
         // registry may refuse an index naming a manifest it lacks), each level `concurrency`
-        // at a time; the root last, by tag. A manifest named at several levels goes with
-        // the deepest.
+        // at a time; the root last, by `reference`. A manifest named at several levels goes
+        // with the deepest.
         let deepest = docs.iter().map(|(_, depth)| *depth).max().unwrap_or(0);
         let mut done = std::collections::BTreeSet::new();
         for depth in (0..=deepest).rev() {
@@ -168,21 +242,7 @@ impl Store {
                 &level,
                 registry.concurrency(),
                 |(_, _, bytes)| bytes.len() as u64,
-                |(digest, media_type, bytes)| {
-                    let reference = if *digest == root.0 {
-                        reference_of(&target_name)
-                    } else {
-                        digest.to_string()
-                    };
-                    let present = registry
-                        .manifest_head_on_server(&repo, &reference)?
-                        .is_some_and(|d| d.digest == *digest);
-                    if present {
-                        return Ok(Sent::Skipped);
-                    }
-                    registry.manifest_put(&repo, &reference, media_type, bytes)?;
-                    Ok(Sent::Pushed(bytes.len() as u64))
-                },
+                |doc| self.send_manifest(registry, &repo, doc, root, reference),
             )?;
             for s in sent {
                 out.count(s);
@@ -191,7 +251,57 @@ impl Store {
         let mut all: Vec<Digest> = blobs.keys().copied().collect();
         all.extend(docs.iter().map(|((d, _, _), _)| *d));
         self.label_source(&repo, &all);
-        Ok(out)
+        Ok(docs.into_iter().map(|((d, _, _), _)| d).collect())
+    }
+
+    /// Puts one manifest (the root under `reference`, others by digest) unless the server
+    /// has it. A manifest with a `subject` that the registry did not acknowledge with
+    /// `OCI-Subject` is added to its subject's tag-schema index (also when it was there
+    /// already: an earlier push may have stopped before the index).
+    fn send_manifest(
+        &self,
+        registry: &Registry,
+        repo: &Repository,
+        (digest, media_type, bytes): &Doc,
+        root: &Doc,
+        reference: &str,
+    ) -> Result<Sent> {
+        let reference = if *digest == root.0 {
+            reference.to_owned()
+        } else {
+            digest.to_string()
+        };
+        let present = registry
+            .manifest_head_on_server(repo, &reference)?
+            .is_some_and(|d| d.digest == *digest);
+        let acknowledged = if present {
+            None
+        } else {
+            Some(
+                registry
+                    .manifest_put(repo, &reference, media_type, bytes)?
+                    .subject,
+            )
+        };
+        if let Some(subject) = crate::oci::referrers::as_referrer(bytes).map(|(s, ..)| s)
+            && acknowledged
+                .as_ref()
+                .is_none_or(|ack| ack.as_ref() != Some(&subject))
+        {
+            let referrer =
+                crate::oci::referrers::referrer_of(bytes, *digest, &subject).map(|mut r| {
+                    r.media_type = media_type.clone();
+                    r
+                });
+            if let Some(r) = referrer {
+                registry.add_to_fallback_tag(repo, &r)?;
+            }
+        }
+        Ok(if present {
+            Sent::Skipped
+        } else {
+            Sent::Pushed(bytes.len() as u64)
+        })
     }
 
     /// What is under `root`: see [`PushPlan`].

@@ -3,70 +3,14 @@
 //! is one of a manifest's recorded children), then confirmed by reading each candidate
 //! parent, so the cost follows the number of parents, not the size of the store.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-use serde::Serialize;
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-/// One referrer of a manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Referrer {
-    /// The referrer's digest.
-    pub digest: Digest,
-    /// Its own `mediaType`.
-    pub media_type: String,
-    /// Its `artifactType`, else (for an image manifest) its config's media type, as the
-    /// referrers API reports it.
-    pub artifact_type: Option<String>,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// The manifest it refers to.
-    #[serde(skip)]
-    pub subject: Digest,
-}
-
-/// The most referrers [`Store::referrers_recursive`] visits: a bound against hostile chains.
-pub const MAX_REFERRERS: usize = 100_000;
-
-/// What a manifest document says about itself as a referrer: its subject, media type,
-/// artifact type and annotations; `None` when it is not a JSON manifest with a subject.
-#[allow(clippy::type_complexity)]
-pub(crate) fn as_referrer(
-    bytes: &[u8],
-) -> Option<(Digest, String, Option<String>, BTreeMap<String, String>)> {
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return None;
-    }
-    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let subject = Digest::parse(doc.get("subject")?.get("digest")?.as_str()?).ok()?;
-    let media_type = doc
-        .get("mediaType")
-        .and_then(serde_json::Value::as_str)
-        .map_or_else(
-            || crate::store::images::sniff_media_type(bytes),
-            str::to_owned,
-        );
-    let artifact_type = doc
-        .get("artifactType")
-        .and_then(serde_json::Value::as_str)
-        .or_else(|| doc.get("config")?.get("mediaType")?.as_str())
-        .map(str::to_owned);
-    let annotations = doc
-        .get("annotations")
-        .and_then(serde_json::Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    Some((subject, media_type, artifact_type, annotations))
-}
+pub(crate) use crate::oci::referrers::as_referrer;
+pub use crate::oci::referrers::{MAX_REFERRERS, Referrer, artifact_type_of, with_artifact_type};
 
 impl Store {
     /// The referrers of `subject` stored here (manifests whose `subject` is it), by digest;
@@ -137,33 +81,6 @@ impl Store {
         }
         Ok(out)
     }
-}
-
-/// A manifest's own `artifactType`, when it declares one (for the descriptor a name keeps).
-pub fn artifact_type_of(bytes: &[u8]) -> Option<String> {
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        #[serde(rename = "artifactType")]
-        artifact_type: Option<String>,
-    }
-    serde_json::from_slice::<Doc>(bytes)
-        .ok()?
-        .artifact_type
-        .filter(|t| !t.is_empty())
-}
-
-/// `descriptor` with its `artifactType` set to `artifact_type`, when there is one.
-pub fn with_artifact_type(
-    mut descriptor: oci_spec::image::Descriptor,
-    artifact_type: Option<&str>,
-) -> oci_spec::image::Descriptor {
-    if let Some(t) = artifact_type {
-        descriptor.set_artifact_type(Some(oci_spec::image::MediaType::from(t)));
-    }
-    descriptor
 }
 
 /// The `subject` of the stored blob `key`, when it is a small JSON manifest that has one

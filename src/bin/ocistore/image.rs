@@ -319,42 +319,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             } else {
                 store.referrers(&digest, artifact_type.as_deref())?
             };
-            if ctx.json {
-                print_json(&Value::Array(
-                    found
-                        .iter()
-                        .map(|r| {
-                            json!({
-                                "digest": r.digest.to_string(),
-                                "media_type": r.media_type,
-                                "artifact_type": r.artifact_type,
-                                "size": r.size,
-                                "annotations": r.annotations,
-                                "subject": r.subject.to_string(),
-                            })
-                        })
-                        .collect(),
-                ));
-            } else {
-                let rows: Vec<Vec<String>> = found
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.digest.to_string(),
-                            crate::output::shown(r.artifact_type.as_deref().unwrap_or("-"))
-                                .into_owned(),
-                            crate::output::human_size(r.size),
-                            crate::output::shown(
-                                r.annotations
-                                    .get("org.opencontainers.image.created")
-                                    .map_or("-", String::as_str),
-                            )
-                            .into_owned(),
-                        ]
-                    })
-                    .collect();
-                table(&["DIGEST", "ARTIFACT-TYPE", "SIZE", "CREATED"], &rows);
-            }
+            crate::output::print_referrers(ctx.json, &found);
         }
         ImageCmd::Tag { source, targets } => {
             let targets: Vec<&str> = targets.iter().map(String::as_str).collect();

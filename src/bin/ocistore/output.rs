@@ -365,3 +365,45 @@ pub fn parse_size(s: &str) -> Result<u64, ocistore::Error> {
             ocistore::Error::InvalidArgument(format!("size {s:?} is not a number of bytes"))
         })
 }
+
+/// Referrers as `image referrers` and `remote referrers` show them: a table of DIGEST,
+/// ARTIFACT-TYPE, SIZE and CREATED (the `org.opencontainers.image.created` annotation), or
+/// with `json` a list of `{"digest","media_type","artifact_type","size","annotations",
+/// "subject"}`.
+pub fn print_referrers(json: bool, found: &[ocistore::store::referrers::Referrer]) {
+    if json {
+        print_json(&serde_json::Value::Array(
+            found
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "digest": r.digest.to_string(),
+                        "media_type": r.media_type,
+                        "artifact_type": r.artifact_type,
+                        "size": r.size,
+                        "annotations": r.annotations,
+                        "subject": r.subject.to_string(),
+                    })
+                })
+                .collect(),
+        ));
+        return;
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|r| {
+            vec![
+                r.digest.to_string(),
+                shown(r.artifact_type.as_deref().unwrap_or("-")).into_owned(),
+                human_size(r.size),
+                shown(
+                    r.annotations
+                        .get("org.opencontainers.image.created")
+                        .map_or("-", String::as_str),
+                )
+                .into_owned(),
+            ]
+        })
+        .collect();
+    table(&["DIGEST", "ARTIFACT-TYPE", "SIZE", "CREATED"], &rows);
+}

@@ -51,7 +51,20 @@ pub struct PullArgs {
     #[arg(long, default_value = "64GiB", value_name = "SIZE")]
     max_size: String,
     #[command(flatten)]
+    referrers: ReferrersArgs,
+    #[command(flatten)]
     remote: RemoteArgs,
+}
+
+/// Whether referrers travel with an image.
+#[derive(Args, Clone)]
+pub struct ReferrersArgs {
+    /// Also the referrers of every manifest (signatures, SBOMs, attestations), and theirs
+    #[arg(long)]
+    referrers: bool,
+    /// With --referrers: only referrers of this artifact type
+    #[arg(long, value_name = "TYPE", requires = "referrers")]
+    artifact_type: Option<String>,
 }
 
 #[derive(Args)]
@@ -63,6 +76,8 @@ pub struct PushArgs {
     /// Push only this platform of a multi-platform image (repeatable)
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     platforms: Vec<String>,
+    #[command(flatten)]
+    referrers: ReferrersArgs,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -89,6 +104,17 @@ pub enum RemoteCmd {
         /// Start after this tag
         #[arg(long)]
         last: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The referrers of a manifest on its registry (signatures, SBOMs, attestations): from
+    /// the referrers API, else from the sha256-<hex> tag
+    Referrers {
+        /// Reference (a tag is resolved to its digest first)
+        reference: String,
+        /// Only referrers of this artifact type
+        #[arg(long, value_name = "TYPE")]
+        artifact_type: Option<String>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -184,6 +210,8 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
         if_missing: args.if_missing,
         progress: bars.clone().map(|b| b as Arc<dyn Progress>),
         max_size: Some(crate::output::parse_size(&args.max_size)?),
+        referrers: args.referrers.referrers,
+        artifact_type: args.referrers.artifact_type,
     };
     let out = Bars::finish(
         &bars,
@@ -194,12 +222,13 @@ pub fn pull(store: &ocistore::Store, ctx: &Ctx, args: PullArgs) -> Result<(), Fa
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
         crate::outln!(
-            "pulled {} ({}): {} blob(s) fetched ({}), {} present",
+            "pulled {} ({}): {} blob(s) fetched ({}), {} present{}",
             out.name,
             out.digest,
             out.blobs_fetched,
             crate::output::human_size(out.bytes_fetched),
-            out.blobs_present
+            out.blobs_present,
+            referrers_note(out.referrers)
         );
     }
     Ok(())
@@ -214,6 +243,8 @@ pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Fa
     let opts = PushOptions {
         platforms: platforms(&args.platforms)?,
         progress: bars.clone().map(|b| b as Arc<dyn Progress>),
+        referrers: args.referrers.referrers,
+        artifact_type: args.referrers.artifact_type,
     };
     let pushed = store.push(
         &args.remote.registry(),
@@ -226,16 +257,40 @@ pub fn push(store: &ocistore::Store, ctx: &Ctx, args: PushArgs) -> Result<(), Fa
         print_json(&serde_json::to_value(&out).unwrap_or_default());
     } else {
         crate::outln!(
-            "pushed {} ({}): {} blob(s) uploaded ({}), {} mounted, {} already there",
+            "pushed {} ({}): {} blob(s) uploaded ({}), {} mounted, {} already there{}",
             out.target,
             out.digest,
             out.blobs_pushed,
             crate::output::human_size(out.bytes_pushed),
             out.blobs_mounted,
-            out.blobs_skipped
+            out.blobs_skipped,
+            referrers_note(out.referrers)
         );
     }
     Ok(())
+}
+
+/// ", N referrer(s)" when there were any.
+fn referrers_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} referrer(s)")
+    }
+}
+
+/// The digest `name` stands for on its registry: its own, or its tag's (a HEAD).
+fn remote_digest(registry: &Registry, name: &Name) -> Result<Digest, Failure> {
+    if let Some(d) = name.digest {
+        return Ok(d);
+    }
+    let repo = Repository::of(name);
+    let tag = ocistore::registry::reference_of(name);
+    Ok(registry
+        .manifest_head(&repo, &tag)
+        .map_err(fault)?
+        .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {tag}")))?
+        .digest)
 }
 
 pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
@@ -319,21 +374,24 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 lines.finish();
             }
         }
+        RemoteCmd::Referrers {
+            reference,
+            artifact_type,
+            remote,
+        } => {
+            let name = Name::parse(&reference)?;
+            let registry = remote.registry();
+            let digest = remote_digest(&registry, &name)?;
+            let found = registry
+                .referrers(&Repository::of(&name), &digest, artifact_type.as_deref())
+                .map_err(fault)?;
+            crate::output::print_referrers(ctx.json, &found.referrers);
+        }
         RemoteCmd::Rm { reference, remote } => {
             let name = Name::parse(&reference)?;
             let repo = Repository::of(&name);
             let registry = remote.registry();
-            let digest = match name.digest {
-                Some(d) => d,
-                None => {
-                    let tag = ocistore::registry::reference_of(&name);
-                    registry
-                        .manifest_head(&repo, &tag)
-                        .map_err(fault)?
-                        .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {tag}")))?
-                        .digest
-                }
-            };
+            let digest = remote_digest(&registry, &name)?;
             registry.manifest_delete(&repo, &digest).map_err(fault)?;
             if !ctx.json {
                 crate::outln!("removed {repo}@{digest}");
