@@ -45,6 +45,7 @@ fn main() -> ocistore::Result<()> {
     let opts = export::Options {
         format: export::Format::OciDir,
         platforms: vec![platform],
+        ..Default::default()
     };
     let written = store.export_path(&[name], &opts, &out)?;
     println!(

@@ -408,6 +408,7 @@ fn directory_layout_import_and_export() {
     let opts = export::Options {
         format: Format::OciDir,
         platforms: vec![],
+        ..Default::default()
     };
     let out = export::export_path(&src, std::slice::from_ref(&image), &opts, &dir).unwrap();
     assert_eq!(out.blobs, 8);

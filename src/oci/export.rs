@@ -37,6 +37,7 @@ use crate::digest::{Digest, Hasher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::helpers::AtReader;
 use crate::names::{descriptor_digest, platform_matches, platform_string};
+use crate::oci::referrers::Referrer;
 
 /// An image to export.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +70,10 @@ pub struct Options {
     /// Platforms to keep (os/architecture/variant, as [`platform_matches`] compares them);
     /// empty keeps all. See [`export_archive`] for what filtering does to an index.
     pub platforms: Vec<Platform>,
+    /// Referrers (signatures, SBOMs) to carry along, each with everything under it: listed
+    /// in `index.json` without a name, after the images, as oras-go and regclient write
+    /// them ([`crate::Store::referrers_of_images`] finds those of the exported images).
+    pub referrers: Vec<Referrer>,
 }
 
 /// What an export wrote.
@@ -81,6 +86,8 @@ pub struct Outcome {
     /// Each image's name and the digest its `index.json` entry points at, in `index.json`
     /// order.
     pub images: Vec<(String, Digest)>,
+    /// Referrers listed in `index.json` ([`Options::referrers`]).
+    pub referrers: u64,
 }
 
 /// Writes `images` as an OCI image layout tar archive to `out`.
@@ -271,6 +278,7 @@ struct Plan {
     /// Sorted by path.
     blobs: Vec<PlannedBlob>,
     images: Vec<(String, Digest)>,
+    referrers: u64,
 }
 
 struct PlannedBlob {
@@ -286,6 +294,7 @@ impl Plan {
             blobs: self.blobs.len() as u64,
             bytes: self.blobs.iter().map(|b| b.size).sum(),
             images: self.images.clone(),
+            referrers: self.referrers,
         }
     }
 }
@@ -334,6 +343,21 @@ fn plan(provider: &dyn Provider, images: &[ExportImage], opts: &Options) -> Resu
         entries.push(entry);
         out_images.push((image.name.clone(), root.digest));
     }
+    let mut referrers: Vec<&Referrer> = opts.referrers.iter().collect();
+    referrers.sort_by_key(|r| r.digest);
+    referrers.dedup_by_key(|r| r.digest);
+    referrers.retain(|r| !out_images.iter().any(|(_, d)| *d == r.digest));
+    for r in &referrers {
+        let child = Child {
+            digest: r.digest,
+            size: r.size,
+            media_type: r.media_type.clone(),
+            platform: None,
+            kind: ChildKind::Manifest,
+        };
+        walker.walk(&child, &format!("referrer of {}", r.subject), &mut source)?;
+        entries.push(r.descriptor());
+    }
     let index_json = canonical_json(json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_OCI_INDEX,
@@ -353,6 +377,7 @@ fn plan(provider: &dyn Provider, images: &[ExportImage], opts: &Options) -> Resu
         index_json,
         blobs,
         images: out_images,
+        referrers: referrers.len() as u64,
     })
 }
 

@@ -155,6 +155,11 @@ pub fn parse_referrers_index(
 ) -> Result<Vec<Referrer>> {
     let doc: Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::FailedPrecondition(format!("{what}: not a JSON image index: {e}")))?;
+    if !doc.is_object() {
+        return Err(Error::FailedPrecondition(format!(
+            "{what}: not an image index (a JSON object)"
+        )));
+    }
     let media_type = doc.get("mediaType").and_then(Value::as_str);
     if media_type.is_some_and(|m| m != MEDIA_TYPE_OCI_INDEX) {
         return Err(Error::FailedPrecondition(format!(

@@ -139,6 +139,32 @@ impl Store {
             .collect()
     }
 
+    /// The referrers of the images `references` name, recursively (a signature on an SBOM),
+    /// of their root and of every manifest of an index, for [`export::Options::referrers`];
+    /// of `artifact_type` only when given.
+    pub fn referrers_of_images(
+        &self,
+        references: &[&str],
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<crate::oci::referrers::Referrer>> {
+        let mut out: Vec<crate::oci::referrers::Referrer> = Vec::new();
+        for image in self.export_images(references)? {
+            let root = crate::names::descriptor_digest(&image.descriptor)?;
+            let mut manifests = vec![root];
+            if crate::oci::is_index(&image.descriptor.media_type().to_string()) {
+                manifests.extend(self.children(&root)?);
+            }
+            for m in manifests {
+                for r in self.referrers_recursive(&m, artifact_type)? {
+                    if !out.iter().any(|have| have.digest == r.digest) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Exports the named images as an OCI layout archive to `out`. See
     /// [`export::export_archive`] for the layout and what `--platform` does.
     pub fn export_to(

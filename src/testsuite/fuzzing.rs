@@ -79,6 +79,46 @@ pub fn manifest(data: &[u8]) {
     let _ = serde_json::from_slice::<oci_spec::image::ImageIndex>(data);
 }
 
+/// Referrers listings (a referrers API page, a tag-schema index) and what a manifest says
+/// as a referrer: never a panic, never more entries than the bound, and an entry added to
+/// an index is listed by it once, with every entry it had before.
+pub fn referrers(data: &[u8]) {
+    use crate::oci::referrers::{
+        Referrer, add_to_referrers_index, as_referrer, index_lists, parse_referrers_index,
+    };
+    let subject = crate::digest::Algorithm::Sha256.digest(b"subject");
+    let _ = as_referrer(data);
+    let _ = crate::oci::referrers::artifact_type_of(data);
+    let before = parse_referrers_index(data, &subject, 8, "fuzz");
+    if let Ok(list) = &before {
+        assert!(list.len() <= 8);
+        assert!(list.iter().all(|r| r.subject == subject));
+    }
+    let entry = Referrer {
+        digest: crate::digest::Algorithm::Sha256.digest(data),
+        media_type: crate::oci::MEDIA_TYPE_OCI_MANIFEST.into(),
+        artifact_type: Some("application/vnd.example".into()),
+        size: 2,
+        annotations: Default::default(),
+        subject,
+    };
+    if let Ok(Some(after)) = add_to_referrers_index(Some(data), &entry) {
+        assert!(
+            index_lists(&after, &entry.digest),
+            "the entry added is listed"
+        );
+        assert!(
+            add_to_referrers_index(Some(&after), &entry).is_ok_and(|again| again.is_none()),
+            "an entry is added once"
+        );
+        if let Ok(old) = before {
+            let new = parse_referrers_index(&after, &subject, 9, "fuzz")
+                .expect("an index that parsed before parses after an entry is added");
+            assert!(old.iter().all(|r| new.contains(r)), "no entry is lost");
+        }
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Option<tempfile_dir::Dir>> = const { RefCell::new(None) };
 }

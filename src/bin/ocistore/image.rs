@@ -39,6 +39,13 @@ pub enum ImageCmd {
         /// new digest when anything is left out
         #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
         platforms: Vec<String>,
+        /// Also the images' referrers (signatures, SBOMs), listed without a name in
+        /// index.json as oras writes them
+        #[arg(long)]
+        referrers: bool,
+        /// With --referrers: only referrers of this artifact type
+        #[arg(long, value_name = "TYPE", requires = "referrers")]
+        artifact_type: Option<String>,
     },
     /// List images matching any of the filters (fields: name, target.digest, target.mediatype, labels.<key>)
     Ls {
@@ -200,6 +207,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             output,
             format,
             platforms,
+            referrers,
+            artifact_type,
         } => {
             let format = match format.as_str() {
                 "oci-archive" => ocistore::oci::export::Format::OciArchive,
@@ -215,8 +224,17 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                 .iter()
                 .map(|p| parse_platform(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let opts = ocistore::oci::export::Options { format, platforms };
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let referrers = if referrers {
+                store.referrers_of_images(&refs, artifact_type.as_deref())?
+            } else {
+                Vec::new()
+            };
+            let opts = ocistore::oci::export::Options {
+                format,
+                platforms,
+                referrers,
+            };
             let out = if output == "-" {
                 if format == ocistore::oci::export::Format::OciDir {
                     return Err(ocistore::Error::InvalidArgument(
@@ -240,6 +258,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
                     "images": out.images.iter().map(|(n, d)| json!({"name": n, "digest": d.to_string()})).collect::<Vec<_>>(),
                     "blobs": out.blobs,
                     "bytes": out.bytes,
+                    "referrers": out.referrers,
                 }));
             } else if output != "-" {
                 eprintln!(

@@ -310,10 +310,17 @@ pub fn run(ctx: &Ctx, cmd: RemoteCmd) -> Result<(), Failure> {
                 return Err(Error::NotFound(format!("{name} in its registry")).into());
             };
             if ctx.json {
+                // A HEAD does not tell the artifact type: the document does (one GET).
+                let registry = remote.registry();
+                let artifact_type = registry
+                    .manifest_get(&Repository::of(&name), d.digest.as_str())
+                    .map_err(fault)?
+                    .and_then(|m| ocistore::oci::referrers::artifact_type_of(&m.bytes));
                 print_json(&json!({
                     "name": name.to_string(),
                     "digest": d.digest.to_string(),
                     "media_type": d.media_type,
+                    "artifact_type": artifact_type,
                     "size": d.size,
                 }));
             } else {
