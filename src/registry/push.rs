@@ -27,6 +27,7 @@ use crate::content::Manager;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::names::{self, Name, platform_matches};
+use crate::oci::referrers::Referrer;
 use crate::oci::{ChildKind, is_index};
 use crate::store::Store;
 
@@ -130,7 +131,7 @@ impl Store {
             digest: root.0.to_string(),
             ..PushOutcome::default()
         };
-        let docs = self.push_root(
+        let (docs, mut untracked) = self.push_root(
             registry,
             &repo,
             &root,
@@ -158,7 +159,7 @@ impl Store {
                     }
                     let bytes = crate::helpers::read_blob_prefix(self, &r.digest, MAX_MANIFEST)?;
                     let doc = (r.digest, r.media_type.clone(), bytes);
-                    let under = self.push_root(
+                    let (under, more) = self.push_root(
                         registry,
                         &repo,
                         &doc,
@@ -169,6 +170,7 @@ impl Store {
                         &mut out,
                     )?;
                     out.referrers += 1;
+                    untracked.extend(more);
                     for d in under {
                         if d == r.digest || seen.insert(d) {
                             queue.push_back(d);
@@ -177,11 +179,13 @@ impl Store {
                 }
             }
         }
+        Self::tag_referrers(registry, &repo, untracked)?;
         Ok(out)
     }
 
     /// Pushes `root` and everything under it to `repo`, the root under `reference`, counting
-    /// into `out`: the digests of the manifests pushed (the root's among them).
+    /// into `out`: the digests of the manifests pushed (the root's among them), and the
+    /// referrers among them that the registry does not track (see [`Self::tag_referrers`]).
     #[allow(clippy::too_many_arguments)]
     fn push_root(
         &self,
@@ -193,7 +197,7 @@ impl Store {
         name: &str,
         opts: &PushOptions,
         out: &mut PushOutcome,
-    ) -> Result<Vec<Digest>> {
+    ) -> Result<(Vec<Digest>, Vec<Referrer>)> {
         let repo = repo.clone();
         let PushPlan {
             docs,
@@ -232,6 +236,7 @@ impl Store {
         // with the deepest.
         let deepest = docs.iter().map(|(_, depth)| *depth).max().unwrap_or(0);
         let mut done = std::collections::BTreeSet::new();
+        let mut untracked = Vec::new();
         for depth in (0..=deepest).rev() {
             let level: Vec<&Doc> = docs
                 .iter()
@@ -244,20 +249,24 @@ impl Store {
                 |(_, _, bytes)| bytes.len() as u64,
                 |doc| self.send_manifest(registry, &repo, doc, root, reference),
             )?;
-            for s in sent {
+            for (s, r) in sent {
                 out.count(s);
+                untracked.extend(r);
             }
         }
         let mut all: Vec<Digest> = blobs.keys().copied().collect();
         all.extend(docs.iter().map(|((d, _, _), _)| *d));
         self.label_source(&repo, &all);
-        Ok(docs.into_iter().map(|((d, _, _), _)| d).collect())
+        Ok((
+            docs.into_iter().map(|((d, _, _), _)| d).collect(),
+            untracked,
+        ))
     }
 
     /// Puts one manifest (the root under `reference`, others by digest) unless the server
     /// has it. A manifest with a `subject` that the registry did not acknowledge with
-    /// `OCI-Subject` is added to its subject's tag-schema index (also when it was there
-    /// already: an earlier push may have stopped before the index).
+    /// `OCI-Subject` comes back as a referrer for its subject's tag-schema index (also when
+    /// it was there already: an earlier push may have stopped before the index).
     fn send_manifest(
         &self,
         registry: &Registry,
@@ -265,7 +274,7 @@ impl Store {
         (digest, media_type, bytes): &Doc,
         root: &Doc,
         reference: &str,
-    ) -> Result<Sent> {
+    ) -> Result<(Sent, Option<Referrer>)> {
         let reference = if *digest == root.0 {
             reference.to_owned()
         } else {
@@ -283,25 +292,45 @@ impl Store {
                     .subject,
             )
         };
+        let mut untracked = None;
         if let Some(subject) = crate::oci::referrers::as_referrer(bytes).map(|(s, ..)| s)
             && acknowledged
                 .as_ref()
                 .is_none_or(|ack| ack.as_ref() != Some(&subject))
         {
-            let referrer =
+            untracked =
                 crate::oci::referrers::referrer_of(bytes, *digest, &subject).map(|mut r| {
                     r.media_type = media_type.clone();
                     r
                 });
-            if let Some(r) = referrer {
-                registry.add_to_fallback_tag(repo, &r)?;
-            }
         }
-        Ok(if present {
+        let sent = if present {
             Sent::Skipped
         } else {
             Sent::Pushed(bytes.len() as u64)
-        })
+        };
+        Ok((sent, untracked))
+    }
+
+    /// Adds the referrers pushed that the registry does not track to their subjects'
+    /// tag-schema indexes: one read-modify-write per subject, `concurrency` at a time.
+    fn tag_referrers(
+        registry: &Registry,
+        repo: &Repository,
+        untracked: Vec<Referrer>,
+    ) -> Result<()> {
+        let mut by_subject: BTreeMap<Digest, Vec<Referrer>> = BTreeMap::new();
+        for r in untracked {
+            by_subject.entry(r.subject).or_default().push(r);
+        }
+        let groups: Vec<(Digest, Vec<Referrer>)> = by_subject.into_iter().collect();
+        super::largest_first(
+            &groups,
+            registry.concurrency(),
+            |(_, list)| list.len() as u64,
+            |(subject, list)| registry.add_to_fallback_tag(repo, subject, list),
+        )?;
+        Ok(())
     }
 
     /// What is under `root`: see [`PushPlan`].

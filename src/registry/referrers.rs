@@ -165,23 +165,33 @@ impl Registry {
         }
     }
 
-    /// Adds `referrer` to its subject's tag-schema index in `repo` (creating the tag when it
-    /// does not exist), keeping every other entry. Distribution has no conditional PUT, so
-    /// two pushers can each read the index before the other writes; each therefore reads
-    /// the index back after writing, and again after [`TAG_SETTLE`], and writes again while
-    /// its entry is missing (up to [`TAG_ATTEMPTS`] writes). What is left: a pusher whose
-    /// read-modify-write spans more than the settle time can still drop an entry that was
-    /// confirmed twice.
-    pub fn add_to_fallback_tag(&self, repo: &Repository, referrer: &Referrer) -> Result<()> {
-        let tag = fallback_tag(&referrer.subject);
+    /// Adds `referrers` (all of one `subject`) to the subject's tag-schema index in `repo`
+    /// (creating the tag when it does not exist), keeping every other entry. Distribution
+    /// has no conditional PUT, so two pushers can each read the index before the other
+    /// writes; each therefore reads the index back after writing, and again after
+    /// [`TAG_SETTLE`], and writes again while an entry of its own is missing (up to
+    /// [`TAG_ATTEMPTS`] writes). What is left: a pusher whose read-modify-write spans more
+    /// than the settle time can still drop an entry that was confirmed twice.
+    pub fn add_to_fallback_tag(
+        &self,
+        repo: &Repository,
+        subject: &Digest,
+        referrers: &[Referrer],
+    ) -> Result<()> {
+        let tag = fallback_tag(subject);
         let mut writes = 0u32;
         let mut confirmed = false;
         loop {
             let current = self.manifest_get_on_server(repo, &tag)?;
-            let listed = current
-                .as_ref()
-                .is_some_and(|m| index_lists(&m.bytes, &referrer.digest));
-            if listed {
+            let missing: Vec<&Referrer> = referrers
+                .iter()
+                .filter(|r| {
+                    current
+                        .as_ref()
+                        .is_none_or(|m| !index_lists(&m.bytes, &r.digest))
+                })
+                .collect();
+            if missing.is_empty() {
                 if confirmed || writes == 0 {
                     return Ok(());
                 }
@@ -194,14 +204,16 @@ impl Registry {
                 return Err(Error::Unavailable(format!(
                     "{repo}: referrers tag {tag}: {} was dropped by other writers {TAG_ATTEMPTS} \
                      times",
-                    referrer.digest
+                    missing[0].digest
                 )));
             }
-            let Some(bytes) =
-                add_to_referrers_index(current.as_ref().map(|m| &m.bytes[..]), referrer)?
-            else {
-                continue;
-            };
+            let mut bytes = current.map(|m| m.bytes);
+            for r in missing {
+                if let Some(more) = add_to_referrers_index(bytes.as_deref(), r)? {
+                    bytes = Some(more);
+                }
+            }
+            let Some(bytes) = bytes else { continue };
             self.manifest_put(repo, &tag, MEDIA_TYPE_OCI_INDEX, &bytes)?;
             writes += 1;
             std::thread::sleep(jitter());
