@@ -931,3 +931,420 @@ impl TokenServer {
         })
     }
 }
+
+// ================================================================ a registry with the referrers API
+
+/// How the [`ReferrersRegistry`] double answers a referrers listing asked with
+/// `?artifactType=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeFilter {
+    /// Filters, and says so with `OCI-Filters-Applied: artifactType` (a conforming registry).
+    Honour,
+    /// Neither filters nor says so (a registry that does not filter: the client must).
+    Ignore,
+    /// Says `OCI-Filters-Applied: artifactType` but answers every entry: shows whether a
+    /// client told that the server filtered filters again.
+    Claim,
+}
+
+/// What the [`ReferrersRegistry`] double holds and how it answers.
+struct Holding {
+    /// Manifests by digest: (media type, bytes).
+    manifests: std::collections::BTreeMap<String, (String, Vec<u8>)>,
+    /// Tag → digest.
+    tags: std::collections::BTreeMap<String, String>,
+    /// Blobs by digest.
+    blobs: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Uploads in progress, by id.
+    uploads: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Referrers API answers set by the test (by subject digest), in place of those that
+    /// follow from the manifests' `subject`s.
+    listings: std::collections::BTreeMap<String, Arc<Vec<Value>>>,
+    /// Entries per referrers API page.
+    page_size: usize,
+    filter: TypeFilter,
+    /// Whether a PUT of a manifest with a subject is answered with `OCI-Subject`.
+    subject_header: bool,
+    next_upload: u64,
+}
+
+/// A test double for a registry with the referrers API of distribution-spec 1.1, which
+/// distribution 2.8 (the real registry of these tests) lacks: a content-addressed registry
+/// in memory (any repository name; manifests by tag or digest, blobs, monolithic and
+/// chunked uploads, no mounts) that answers `GET /v2/<repo>/referrers/<digest>` with the
+/// manifests whose `subject` is that digest (or a listing the test sets: a hostile one),
+/// `page_size` entries a page with `Link: <…>; rel="next"`, filtered by `artifactType` as
+/// [`TypeFilter`] says, and answers a manifest PUT naming a subject with `OCI-Subject`.
+/// Records every request line. Each connection on a thread of its own. Stops when dropped.
+pub struct ReferrersRegistry {
+    pub server: Server,
+    holding: Arc<Mutex<Holding>>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+/// The referrers API's descriptor of manifest `bytes` (`digest`, `media_type`): its
+/// `artifactType` (else its config's media type) and annotations.
+pub fn referrer_descriptor(digest: &str, media_type: &str, bytes: &[u8]) -> Value {
+    let doc: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let mut d = json!({"mediaType": media_type, "digest": digest, "size": bytes.len()});
+    let artifact_type = doc
+        .get("artifactType")
+        .or_else(|| doc.get("config")?.get("mediaType"))
+        .cloned();
+    if let Some(t) = artifact_type {
+        d["artifactType"] = t;
+    }
+    if let Some(a) = doc
+        .get("annotations")
+        .filter(|a| a.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        d["annotations"] = a.clone();
+    }
+    d
+}
+
+impl ReferrersRegistry {
+    pub fn start() -> ReferrersRegistry {
+        let holding = Arc::new(Mutex::new(Holding {
+            manifests: Default::default(),
+            tags: Default::default(),
+            blobs: Default::default(),
+            uploads: Default::default(),
+            listings: Default::default(),
+            page_size: 100,
+            filter: TypeFilter::Honour,
+            subject_header: true,
+            next_upload: 0,
+        }));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, s) = (holding.clone(), seen.clone());
+        let server = Server::start(move |conn| {
+            let (h, s) = (h.clone(), s.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = Self::answer(conn, &h, &s) {
+                    eprintln!("referrers registry: {e}");
+                }
+            });
+        });
+        ReferrersRegistry {
+            server,
+            holding,
+            seen,
+        }
+    }
+
+    /// `127.0.0.1:PORT/<repo_tag>`.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.server.host)
+    }
+
+    /// Stores a blob: its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> String {
+        let d = crate::harness::sha256(bytes);
+        self.holding
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(d.clone(), bytes.to_vec());
+        d
+    }
+
+    /// Stores a manifest (under `tag` too, when given): its digest.
+    pub fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> String {
+        let d = crate::harness::sha256(bytes);
+        let mut h = self.holding.lock().unwrap();
+        h.manifests
+            .insert(d.clone(), (media_type.to_owned(), bytes.to_vec()));
+        if let Some(t) = tag {
+            h.tags.insert(t.to_owned(), d.clone());
+        }
+        d
+    }
+
+    /// The manifest stored as `digest`.
+    pub fn manifest(&self, digest: &str) -> Option<Vec<u8>> {
+        let h = self.holding.lock().unwrap();
+        h.manifests.get(digest).map(|(_, b)| b.clone())
+    }
+
+    /// The tags stored.
+    pub fn tags(&self) -> Vec<String> {
+        self.holding.lock().unwrap().tags.keys().cloned().collect()
+    }
+
+    /// Answers the referrers of `subject` with `entries` from now on.
+    pub fn set_listing(&self, subject: &str, entries: Vec<Value>) {
+        self.holding
+            .lock()
+            .unwrap()
+            .listings
+            .insert(subject.to_owned(), Arc::new(entries));
+    }
+
+    pub fn set_page_size(&self, n: usize) {
+        self.holding.lock().unwrap().page_size = n.max(1);
+    }
+
+    pub fn set_filter(&self, f: TypeFilter) {
+        self.holding.lock().unwrap().filter = f;
+    }
+
+    /// The request lines so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn answer(
+        mut conn: TcpStream,
+        holding: &Mutex<Holding>,
+        seen: &Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        let Some((head, mut reader)) = Head::read(&conn, Duration::from_secs(30))? else {
+            return Ok(());
+        };
+        seen.lock().unwrap().push(head.line.clone());
+        let body = Self::body(&head, &mut reader)?;
+        let (path, query) = head.path_query();
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| percent_decode(v))
+        };
+        let method = head.method.as_str();
+        let not_found = |conn: &mut TcpStream| {
+            respond(
+                conn,
+                "404 Not Found",
+                JSON_TYPE,
+                r#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#,
+            )
+        };
+        if path == "/v2/" || path == "/v2" {
+            return respond(&mut conn, "200 OK", JSON_TYPE, "{}");
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return not_found(&mut conn);
+        };
+        let split = ["/referrers/", "/manifests/", "/blobs/uploads/", "/blobs/"]
+            .iter()
+            .filter_map(|m| rest.rfind(m).map(|i| (i, *m)))
+            .max_by_key(|(i, m)| (*i, m.len()));
+        let Some((at, kind)) = split else {
+            return not_found(&mut conn);
+        };
+        let (repo, arg) = (&rest[..at], &rest[at + kind.len()..]);
+        let mut h = holding.lock().unwrap();
+        match (method, kind) {
+            ("GET", "/referrers/") => {
+                let entries: Arc<Vec<Value>> = match h.listings.get(arg) {
+                    Some(l) => l.clone(),
+                    None => Arc::new(
+                        h.manifests
+                            .iter()
+                            .filter(|(_, (_, b))| {
+                                serde_json::from_slice::<Value>(b)
+                                    .ok()
+                                    .is_some_and(|v| v["subject"]["digest"].as_str() == Some(arg))
+                            })
+                            .map(|(d, (mt, b))| referrer_descriptor(d, mt, b))
+                            .collect(),
+                    ),
+                };
+                let (page_size, filter) = (h.page_size, h.filter);
+                drop(h);
+                let artifact_type = param("artifactType");
+                let kept: Vec<&Value> = entries
+                    .iter()
+                    .filter(|e| {
+                        filter != TypeFilter::Honour
+                            || artifact_type
+                                .as_deref()
+                                .is_none_or(|t| e["artifactType"].as_str() == Some(t))
+                    })
+                    .collect();
+                let page: usize = param("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+                let from = page.saturating_mul(page_size).min(kept.len());
+                let to = from.saturating_add(page_size).min(kept.len());
+                let mut extra =
+                    String::from("Content-Type: application/vnd.oci.image.index.v1+json\r\n");
+                if artifact_type.is_some() && filter != TypeFilter::Ignore {
+                    extra.push_str("OCI-Filters-Applied: artifactType\r\n");
+                }
+                if to < kept.len() {
+                    let at = query
+                        .split('&')
+                        .filter(|kv| kv.starts_with("artifactType="))
+                        .map(|kv| format!("&{kv}"))
+                        .collect::<String>();
+                    extra.push_str(&format!(
+                        "Link: </v2/{repo}/referrers/{arg}?page={}{at}>; rel=\"next\"\r\n",
+                        page + 1
+                    ));
+                }
+                let doc = json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": &kept[from..to],
+                });
+                respond(&mut conn, "200 OK", &extra, &doc.to_string())
+            }
+            ("GET" | "HEAD", "/manifests/") => {
+                let digest = h.tags.get(arg).cloned().unwrap_or_else(|| arg.to_owned());
+                let Some((mt, bytes)) = h.manifests.get(&digest).cloned() else {
+                    drop(h);
+                    return not_found(&mut conn);
+                };
+                drop(h);
+                let extra = format!("Content-Type: {mt}\r\nDocker-Content-Digest: {digest}\r\n");
+                Self::content(&mut conn, method, &extra, &bytes)
+            }
+            ("PUT", "/manifests/") => {
+                let digest = crate::harness::sha256(&body);
+                let mt = head
+                    .header("content-type")
+                    .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+                    .to_owned();
+                if arg.starts_with("sha256:") && arg != digest {
+                    drop(h);
+                    return respond(
+                        &mut conn,
+                        "400 Bad Request",
+                        JSON_TYPE,
+                        r#"{"errors":[{"code":"DIGEST_INVALID"}]}"#,
+                    );
+                }
+                let subject = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["subject"]["digest"].as_str().map(str::to_owned));
+                h.manifests.insert(digest.clone(), (mt, body));
+                if !arg.starts_with("sha256:") {
+                    h.tags.insert(arg.to_owned(), digest.clone());
+                }
+                let mut extra = format!(
+                    "Location: /v2/{repo}/manifests/{digest}\r\nDocker-Content-Digest: {digest}\r\n"
+                );
+                if let Some(s) = subject.filter(|_| h.subject_header) {
+                    extra.push_str(&format!("OCI-Subject: {s}\r\n"));
+                }
+                drop(h);
+                respond(&mut conn, "201 Created", &extra, "")
+            }
+            ("GET" | "HEAD", "/blobs/") => {
+                let Some(bytes) = h.blobs.get(arg).cloned() else {
+                    drop(h);
+                    return not_found(&mut conn);
+                };
+                drop(h);
+                let extra = format!(
+                    "Content-Type: application/octet-stream\r\nDocker-Content-Digest: {arg}\r\n"
+                );
+                Self::content(&mut conn, method, &extra, &bytes)
+            }
+            ("POST", "/blobs/uploads/") => {
+                if let Some(d) = param("digest") {
+                    h.blobs.insert(d.clone(), body);
+                    drop(h);
+                    let extra =
+                        format!("Location: /v2/{repo}/blobs/{d}\r\nDocker-Content-Digest: {d}\r\n");
+                    return respond(&mut conn, "201 Created", &extra, "");
+                }
+                h.next_upload += 1;
+                let id = format!("u{}", h.next_upload);
+                h.uploads.insert(id.clone(), body);
+                drop(h);
+                let extra = format!(
+                    "Location: /v2/{repo}/blobs/uploads/{id}\r\nDocker-Upload-UUID: {id}\r\nRange: 0-0\r\n"
+                );
+                respond(&mut conn, "202 Accepted", &extra, "")
+            }
+            ("PATCH" | "PUT" | "DELETE", "/blobs/uploads/") => {
+                let Some(upload) = h.uploads.get_mut(arg) else {
+                    drop(h);
+                    return not_found(&mut conn);
+                };
+                upload.extend_from_slice(&body);
+                let len = upload.len();
+                if method == "PATCH" {
+                    drop(h);
+                    let extra = format!(
+                        "Location: /v2/{repo}/blobs/uploads/{arg}\r\nDocker-Upload-UUID: {arg}\r\nRange: 0-{}\r\n",
+                        len.saturating_sub(1)
+                    );
+                    return respond(&mut conn, "202 Accepted", &extra, "");
+                }
+                let bytes = h.uploads.remove(arg).unwrap();
+                if method == "DELETE" {
+                    drop(h);
+                    return respond(&mut conn, "204 No Content", "", "");
+                }
+                let d = crate::harness::sha256(&bytes);
+                if param("digest").as_deref() != Some(d.as_str()) {
+                    drop(h);
+                    return respond(
+                        &mut conn,
+                        "400 Bad Request",
+                        JSON_TYPE,
+                        r#"{"errors":[{"code":"DIGEST_INVALID"}]}"#,
+                    );
+                }
+                h.blobs.insert(d.clone(), bytes);
+                drop(h);
+                let extra =
+                    format!("Location: /v2/{repo}/blobs/{d}\r\nDocker-Content-Digest: {d}\r\n");
+                respond(&mut conn, "201 Created", &extra, "")
+            }
+            _ => {
+                drop(h);
+                respond(&mut conn, "405 Method Not Allowed", JSON_TYPE, "{}")
+            }
+        }
+    }
+
+    /// The request's body: `Content-Length` bytes, or a chunked body decoded.
+    fn body(head: &Head, reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        if head
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(std::io::Error::other)?;
+                let mut chunk = vec![0u8; n + 2];
+                reader.read_exact(&mut chunk)?;
+                if n == 0 {
+                    return Ok(body);
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let n = head
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap_or(0));
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    /// A 200 with `bytes` (no body to a HEAD, its `Content-Length` all the same).
+    fn content(
+        conn: &mut TcpStream,
+        method: &str,
+        extra: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        )?;
+        if method != "HEAD" {
+            conn.write_all(bytes)?;
+        }
+        conn.flush()
+    }
+}
