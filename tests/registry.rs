@@ -31,6 +31,8 @@ mod doubles;
 mod harness;
 #[path = "registry/images.rs"]
 mod images;
+#[path = "registry/referrers.rs"]
+mod referrers;
 #[path = "common/rss.rs"]
 mod rss;
 #[path = "common/streams.rs"]
@@ -3120,6 +3122,44 @@ fn what_a_registry_sends_wrong_exits_1_and_the_users_own_mistakes_exit_2() {
     let r = env.run(&root, &["image", "pull", "UPPER/Case:bad tag"]);
     assert_eq!(r.code, Some(2), "{r:?}");
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+}
+
+#[test]
+#[ignore = "needs docker-registry; run by .ci/run's interop suite"]
+fn a_pull_of_many_layers_fits_in_few_file_descriptors() {
+    let env = Env::new();
+    let root = env.path("store");
+    let reg = Reg::plain();
+    let sizes = vec![512usize; 5000];
+    // Into the registry with ocistore itself: skopeo takes minutes over 5,000 layers.
+    let image = env.image("1", AMD64, &sizes, 77);
+    let reference = reg.reference("many/layers:1");
+    let src = env.path("src");
+    env.ok(
+        &src,
+        &["image", "import", p(&image.dir), "--name", "many/layers:1"],
+    );
+    env.ok(&src, &["image", "push", "many/layers:1", &reference]);
+    // 5,000 layers under a limit of 256 open files.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 256 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_ocistore"))
+        .arg("--root")
+        .arg(&root)
+        .args(["--json", "image", "pull", &reference])
+        .env("DOCKER_CONFIG", env.docker_config())
+        .env("OCISTORE_HOSTS_DIR", env.path("hosts"))
+        .env("HOME", env.path("home"))
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "the pull fits in 256 descriptors: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pulled_whole(&env, &root, &reference, &image);
 }
 
 #[test]

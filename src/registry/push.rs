@@ -88,6 +88,14 @@ struct PushPlan {
     absent: BTreeMap<Digest, u64>,
 }
 
+/// A referrer pushed (or found on the registry) that the registry did not say it tracks.
+struct Untracked {
+    referrer: Referrer,
+    /// Whether it was put, and the registry answered without `OCI-Subject` (else it was
+    /// there already, and the registry was not asked).
+    put: bool,
+}
+
 enum Sent {
     Pushed(u64),
     Mounted,
@@ -197,7 +205,7 @@ impl Store {
         name: &str,
         opts: &PushOptions,
         out: &mut PushOutcome,
-    ) -> Result<(Vec<Digest>, Vec<Referrer>)> {
+    ) -> Result<(Vec<Digest>, Vec<Untracked>)> {
         let repo = repo.clone();
         let PushPlan {
             docs,
@@ -274,7 +282,7 @@ impl Store {
         (digest, media_type, bytes): &Doc,
         root: &Doc,
         reference: &str,
-    ) -> Result<(Sent, Option<Referrer>)> {
+    ) -> Result<(Sent, Option<Untracked>)> {
         let reference = if *digest == root.0 {
             reference.to_owned()
         } else {
@@ -301,7 +309,10 @@ impl Store {
             untracked =
                 crate::oci::referrers::referrer_of(bytes, *digest, &subject).map(|mut r| {
                     r.media_type = media_type.clone();
-                    r
+                    Untracked {
+                        referrer: r,
+                        put: acknowledged.is_some(),
+                    }
                 });
         }
         let sent = if present {
@@ -313,22 +324,35 @@ impl Store {
     }
 
     /// Adds the referrers pushed that the registry does not track to their subjects'
-    /// tag-schema indexes: one read-modify-write per subject, `concurrency` at a time.
+    /// tag-schema indexes: one read-modify-write per subject, `concurrency` at a time. A
+    /// subject whose referrers were all on the registry already (no PUT told whether it
+    /// tracks them) is first asked of the referrers API: a registry that has it needs no
+    /// tag.
     fn tag_referrers(
         registry: &Registry,
         repo: &Repository,
-        untracked: Vec<Referrer>,
+        untracked: Vec<Untracked>,
     ) -> Result<()> {
-        let mut by_subject: BTreeMap<Digest, Vec<Referrer>> = BTreeMap::new();
-        for r in untracked {
-            by_subject.entry(r.subject).or_default().push(r);
+        let mut by_subject: BTreeMap<Digest, (Vec<Referrer>, bool)> = BTreeMap::new();
+        for u in untracked {
+            let group = by_subject.entry(u.referrer.subject).or_default();
+            group.0.push(u.referrer);
+            group.1 |= u.put;
         }
-        let groups: Vec<(Digest, Vec<Referrer>)> = by_subject.into_iter().collect();
+        let groups: Vec<(Digest, (Vec<Referrer>, bool))> = by_subject.into_iter().collect();
         super::largest_first(
             &groups,
             registry.concurrency(),
-            |(_, list)| list.len() as u64,
-            |(subject, list)| registry.add_to_fallback_tag(repo, subject, list),
+            |(_, (list, _))| list.len() as u64,
+            |(subject, (list, put))| {
+                if !put
+                    && registry.referrers(repo, subject, None)?.source
+                        == super::referrers::ReferrersSource::Api
+                {
+                    return Ok(());
+                }
+                registry.add_to_fallback_tag(repo, subject, list)
+            },
         )?;
         Ok(())
     }

@@ -76,9 +76,37 @@ impl Store {
         Ok(())
     }
 
+    /// The live owner (a batch of a pull in progress) whose directory holds the ingest file
+    /// `data` (whose metadata is `m`) under its adopted name: that batch commits it, so the
+    /// file is complete and nobody else may write to it. `None` when no live owner has it
+    /// (a second name is then the blob's own, from a commit that died).
+    pub(crate) fn adopted_by_live_owner(&self, data: &Path, m: &fs::Metadata) -> Option<String> {
+        let name = adopted_name(data);
+        let dirs = fs::read_dir(self.ingest_root()).ok()?;
+        for entry in dirs.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let staged = entry.path().join(&name);
+            let Ok(sm) = fs::metadata(&staged) else {
+                continue;
+            };
+            let owner = entry.file_name().to_string_lossy().into_owned();
+            if (sm.dev(), sm.ino()) == (m.dev(), m.ino()) && self.owner_alive(&owner) {
+                return Some(owner);
+            }
+        }
+        None
+    }
+
     fn status_of(&self, reference: &str, record: &IngestRecord) -> Result<Status> {
         let data = self.ingest_data(reference);
         let (offset, updated) = match fs::metadata(&data) {
+            // Adopted by a live pull's batch: complete, waiting for its commit.
+            Ok(m) if m.nlink() > 1 && self.adopted_by_live_owner(&data, &m).is_some() => (
+                m.len(),
+                m.modified().map(Nanos::from).unwrap_or(record.started),
+            ),
             // A file that also names a blob is not resumed (the next writer starts anew).
             Ok(m) if m.nlink() > 1 => (0, record.started),
             Ok(m) => (
@@ -97,6 +125,16 @@ impl Store {
             updated_at: updated.max(record.started).into(),
         })
     }
+}
+
+/// The name under which a batch stages the adopted ingest file `data`
+/// (`adopted-<id>.data`, in the batch's own directory).
+pub(crate) fn adopted_name(data: &Path) -> String {
+    format!(
+        "adopted-{}",
+        data.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    )
 }
 
 pub(crate) fn parse_expected(record: &IngestRecord, reference: &str) -> Result<Option<Digest>> {
@@ -154,13 +192,18 @@ impl Store {
             if lock.created() {
                 break (lock, existing);
             }
-            let nlink = lock
+            let meta = lock
                 .file()
                 .metadata()
-                .map_err(|e| Error::io("stat ingest data", &data_path, e))?
-                .nlink();
-            if existing.is_some() && nlink == 1 {
+                .map_err(|e| Error::io("stat ingest data", &data_path, e))?;
+            if existing.is_some() && meta.nlink() == 1 {
                 break (lock, existing);
+            }
+            if let Some(owner) = self.adopted_by_live_owner(&data_path, &meta) {
+                return Err(Error::Unavailable(format!(
+                    "ingest ref {reference:?} is complete and adopted by the batch of a live \
+                     process (ingest/{owner}); it lands with that batch's commit"
+                )));
             }
             attempts += 1;
             if attempts == 8 {

@@ -372,21 +372,19 @@ pub fn parse_size(s: &str) -> Result<u64, ocistore::Error> {
 /// "subject"}`.
 pub fn print_referrers(json: bool, found: &[ocistore::store::referrers::Referrer]) {
     if json {
-        print_json(&serde_json::Value::Array(
-            found
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "digest": r.digest.to_string(),
-                        "media_type": r.media_type,
-                        "artifact_type": r.artifact_type,
-                        "size": r.size,
-                        "annotations": r.annotations,
-                        "subject": r.subject.to_string(),
-                    })
-                })
-                .collect(),
-        ));
+        // One entry at a time: a listing of 100,000 is not built twice in memory.
+        let mut lines = JsonLines::new();
+        for r in found {
+            lines.item(&serde_json::json!({
+                "digest": r.digest.to_string(),
+                "media_type": r.media_type,
+                "artifact_type": r.artifact_type,
+                "size": r.size,
+                "annotations": r.annotations,
+                "subject": r.subject.to_string(),
+            }));
+        }
+        lines.finish();
         return;
     }
     let rows: Vec<Vec<String>> = found
