@@ -751,6 +751,44 @@ mod tests {
         );
     }
 
+    /// An ingest a live batch has adopted is complete and taken: a second writer (a pull
+    /// waiting for the same blob) is refused with `Unavailable` and sees its full length, so
+    /// it waits for the commit rather than fetching it again; once that batch is gone
+    /// without committing, the ingest is writable again.
+    #[test]
+    fn an_adopted_ingest_is_complete_and_taken_while_its_batch_lives() {
+        use crate::content::IngestManager;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = b"a download another pull waits for";
+        let digest = Algorithm::Sha256.digest(bytes);
+        let size = bytes.len() as u64;
+        let mut w = store
+            .store_writer("pull-w", Some(size), Some(&digest))
+            .unwrap();
+        std::io::Write::write_all(&mut w, bytes).unwrap();
+        let sealed = w.seal(size, &digest).unwrap();
+        let mut batch = store.batch().unwrap();
+        assert!(batch.adopt(&sealed, Labels::new()).unwrap());
+        let Err(err) = store.store_writer("pull-w", Some(size), Some(&digest)) else {
+            panic!("a second writer of an adopted ingest");
+        };
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("adopted"), "{err}");
+        assert_eq!(store.status("pull-w").unwrap().offset, size);
+        drop(batch);
+        let w = store
+            .store_writer("pull-w", Some(size), Some(&digest))
+            .unwrap();
+        drop(w);
+        // Adopted again and committed: the blob, and the ingest gone.
+        let mut batch = store.batch().unwrap();
+        assert!(batch.adopt(&sealed, Labels::new()).unwrap());
+        batch.commit().unwrap();
+        assert_eq!(store.info(&digest).unwrap().size, size);
+        assert!(!sealed.path.exists());
+    }
+
     /// Adopting holds no lock and no descriptor: 300 sealed downloads adopted by one batch
     /// leave the process's open files about as they were (tests beside it open a few).
     #[test]
