@@ -671,8 +671,10 @@ fn completions_and_the_manual_page_come_from_the_command_definitions() {
     assert!(!root.exists());
 }
 
+/// `image export --referrers` writes an image's referrers into the layout untagged (with their
+/// artifactType), and an import of that layout keeps them with their image through a gc.
 #[test]
-fn a_layout_listing_untagged_referrers_imports_and_keeps_them_with_their_image() {
+fn export_referrers_lists_them_untagged_and_import_keeps_them_with_their_image() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
@@ -696,28 +698,35 @@ fn a_layout_listing_untagged_referrers_imports_and_keeps_them_with_their_image()
         .unwrap()
         .to_owned();
     let layout = tmp.path().join("layout");
-    ok(
+    let exported = json(
         &a,
         &[
             "image",
             "export",
             "hello:1.0",
-            "lab/sig:1",
+            "--referrers",
             "-o",
             layout.to_str().unwrap(),
             "--format",
             "oci-dir",
         ],
     );
-    // The signature listed untagged, as oras-go writes referrers.
-    let index_path = layout.join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    for m in index["manifests"].as_array_mut().unwrap() {
-        if m["digest"] == sig.as_str() {
-            m.as_object_mut().unwrap().remove("annotations");
-        }
-    }
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    assert_eq!(exported["referrers"], 1, "{exported}");
+    // `export --referrers` lists the signature untagged, with its artifactType, as oras-go
+    // writes referrers.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    let entry = entries
+        .iter()
+        .find(|m| m["digest"] == sig.as_str())
+        .unwrap();
+    assert_eq!(
+        entry["artifactType"], "application/vnd.example.sig",
+        "{index}"
+    );
+    assert!(entry.get("annotations").is_none(), "untagged: {index}");
 
     let imported = json(&b, &["image", "import", layout.to_str().unwrap()]);
     assert_eq!(

@@ -3184,6 +3184,9 @@ fn an_artifact_pushed_and_pulled_keeps_its_bytes_and_its_artifact_type() {
     let digest = made["digest"].as_str().unwrap().to_owned();
     let target = reg.reference("lab/sbom:1");
     env.push(&root, &["lab/sbom:1", &target], &digest);
+    let remote = env.ok(&root, &["remote", "inspect", &target]);
+    assert_eq!(remote["artifact_type"], "application/spdx+json", "{remote}");
+    assert_eq!(remote["digest"], digest.as_str(), "{remote}");
     env.pull(&other, &[&target], &digest);
     let ls = env.ok(&other, &["image", "ls"]);
     assert_eq!(ls[0]["artifact_type"], "application/spdx+json", "{ls}");
