@@ -671,6 +671,65 @@ fn completions_and_the_manual_page_come_from_the_command_definitions() {
     assert!(!root.exists());
 }
 
+/// A layout listing several manifests without a name (none of them a referrer) imports
+/// whole: each is kept by a name made from its digest, `localhost/untagged@<digest>`.
+#[test]
+fn untagged_manifests_import_under_names_made_from_their_digests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
+    ok(&a, &["image", "import", sample.to_str().unwrap()]);
+    let layout = tmp.path().join("layout");
+    ok(
+        &a,
+        &[
+            "image",
+            "export",
+            "hello:1.0",
+            "-o",
+            layout.to_str().unwrap(),
+            "--format",
+            "oci-dir",
+        ],
+    );
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let root = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let children = json(&a, &["content", "refs", &root]);
+    let child = children["refs"][0].as_str().unwrap().to_owned();
+    let child_entry = json(&a, &["content", "info", &child]);
+    let entries = index["manifests"].as_array_mut().unwrap();
+    entries[0].as_object_mut().unwrap().remove("annotations");
+    entries.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": child,
+        "size": child_entry["size"],
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let imported = json(&b, &["image", "import", layout.to_str().unwrap()]);
+    let mut names: Vec<&str> = imported["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        format!("localhost/untagged@{root}"),
+        format!("localhost/untagged@{child}"),
+    ];
+    want.sort();
+    assert_eq!(names, want, "{imported}");
+    ok(&b, &["gc"]);
+    assert_eq!(
+        json(&b, &["content", "info", &child])["digest"],
+        child.as_str()
+    );
+    let check = json(&b, &["image", "ls"]);
+    assert_eq!(check.as_array().unwrap().len(), 2, "{check}");
+}
+
 /// `image export --referrers` writes an image's referrers into the layout untagged (with their
 /// artifactType), and an import of that layout keeps them with their image through a gc.
 #[test]

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::names::Name;
 use crate::oci::{export, import};
 use crate::store::Store;
@@ -66,12 +66,18 @@ pub struct ImportOutcome {
     pub bytes_written: u64,
 }
 
+/// The name an import gives a manifest its input lists without a name (and that is not a
+/// referrer): `localhost/untagged@<digest>`.
+pub fn untagged_name(digest: &Digest) -> String {
+    format!("localhost/untagged@{digest}")
+}
+
 impl Store {
     /// Imports an OCI layout directory, an archive of one (plain, gzip or zstd tar) or a
     /// `docker save` archive. Every blob is verified before it becomes visible; blobs already
     /// present are not written again; all names and blobs land in one transaction, and a
     /// failed import leaves the store as it was. An image without a name (and no
-    /// `opts.name`) is `InvalidArgument`.
+    /// `opts.name`) is a referrer, kept by its subject, or else named [`untagged_name`].
     pub fn import_path(&self, path: &Path, opts: import::Options) -> Result<ImportOutcome> {
         let mut batch = self.batch()?;
         let out = import::import_path(path, &mut batch, opts)?;
@@ -92,7 +98,8 @@ impl Store {
     fn finish_import(&self, mut batch: Batch, out: import::Outcome) -> Result<ImportOutcome> {
         let mut images = Vec::new();
         for img in &out.images {
-            if img.name.is_empty() {
+            let mut name = img.name.clone();
+            if name.is_empty() {
                 // A referrer (a signature, an SBOM: listed untagged, as oras-go and
                 // regclient write them) needs no name: gc keeps it with its subject.
                 let digest = crate::names::descriptor_digest(&img.descriptor)?;
@@ -100,12 +107,10 @@ impl Store {
                 if crate::store::referrers::as_referrer(&doc).is_some() {
                     continue;
                 }
-                return Err(Error::InvalidArgument(format!(
-                    "image {} in the input has no name: give one with --name",
-                    img.descriptor.digest()
-                )));
+                // Anything else is kept by a name made from its digest.
+                name = untagged_name(&digest);
             }
-            let name = batch.put_name(&img.name, img.descriptor.clone(), None)?;
+            let name = batch.put_name(&name, img.descriptor.clone(), None)?;
             images.push(ImportedName {
                 name,
                 digest: crate::names::descriptor_digest(&img.descriptor)?,
