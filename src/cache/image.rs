@@ -66,12 +66,9 @@ impl<S: Source> ReadThrough<S> {
         for _depth in 0..=MAX_DEPTH {
             let digest = descriptor_digest(&desc)?;
             let bytes = self.document(&desc, &digest)?;
-            let media_type = match desc.media_type().to_string() {
-                m if m.is_empty() || m == "application/octet-stream" => {
-                    crate::store::images::sniff_media_type(&bytes)
-                }
-                m => m,
-            };
+            let media_type =
+                crate::oci::document_media_type(&bytes, Some(&desc.media_type().to_string()))
+                    .unwrap_or_default();
             let children =
                 crate::oci::try_children(Some(&media_type), &bytes)?.ok_or_else(|| {
                     Error::FailedPrecondition(format!(

@@ -78,6 +78,79 @@ pub fn is_manifest(media_type: &str) -> bool {
         || media_type == MEDIA_TYPE_OCI_ARTIFACT_MANIFEST
 }
 
+/// The media type of a manifest or index document, by the one rule every part of ocistore
+/// uses (pull, check, export, push, gc): the document's own `mediaType` when it is a known
+/// manifest or index type; else `declared` (a registry's `Content-Type`, a descriptor's
+/// media type) when it is one; else the document's shape (a `manifests` array: an OCI
+/// index; `config` and `layers`, or `blobs`: an OCI image manifest); else the document's
+/// own `mediaType` when it is a well-formed media type at all. `None`: nothing says what
+/// the document is.
+pub fn document_media_type(bytes: &[u8], declared: Option<&str>) -> Option<String> {
+    let known = |m: &str| is_index(m) || is_manifest(m);
+    let obj = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(obj)) => Some(obj),
+            _ => None,
+        },
+        _ => None,
+    };
+    let own: Option<String> = obj
+        .as_ref()
+        .and_then(|o| o.get("mediaType"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(m) = own.as_deref().filter(|m| known(m)) {
+        return Some(m.to_owned());
+    }
+    if let Some(m) = declared.filter(|m| known(m)) {
+        return Some(m.to_owned());
+    }
+    let obj = obj?;
+    if obj.get("manifests").is_some_and(Value::is_array) {
+        return Some(MEDIA_TYPE_OCI_INDEX.to_owned());
+    }
+    if (obj.contains_key("config") && obj.contains_key("layers"))
+        || obj.get("blobs").is_some_and(Value::is_array)
+    {
+        return Some(MEDIA_TYPE_OCI_MANIFEST.to_owned());
+    }
+    own.filter(|m| is_media_type(m))
+}
+
+/// [`document_media_type`] of a stored document, `application/octet-stream` when nothing
+/// says what it is.
+pub fn sniff_media_type(bytes: &[u8]) -> String {
+    document_media_type(bytes, None).unwrap_or_else(|| "application/octet-stream".to_owned())
+}
+
+/// Whether `s` is a media type by RFC 6838's grammar: `type/subtype`, each a restricted
+/// name (a letter or digit, then at most 126 of letters, digits and `!#$&-^_.+`), with
+/// optional `; parameter` text after it of printable ASCII.
+pub fn is_media_type(s: &str) -> bool {
+    fn restricted_name(n: &str) -> bool {
+        let b = n.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b[1..].iter().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(
+                        c,
+                        b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+'
+                    )
+            })
+    }
+    let (essence, params) = s.split_once(';').unwrap_or((s, ""));
+    let Some((t, sub)) = essence.trim_end().split_once('/') else {
+        return false;
+    };
+    restricted_name(t)
+        && restricted_name(sub)
+        && params
+            .bytes()
+            .all(|c| c == b'\t' || (b' '..=b'~').contains(&c))
+}
+
 /// Whether `media_type` is a known config or layer type, which never has children.
 fn is_leaf(media_type: &str) -> bool {
     matches!(
@@ -182,6 +255,13 @@ fn parse_children(
     let mut out = Vec::new();
     let mut push = |field: String, v: &Value, kind: ChildKind| -> Result<()> {
         match parse_child(&field, v, kind) {
+            // Strict: what is stored or named must have a media type by the grammar.
+            Ok(c) if strict && !c.media_type.is_empty() && !is_media_type(&c.media_type) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{field}: media type {:?} of {} is not a media type (RFC 6838)",
+                    c.media_type, c.digest
+                )));
+            }
             Ok(c) => out.push(c),
             Err(e) if strict => return Err(e),
             Err(_) => {}
@@ -306,6 +386,72 @@ mod tests {
     use super::*;
     use crate::digest::Algorithm;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn media_types_follow_rfc_6838() {
+        for ok in [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/spdx+json",
+            "text/plain; charset=utf-8",
+            "application/vnd.dev.sigstore.bundle.v0.3+json",
+        ] {
+            assert!(is_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "json",
+            "/json",
+            "application/",
+            "application/vnd\u{1b}[2J",
+            "application/json\nX-Forged: 1",
+            "application/json; \u{7}",
+            "appli cation/json",
+            "../../etc/passwd",
+        ] {
+            assert!(!is_media_type(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn one_rule_decides_what_a_document_is() {
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let own = br#"{"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        // The document's own type first, then a known declared type, then the shape.
+        assert_eq!(
+            document_media_type(own, Some(MEDIA_TYPE_OCI_MANIFEST)).as_deref(),
+            Some(MEDIA_TYPE_DOCKER_MANIFEST_LIST)
+        );
+        assert_eq!(
+            document_media_type(index, Some("application/json")).as_deref(),
+            Some(MEDIA_TYPE_OCI_INDEX)
+        );
+        assert_eq!(
+            document_media_type(manifest, Some(MEDIA_TYPE_DOCKER_MANIFEST)).as_deref(),
+            Some(MEDIA_TYPE_DOCKER_MANIFEST)
+        );
+        assert_eq!(
+            document_media_type(manifest, None).as_deref(),
+            Some(MEDIA_TYPE_OCI_MANIFEST)
+        );
+        assert_eq!(document_media_type(b"{}", Some("application/json")), None);
+        assert_eq!(document_media_type(b"\x1b[2J", None), None);
+        assert_eq!(sniff_media_type(b"{}"), "application/octet-stream");
+        // A child with a media type that is not one is refused when strict, kept when not
+        // (gc and reads of what is stored never drop an edge).
+        let bad = format!(
+            r#"{{"mediaType":"{MEDIA_TYPE_OCI_MANIFEST}","config":{{"mediaType":"x\u001b","digest":"{}","size":1}},"layers":[]}}"#,
+            d("c")
+        );
+        let err = try_children(Some(MEDIA_TYPE_OCI_MANIFEST), bad.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("RFC 6838"), "{err}");
+        assert_eq!(
+            children(Some(MEDIA_TYPE_OCI_MANIFEST), bad.as_bytes())
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     fn d(s: &str) -> String {
         Algorithm::Sha256.digest(s.as_bytes()).to_string()

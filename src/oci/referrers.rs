@@ -69,14 +69,15 @@ pub(crate) fn as_referrer(
     }
     let doc: Value = serde_json::from_slice(bytes).ok()?;
     let subject = Digest::parse(doc.get("subject")?.get("digest")?.as_str()?).ok()?;
-    let media_type = doc.get("mediaType").and_then(Value::as_str).map_or_else(
-        || crate::store::images::sniff_media_type(bytes),
-        str::to_owned,
-    );
+    let media_type = doc
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .map_or_else(|| crate::oci::sniff_media_type(bytes), str::to_owned);
     let artifact_type = doc
         .get("artifactType")
         .and_then(Value::as_str)
         .or_else(|| doc.get("config")?.get("mediaType")?.as_str())
+        .filter(|t| super::is_media_type(t))
         .map(str::to_owned);
     Some((subject, media_type, artifact_type, annotations_of(&doc)))
 }
@@ -120,7 +121,7 @@ pub fn artifact_type_of(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<Doc>(bytes)
         .ok()?
         .artifact_type
-        .filter(|t| !t.is_empty())
+        .filter(|t| super::is_media_type(t))
 }
 
 /// `descriptor` with its `artifactType` set to `artifact_type`, when there is one.
@@ -197,15 +198,17 @@ pub fn parse_referrers_index(
         let media_type = e
             .get("mediaType")
             .and_then(Value::as_str)
+            .filter(|m| super::is_media_type(m))
             .unwrap_or(super::MEDIA_TYPE_OCI_MANIFEST)
             .to_owned();
         out.push(Referrer {
             digest,
             media_type,
+            // What is not a media type by RFC 6838 is not shown or matched as one.
             artifact_type: e
                 .get("artifactType")
                 .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
+                .filter(|t| super::is_media_type(t))
                 .map(str::to_owned),
             size,
             annotations: annotations_of(e),

@@ -444,7 +444,13 @@ impl Registry {
                 };
                 let media_type = header(&resp, "content-type");
                 let claimed = header(&resp, "docker-content-digest");
-                let mut bytes = Vec::new();
+                // Sized from Content-Length when it is sane: a 4 MiB manifest is not read
+                // into a buffer doubled to 8.
+                let hint = header(&resp, "content-length")
+                    .and_then(|l| l.trim().parse::<u64>().ok())
+                    .filter(|&l| l <= MAX_MANIFEST)
+                    .unwrap_or(0);
+                let mut bytes = Vec::with_capacity(hint as usize + 1);
                 let read = Read::read_to_end(
                     &mut Read::take(
                         rate::RateGuard::new(resp.body_mut().as_reader()),
@@ -492,12 +498,19 @@ impl Registry {
                 }
                 None => crate::digest::Algorithm::Sha256.digest(&bytes),
             };
-            let media_type = match media_type_of(media_type) {
-                m if m.is_empty() || m == "application/octet-stream" => {
-                    crate::store::images::sniff_media_type(&bytes)
-                }
-                m => m,
-            };
+            // One rule for what the document is (`oci::document_media_type`): a manifest
+            // or index, or refused before anything is named.
+            let header = media_type_of(media_type);
+            let media_type = crate::oci::document_media_type(&bytes, Some(&header))
+                .filter(|m| crate::oci::is_index(m) || crate::oci::is_manifest(m))
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "{}: neither the document nor its Content-Type ({:?}) says it is a \
+                         manifest or an index",
+                        t.describe(),
+                        header
+                    ))
+                })?;
             Ok(Some(Manifest {
                 descriptor: RemoteDescriptor {
                     digest,

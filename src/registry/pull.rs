@@ -66,6 +66,10 @@ pub struct PullOptions {
     pub artifact_type: Option<String>,
 }
 
+/// The bytes of manifests a pull fetches side by side: with manifests of 4 MiB (the most a
+/// registry may send), two at a time; with ordinary ones, `concurrency` at a time.
+const MANIFESTS_IN_FLIGHT: u64 = 8 << 20;
+
 /// How deep [`PullOptions::referrers`] follows referrers of referrers: a bound against a
 /// hostile registry's endless chain (a signature on an SBOM is depth 2).
 pub const MAX_REFERRER_DEPTH: usize = 32;
@@ -219,9 +223,16 @@ impl Store {
             )));
         }
         let artifact_type = crate::store::referrers::artifact_type_of(&root.bytes);
-        let mut plan = Plan::make(registry, &repo, &root.descriptor, root.bytes, &platforms)?;
+        let root_desc = root.descriptor.clone();
+        let mut plan = Plan::make(
+            self,
+            registry,
+            &repo,
+            Plan::root(&repo, root.descriptor, root.bytes)?,
+            &platforms,
+        )?;
         let referrers = if opts.referrers {
-            plan.add_referrers(registry, &repo, opts.artifact_type.as_deref())?
+            plan.add_referrers(self, registry, &repo, opts.artifact_type.as_deref())?
         } else {
             0
         };
@@ -230,8 +241,8 @@ impl Store {
         labels.insert(source_label(&repo.host), repo.path.clone());
         let mut out = PullOutcome {
             name: key.clone(),
-            digest: root.descriptor.digest.to_string(),
-            media_type: root.descriptor.media_type.clone(),
+            digest: root_desc.digest.to_string(),
+            media_type: root_desc.media_type.clone(),
             referrers,
             ..PullOutcome::default()
         };
@@ -242,7 +253,14 @@ impl Store {
         let wanted: Vec<(String, u64, Digest)> = plan
             .blobs
             .iter()
-            .map(|job| (format!("pull-{}", job.digest), job.size, job.digest))
+            .map(|job| (job.digest, job.size))
+            .chain(
+                plan.docs
+                    .iter()
+                    .filter(|(_, doc)| !matches!(doc, DocBytes::Memory(_)))
+                    .map(|(d, _)| (d.digest, d.size)),
+            )
+            .map(|(digest, size)| (format!("pull-{digest}"), size, digest))
             .collect();
         let (mut batch, _) = self.batch_wanting(&wanted)?;
         let mut sealed = Vec::new();
@@ -273,31 +291,60 @@ impl Store {
                 }
             }
         }
-        // Adopted in digest order: two pulls adopting the same ingests cannot deadlock.
+        // Adopted in digest order.
         sealed.sort_by_key(|s| s.digest);
         for s in &sealed {
             batch.adopt(s, labels.clone())?;
         }
-        for (desc, bytes) in &plan.docs {
-            let staged = batch.stage(
-                &mut &bytes[..],
-                Some(&desc.digest),
-                Some(desc.size),
-                labels.clone(),
-            )?;
-            if staged.written {
-                out.blobs_fetched += 1;
-                out.bytes_fetched += desc.size;
-            } else {
-                out.blobs_present += 1;
+        for (desc, doc) in &plan.docs {
+            match doc {
+                DocBytes::Memory(bytes) => {
+                    let staged = batch.stage(
+                        &mut &bytes[..],
+                        Some(&desc.digest),
+                        Some(desc.size),
+                        labels.clone(),
+                    )?;
+                    if staged.written {
+                        out.blobs_fetched += 1;
+                        out.bytes_fetched += desc.size;
+                    } else {
+                        out.blobs_present += 1;
+                    }
+                }
+                // A document was sealed or found before the batch could lease it: another
+                // pull may have committed it since, and an `image rm` and a gc removed it.
+                // Then it is fetched again (one document, in memory) and staged.
+                DocBytes::Sealed(s) => {
+                    match batch.adopt(s, labels.clone()) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::FailedPrecondition => {
+                            tracing::debug!(digest = %desc.digest, error = %e, "fetched again");
+                            self.restage(&mut batch, registry, &repo, desc, &labels)?;
+                            // Its ingest's file went with another pull's commit: no record
+                            // of it is left behind.
+                            if !s.path.exists() {
+                                self.drop_ingest(&s.reference);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    out.blobs_fetched += 1;
+                    out.bytes_fetched += desc.size;
+                }
+                DocBytes::Present => {
+                    if batch.is_committed(&desc.digest)? {
+                        out.blobs_present += 1;
+                    } else {
+                        self.restage(&mut batch, registry, &repo, desc, &labels)?;
+                        out.blobs_fetched += 1;
+                        out.bytes_fetched += desc.size;
+                    }
+                }
             }
         }
         let target = crate::store::referrers::with_artifact_type(
-            names::descriptor(
-                &root.descriptor.media_type,
-                &root.descriptor.digest,
-                root.descriptor.size,
-            )?,
+            names::descriptor(&root_desc.media_type, &root_desc.digest, root_desc.size)?,
             artifact_type.as_deref(),
         );
         batch.put_name(&key, target, None)?;
@@ -305,9 +352,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Refuses a plan before anything is fetched when a blob is larger than `max_size`, or
-    /// when what the store lacks would not fit the root's free space with a margin; the
-    /// error names the blob (or the total), its size and the limit.
+    /// Refuses a plan before anything is fetched when a blob is larger than `max_size`, when
+    /// a descriptor's size disagrees with the blob the store has, or when what the store
+    /// lacks would not fit the root's free space with a margin; the error names the blob
+    /// (or the total), its size and the limit.
     fn check_sizes(&self, repo: &Repository, plan: &Plan, max_size: u64) -> Result<()> {
         let mut missing = 0u64;
         for job in &plan.blobs {
@@ -318,8 +366,17 @@ impl Store {
                     job.digest, job.size
                 )));
             }
-            if self.blob_record(&job.digest)?.is_none() {
-                missing = missing.saturating_add(job.size);
+            match self.blob_record(&job.digest)? {
+                None => missing = missing.saturating_add(job.size),
+                // The digest is the bytes: a descriptor that gives another size is wrong,
+                // and naming it would leave an image that check, export and push refuse.
+                Some(rec) if rec.size != job.size => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{repo}: a manifest gives blob {} a size of {} bytes; it is {} bytes",
+                        job.digest, job.size, rec.size
+                    )));
+                }
+                Some(_) => {}
             }
         }
         let free = crate::prune::available_bytes(self.root())?;
@@ -483,6 +540,53 @@ impl Store {
         }
     }
 
+    /// Keeps a document fetched for a pull (a manifest an index names, a referrer) out of
+    /// memory: `Present` when the store has it, else sealed in its ingest `pull-<digest>` for
+    /// the batch to adopt (another process writing it meanwhile is waited for, as for a
+    /// blob).
+    fn keep_document(&self, desc: &RemoteDescriptor, bytes: &[u8]) -> Result<DocBytes> {
+        let job = Job {
+            digest: desc.digest,
+            size: desc.size,
+        };
+        let reference = format!("pull-{}", desc.digest);
+        let Some(mut w) = self.claim_ingest(&reference, &job)? else {
+            return Ok(DocBytes::Present);
+        };
+        // Complete already (another pull's): sealed as it is, its bytes checked by the seal.
+        let offset = w.status()?.offset;
+        if offset != desc.size {
+            if offset != 0 {
+                w.truncate(0)?;
+            }
+            std::io::Write::write_all(&mut w, bytes)
+                .map_err(|e| Error::from_io(e, "write", reference.as_str()))?;
+        }
+        Ok(DocBytes::Sealed(Box::new(w.seal(desc.size, &desc.digest)?)))
+    }
+
+    /// Fetches the document `desc` again and stages it in `batch` (see the pull's
+    /// adoption of documents).
+    fn restage(
+        &self,
+        batch: &mut crate::store::batch::Batch,
+        registry: &Registry,
+        repo: &Repository,
+        desc: &RemoteDescriptor,
+        labels: &Labels,
+    ) -> Result<()> {
+        let m = registry
+            .manifest_get(repo, desc.digest.as_str())?
+            .ok_or_else(|| Error::NotFound(format!("{repo}: manifest {}", desc.digest)))?;
+        batch.stage(
+            &mut &m.bytes[..],
+            Some(&desc.digest),
+            Some(desc.size),
+            labels.clone(),
+        )?;
+        Ok(())
+    }
+
     pub(crate) fn drop_ingest(&self, reference: &str) {
         if let Err(e) = self.abort(reference)
             && e.kind() != ErrorKind::NotFound
@@ -549,16 +653,47 @@ pub fn remote_inspect(
 /// Everything a pull needs: manifests and indexes (fetched, root first) and the blobs to
 /// download.
 struct Plan {
-    docs: Vec<(RemoteDescriptor, Vec<u8>)>,
+    docs: Vec<(RemoteDescriptor, DocBytes)>,
     blobs: Vec<Job>,
 }
 
+/// Where a manifest or index of a plan is: only the root's bytes are held in memory; every
+/// other document goes to its ingest as it arrives (an index of a thousand 4 MiB manifests
+/// is not held), parsed on the way.
+enum DocBytes {
+    /// The root, as fetched.
+    Memory(Vec<u8>),
+    /// Sealed in its ingest (`pull-<digest>`), for the batch to adopt.
+    Sealed(Box<Sealed>),
+    /// The store has it.
+    Present,
+}
+
+/// A document fetched and parsed: its descriptor, its children, where its bytes are.
+struct FetchedDoc {
+    desc: RemoteDescriptor,
+    children: Vec<Child>,
+    doc: DocBytes,
+}
+
 impl Plan {
+    /// The root document as fetched, parsed.
+    fn root(repo: &Repository, desc: RemoteDescriptor, bytes: Vec<u8>) -> Result<FetchedDoc> {
+        let children = crate::oci::try_children(Some(&desc.media_type), &bytes)
+            .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
+            .unwrap_or_default();
+        Ok(FetchedDoc {
+            desc,
+            children,
+            doc: DocBytes::Memory(bytes),
+        })
+    }
+
     fn make(
+        store: &Store,
         registry: &Registry,
         repo: &Repository,
-        root: &RemoteDescriptor,
-        bytes: Vec<u8>,
+        root: FetchedDoc,
         platforms: &[Platform],
     ) -> Result<Plan> {
         let mut plan = Plan {
@@ -567,7 +702,8 @@ impl Plan {
         };
         let mut seen: BTreeSet<Digest> = BTreeSet::new();
         let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
-        let root_is_index = is_index(&root.media_type);
+        let root_is_index = is_index(&root.desc.media_type);
+        let root_digest = root.desc.digest;
         // The root index's entries for the asked platforms, and every platform it has.
         let mut matched = 0usize;
         let mut offered: Vec<String> = Vec::new();
@@ -575,11 +711,16 @@ impl Plan {
         // wanted). The manifests a level names are fetched together, `concurrency` at a
         // time: a multi-platform index names a dozen or more, and one after another they
         // cost a round trip each.
-        let mut level = vec![(root.clone(), bytes, 0usize, true)];
+        let mut level = vec![(root, 0usize, true)];
         while !level.is_empty() {
             // Manifests the level names: (descriptor, depth, whether its layers are wanted).
             let mut next: Vec<(Child, usize, bool)> = Vec::new();
-            for (desc, bytes, depth, wanted) in level {
+            for (fetched, depth, wanted) in level {
+                let FetchedDoc {
+                    desc,
+                    children,
+                    doc,
+                } = fetched;
                 if !seen.insert(desc.digest) {
                     continue;
                 }
@@ -589,10 +730,7 @@ impl Plan {
                         desc.digest
                     )));
                 }
-                let children = crate::oci::try_children(Some(&desc.media_type), &bytes)
-                    .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
-                    .unwrap_or_default();
-                plan.docs.push((desc, bytes));
+                plan.docs.push((desc, doc));
                 for c in children {
                     match c.kind {
                         ChildKind::Manifest => {
@@ -625,16 +763,27 @@ impl Plan {
             if next.is_empty() {
                 break;
             }
+            // As many at a time as fit in MANIFESTS_IN_FLIGHT bytes: a thousand manifests of
+            // 4 MiB are not all in memory at once.
+            let biggest = next
+                .iter()
+                .map(|(c, _, _)| c.size)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let workers = usize::try_from(MANIFESTS_IN_FLIGHT / biggest)
+                .unwrap_or(usize::MAX)
+                .clamp(1, registry.concurrency());
             let fetched = super::largest_first(
                 &next,
-                registry.concurrency(),
+                workers,
                 |(c, _, _)| c.size,
-                |(c, _, _)| Self::child_manifest(registry, repo, c),
+                |(c, _, _)| Self::child_manifest(store, registry, repo, c),
             )?;
             level = next
                 .into_iter()
                 .zip(fetched)
-                .map(|((_, depth, keep), (desc, bytes))| (desc, bytes, depth, keep))
+                .map(|((_, depth, keep), f)| (f, depth, keep))
                 .collect();
         }
         // An index whose entries all lack a platform is wanted whole (see `check_target`):
@@ -647,7 +796,7 @@ impl Plan {
                     .map(names::platform_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-                root.digest,
+                root_digest,
                 if offered.is_empty() {
                     "no platforms".to_owned()
                 } else {
@@ -670,6 +819,7 @@ impl Plan {
     /// claims; deeper than [`MAX_REFERRER_DEPTH`] or more than [`MAX_REFERRERS`] fails.
     fn add_referrers(
         &mut self,
+        store: &Store,
         registry: &Registry,
         repo: &Repository,
         artifact_type: Option<&str>,
@@ -718,12 +868,12 @@ impl Plan {
                 &found,
                 registry.concurrency(),
                 |c| c.size,
-                |c| Self::child_manifest(registry, repo, c),
+                |c| Self::child_manifest(store, registry, repo, c),
             )?;
             level = Vec::new();
-            for (desc, bytes) in fetched {
+            for f in fetched {
                 // The referrer and everything under it, all of it wanted.
-                let sub = Plan::make(registry, repo, &desc, bytes, &[])?;
+                let sub = Plan::make(store, registry, repo, f, &[])?;
                 added += 1;
                 for (d, b) in sub.docs {
                     seen.insert(d.digest);
@@ -749,10 +899,11 @@ impl Plan {
     /// Fetches the manifest an index names as `c`, checked against its descriptor's size,
     /// with the media type the index gives it.
     fn child_manifest(
+        store: &Store,
         registry: &Registry,
         repo: &Repository,
         c: &Child,
-    ) -> Result<(RemoteDescriptor, Vec<u8>)> {
+    ) -> Result<FetchedDoc> {
         let m = registry
             .manifest_get(repo, c.digest.as_str())?
             .ok_or_else(|| {
@@ -764,10 +915,18 @@ impl Plan {
                 c.digest, m.descriptor.size, c.size
             )));
         }
-        let mut d = m.descriptor;
+        let mut desc = m.descriptor;
         if !c.media_type.is_empty() {
-            d.media_type = c.media_type.clone();
+            desc.media_type = c.media_type.clone();
         }
-        Ok((d, m.bytes))
+        let children = crate::oci::try_children(Some(&desc.media_type), &m.bytes)
+            .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?
+            .unwrap_or_default();
+        let doc = store.keep_document(&desc, &m.bytes)?;
+        Ok(FetchedDoc {
+            desc,
+            children,
+            doc,
+        })
     }
 }

@@ -131,7 +131,7 @@ impl Store {
             root_bytes = filter_index(&root_bytes, &opts.platforms, name)?;
         }
         if root_type.is_empty() {
-            root_type = crate::store::images::sniff_media_type(&root_bytes);
+            root_type = crate::oci::sniff_media_type(&root_bytes);
         }
         let root = (Algorithm::Sha256.digest(&root_bytes), root_type, root_bytes);
         let mut out = PushOutcome {
@@ -390,7 +390,7 @@ impl Store {
                         let bytes =
                             crate::helpers::read_blob_prefix(self, &c.digest, MAX_MANIFEST)?;
                         let mt = if c.media_type.is_empty() {
-                            crate::store::images::sniff_media_type(&bytes)
+                            crate::oci::sniff_media_type(&bytes)
                         } else {
                             c.media_type.clone()
                         };

@@ -685,14 +685,4 @@ fn present_with_size(
     }
 }
 
-/// The `mediaType` a JSON document declares, else `application/octet-stream`.
-pub fn sniff_media_type(bytes: &[u8]) -> String {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|v| {
-            v.get("mediaType")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "application/octet-stream".to_owned())
-}
+pub use crate::oci::sniff_media_type;

@@ -74,7 +74,7 @@ pub fn digest_reference(data: &[u8]) {
 /// Manifests and indexes: reference extraction and sniffing never panic.
 pub fn manifest(data: &[u8]) {
     let _ = crate::refs::children(data);
-    let _ = crate::store::images::sniff_media_type(data);
+    let _ = crate::oci::sniff_media_type(data);
     let _ = serde_json::from_slice::<oci_spec::image::ImageManifest>(data);
     let _ = serde_json::from_slice::<oci_spec::image::ImageIndex>(data);
 }
@@ -250,7 +250,9 @@ pub fn registry_wire(data: &[u8]) {
     };
     let text = String::from_utf8_lossy(rest);
     let path = std::path::Path::new("/fuzz/host/hosts.toml");
-    match which % 6 {
+    // 0 to 5 pick what they always picked (the inputs under fuzz/regressions keep their
+    // meaning); 6 and 7 are the tag-list page and the descriptor sizes.
+    match which % 8 {
         0 => {
             if let Ok(list) = auth::parse_challenges(&text) {
                 assert!(!list.is_empty(), "an accepted header has a challenge");
@@ -290,6 +292,8 @@ pub fn registry_wire(data: &[u8]) {
             let _ = auth::find_in(&text, path, "127.0.0.1:5000");
             let _ = auth::find_in(&text, path, "docker.io");
         }
+        6 => tag_page_wire(rest, &text),
+        7 => descriptor_sizes_wire(rest, &text),
         _ => {
             // A manifest or index from the wire, under every media type a registry may claim.
             for mt in [
@@ -305,6 +309,163 @@ pub fn registry_wire(data: &[u8]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A tag-list page as `Registry::tags_page` reads it (`{"tags": [...]}`; what is not a
+/// string or not a tag is skipped): whatever passes the distribution spec's tag grammar, of
+/// the page or of the input's lines, is 1 to 128 bytes of `[A-Za-z0-9_.-]` not starting with
+/// `.` or `-` (no path, no control character, nothing a terminal acts on). The page's `Link`
+/// (each line of the input), resolved against odd origins, is an absolute http(s) URL of its
+/// own, or the origin followed by the target's path: a relative target never changes host.
+#[cfg(feature = "registry")]
+fn tag_page_wire(rest: &[u8], text: &str) {
+    use crate::registry::{is_valid_tag, parse_link_next};
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[serde(default)]
+        tags: Option<Vec<serde_json::Value>>,
+    }
+    let listed: Vec<String> = serde_json::from_slice::<Page>(rest)
+        .ok()
+        .and_then(|p| p.tags)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    for tag in listed.iter().map(String::as_str).chain(text.lines()) {
+        if is_valid_tag(tag) {
+            assert!(!tag.is_empty() && tag.len() <= 128, "{tag:?}");
+            assert!(
+                tag.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                "{tag:?}"
+            );
+            assert!(!tag.starts_with(['.', '-']), "{tag:?}");
+        }
+    }
+    for origin in [
+        "http://h",
+        "https://registry.example:5000",
+        "http://[::1]:5000",
+        "http://h/",
+        "",
+        "ftp://h",
+        "http://h?x=1",
+    ] {
+        for header in std::iter::once(text).chain(text.lines()) {
+            let Some(url) = parse_link_next(header, origin) else {
+                continue;
+            };
+            let absolute = url.starts_with("http://") || url.starts_with("https://");
+            let relative = url
+                .strip_prefix(origin)
+                .is_some_and(|path| path.starts_with('/'));
+            assert!(
+                absolute || relative,
+                "Link {header:?} against {origin:?} gave {url:?}"
+            );
+            if !origin.is_empty() && !absolute {
+                // Relative: the origin's host, and the header named that path.
+                assert!(header.contains(&url[origin.len()..]), "{header:?} {url:?}");
+            }
+        }
+    }
+}
+
+/// A manifest's descriptors as the pull reads them (`oci::try_children`, strict, under every
+/// manifest and index media type): every child is a descriptor of the document in document
+/// order, its size that descriptor's `size` as written (an unsigned 64-bit integer: 2^64-1
+/// round-trips, 2^64, negatives and fractions are refused, nothing panics), its media type
+/// empty or one by RFC 6838. `oci::document_media_type` never panics and answers a known
+/// manifest or index type or a media type; `oci::is_media_type` never accepts a control
+/// character (but HTAB in the parameters, RFC 7231's optional whitespace) or a non-ASCII one.
+#[cfg(feature = "registry")]
+fn descriptor_sizes_wire(rest: &[u8], text: &str) {
+    use crate::oci::{
+        MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+        MEDIA_TYPE_OCI_ARTIFACT_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+        document_media_type, is_index, is_manifest, is_media_type, try_children,
+    };
+    use serde_json::Value;
+    let doc: Option<Value> = serde_json::from_slice(rest).ok();
+    for mt in [
+        MEDIA_TYPE_OCI_MANIFEST,
+        MEDIA_TYPE_DOCKER_MANIFEST,
+        MEDIA_TYPE_OCI_ARTIFACT_MANIFEST,
+        MEDIA_TYPE_OCI_INDEX,
+        MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    ] {
+        let Ok(Some(children)) = try_children(Some(mt), rest) else {
+            continue;
+        };
+        let doc = doc
+            .as_ref()
+            .unwrap_or_else(|| panic!("{mt}: children of what is not JSON"));
+        let list = |name: &str| -> Vec<&Value> {
+            doc.get(name)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default()
+        };
+        // The descriptors strict parsing took, in its order.
+        let mut described: Vec<&Value> = Vec::new();
+        if is_index(mt) {
+            described.extend(list("manifests"));
+        } else {
+            described.extend(doc.get("config"));
+            described.extend(list("layers"));
+            described.extend(list("blobs"));
+        }
+        described.extend(doc.get("subject").filter(|v| !v.is_null()));
+        assert_eq!(described.len(), children.len(), "{mt}: {children:?}");
+        for (c, d) in children.iter().zip(described) {
+            assert_eq!(
+                d.get("size").and_then(Value::as_u64),
+                Some(c.size),
+                "{mt}: the size of {d}"
+            );
+            assert_eq!(
+                serde_json::from_str::<u64>(&serde_json::to_string(&c.size).unwrap()).ok(),
+                Some(c.size),
+                "a size round-trips"
+            );
+            assert_eq!(
+                d.get("digest").and_then(Value::as_str),
+                Some(c.digest.as_str())
+            );
+            assert!(
+                c.media_type.is_empty() || is_media_type(&c.media_type),
+                "{mt}: child media type {:?}",
+                c.media_type
+            );
+        }
+    }
+    let first_line = text.lines().next();
+    for declared in [
+        None,
+        first_line,
+        Some(MEDIA_TYPE_OCI_MANIFEST),
+        Some(MEDIA_TYPE_OCI_INDEX),
+        Some("application/json"),
+    ] {
+        if let Some(m) = document_media_type(rest, declared) {
+            assert!(
+                is_index(&m) || is_manifest(&m) || is_media_type(&m),
+                "{declared:?}: {m:?}"
+            );
+        }
+    }
+    for s in std::iter::once(text)
+        .chain(text.lines())
+        .chain(text.split(['\0', ',']))
+    {
+        if is_media_type(s) {
+            let essence = s.split_once(';').map_or(s, |(e, _)| e);
+            assert!(s.is_ascii(), "{s:?}");
+            assert!(!essence.chars().any(char::is_control), "{s:?}");
+            assert!(!s.chars().any(|c| c.is_control() && c != '\t'), "{s:?}");
         }
     }
 }
