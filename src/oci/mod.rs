@@ -140,8 +140,12 @@ pub fn is_media_type(s: &str) -> bool {
                     )
             })
     }
-    let (essence, params) = s.split_once(';').unwrap_or((s, ""));
-    let Some((t, sub)) = essence.trim_end().split_once('/') else {
+    let (essence, params) = match s.split_once(';') {
+        // Spaces or tabs may stand before the parameters, nothing else anywhere.
+        Some((e, p)) => (e.trim_end_matches([' ', '\t']), p),
+        None => (s, ""),
+    };
+    let Some((t, sub)) = essence.split_once('/') else {
         return false;
     };
     restricted_name(t)
@@ -405,6 +409,8 @@ mod tests {
             "application/vnd\u{1b}[2J",
             "application/json\nX-Forged: 1",
             "application/json; \u{7}",
+            "xx/e..\u{b}",
+            "text/plain\t",
             "appli cation/json",
             "../../etc/passwd",
         ] {
