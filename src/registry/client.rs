@@ -112,13 +112,15 @@ pub(crate) struct Client {
     plain_http: bool,
     retry: RetryPolicy,
     timeout: Duration,
+    /// When the command's registry work must end, and its length ([`RegistryOptions::deadline`]).
+    deadline: Option<(std::time::Instant, Duration)>,
     hosts_dirs: Vec<PathBuf>,
     /// Which proxy each host is reached through.
     proxies: Proxies,
     /// Agents by TLS settings (CA files, skip_verify) and proxy; the default one under
     /// `([], false, None)`.
     #[allow(clippy::type_complexity)]
-    agents: Mutex<HashMap<(Vec<PathBuf>, bool, Option<String>), ureq::Agent>>,
+    agents: Mutex<HashMap<(Vec<PathBuf>, bool, Option<String>, Option<Duration>), ureq::Agent>>,
     /// Endpoints by registry host, mirrors first, the server last.
     endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
     /// `Authorization` values by (credential host, scope).
@@ -161,6 +163,7 @@ impl Client {
             plain_http: opts.plain_http,
             retry: opts.retry,
             timeout: opts.timeout,
+            deadline: opts.deadline.map(|d| (std::time::Instant::now() + d, d)),
             hosts_dirs: opts.hosts_dirs,
             proxies: opts.proxies,
             agents: Mutex::new(HashMap::new()),
@@ -172,8 +175,19 @@ impl Client {
 
     /// The agent for a TLS setting: trusting `ca` (PEM files) instead of the webpki roots
     /// when given, or nothing at all with `skip_verify`.
-    fn agent(&self, ca: &[PathBuf], skip_verify: bool, proxy: Option<&str>) -> Result<ureq::Agent> {
-        let key = (ca.to_vec(), skip_verify, proxy.map(str::to_owned));
+    fn agent(
+        &self,
+        ca: &[PathBuf],
+        skip_verify: bool,
+        proxy: Option<&str>,
+        dial_timeout: Option<Duration>,
+    ) -> Result<ureq::Agent> {
+        let key = (
+            ca.to_vec(),
+            skip_verify,
+            proxy.map(str::to_owned),
+            dial_timeout,
+        );
         if let Some(a) = self.agents.lock().get(&key) {
             return Ok(a.clone());
         }
@@ -221,7 +235,7 @@ impl Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .proxy(proxy)
             .http_status_as_error(false)
-            .timeout_connect(Some(t.min(CONNECT_TIMEOUT)))
+            .timeout_connect(Some(dial_timeout.unwrap_or(t.min(CONNECT_TIMEOUT))))
             .timeout_recv_response(Some(t.min(RESPONSE_TIMEOUT)))
             .timeout_per_read(Some(t))
             .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
@@ -275,6 +289,7 @@ impl Client {
                 capabilities: ["pull", "resolve", "push"].map(String::from).to_vec(),
                 ca: Vec::new(),
                 skip_verify: false,
+                dial_timeout: None,
             },
         };
         let mut server = self.endpoint(&server.url, &server, false, Some(host))?;
@@ -303,7 +318,7 @@ impl Client {
             format!("{url}/v2")
         };
         let proxy = self.proxies.for_url(scheme, authority);
-        let agent = self.agent(&entry.ca, entry.skip_verify, proxy)?;
+        let agent = self.agent(&entry.ca, entry.skip_verify, proxy, entry.dial_timeout)?;
         Ok(Endpoint {
             direct: std::sync::atomic::AtomicBool::new(scheme == "http" && proxy.is_none()),
             api,
@@ -338,6 +353,7 @@ impl Client {
         let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
             attempt += 1;
+            self.check_deadline(t)?;
             let auth = self.tokens.lock().get(&key).cloned();
             let mut req = http::Request::builder().method(method.clone()).uri(url);
             for (k, v) in headers {
@@ -418,6 +434,17 @@ impl Client {
             };
             let (wait, cause) = wait;
             let wait = wait.min(self.retry.max_wait);
+            if let Some((at, limit)) = self.deadline
+                && std::time::Instant::now() + wait >= at
+            {
+                return Err(Error::Unavailable(format!(
+                    "{}: {cause}; the command's deadline of {} (--timeout) passes before a \
+                     retry in {} s",
+                    t.describe(),
+                    humantime::format_duration(limit),
+                    wait.as_secs()
+                )));
+            }
             let spent = began.elapsed();
             if spent + wait >= self.retry.deadline {
                 return Err(Error::Unavailable(format!(
@@ -435,6 +462,25 @@ impl Client {
             }
             std::thread::sleep(wait);
         }
+    }
+
+    /// `Unavailable` naming `t` once the command's deadline has passed.
+    pub(crate) fn check_deadline(&self, t: &Target<'_>) -> Result<()> {
+        match self.deadline {
+            Some((at, limit)) if std::time::Instant::now() >= at => {
+                Err(Error::Unavailable(format!(
+                    "{}: the command's deadline of {} passed (--timeout)",
+                    t.describe(),
+                    humantime::format_duration(limit)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The command's deadline, for body readers ([`super::rate::RateGuard::until`]).
+    pub(crate) fn deadline(&self) -> Option<(std::time::Instant, Duration)> {
+        self.deadline
     }
 
     /// The `Authorization` value [`Client::send`] would present to `ep` for `t`, if it has

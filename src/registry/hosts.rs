@@ -6,6 +6,7 @@
 //! server = "https://registry.example.com"   # default: the host itself
 //! ca = "/etc/ssl/private-ca.pem"            # or a list; relative to the host's directory
 //! skip_verify = false
+//! dial_timeout = "3s"                       # connecting; default 10 s
 //!
 //! [host."http://127.0.0.1:5001"]            # mirrors, tried in file order before the server
 //!   capabilities = ["pull", "resolve"]      # default: pull, resolve, push
@@ -31,6 +32,9 @@ pub struct HostEntry {
     pub ca: Vec<PathBuf>,
     /// Accept any certificate.
     pub skip_verify: bool,
+    /// How long connecting may take (`dial_timeout = "3s"`, as containerd reads it);
+    /// default: [`super::CONNECT_TIMEOUT`].
+    pub dial_timeout: Option<std::time::Duration>,
 }
 
 impl HostEntry {
@@ -130,11 +134,30 @@ pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
                 )));
             }
         };
+        let dial_timeout = match t.get("dial_timeout") {
+            None => None,
+            Some(toml::Value::String(d)) => Some(
+                humantime::parse_duration(d)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "dial_timeout of {url:?}: expected a duration such as \"3s\", got {d:?}"
+                        ))
+                    })?,
+            ),
+            Some(v) => {
+                return Err(bad(format!(
+                    "dial_timeout of {url:?}: expected a duration such as \"3s\", got {v}"
+                )));
+            }
+        };
         Ok(HostEntry {
             url: url.trim_end_matches('/').to_owned(),
             capabilities,
             ca,
             skip_verify,
+            dial_timeout,
         })
     };
     let server = match doc.get("server") {
@@ -145,7 +168,10 @@ pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
     let server = match server {
         Some(s) => Some(s),
         // Server-level TLS settings without a server URL: they apply to the default one.
-        None if doc.contains_key("ca") || doc.contains_key("skip_verify") => {
+        None if doc.contains_key("ca")
+            || doc.contains_key("skip_verify")
+            || doc.contains_key("dial_timeout") =>
+        {
             let mut e = entry("https://default", &doc, true)?;
             e.url.clear();
             Some(e)
@@ -170,6 +196,32 @@ pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_timeout_is_read_per_host() {
+        let path = Path::new("/etc/containerd/certs.d/h/hosts.toml");
+        let c = parse(
+            "server = \"https://h\"\ndial_timeout = \"3s\"\n[host.\"http://m\"]\ndial_timeout = \"500ms\"\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.unwrap().dial_timeout,
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(
+            c.mirrors[0].dial_timeout,
+            Some(std::time::Duration::from_millis(500))
+        );
+        for bad in [
+            "dial_timeout = 3",
+            "dial_timeout = \"soon\"",
+            "dial_timeout = \"0s\"",
+        ] {
+            let err = parse(bad, path).unwrap_err();
+            assert!(err.to_string().contains("dial_timeout"), "{err}");
+        }
+    }
 
     #[test]
     fn parses_containerd_layout() {

@@ -67,6 +67,10 @@ pub struct RegistryOptions {
     /// Per-read timeout (default 30 s); connecting waits at most [`CONNECT_TIMEOUT`] (10 s)
     /// and a response's head [`RESPONSE_TIMEOUT`] (15 s), or this when shorter.
     pub timeout: Duration,
+    /// The whole command's bound (`--timeout`; default none): past it, no request starts
+    /// and no body is read further, and the error says so. Without it each request is still
+    /// bounded (connect, response head, minimum rate, the retry deadline).
+    pub deadline: Option<Duration>,
     /// Where `<host>/hosts.toml` files are looked for (default: [`hosts::search_dirs`]).
     pub hosts_dirs: Vec<std::path::PathBuf>,
     /// Which proxy each host is reached through (default: [`Proxies::from_env`], read as
@@ -82,6 +86,7 @@ impl Default for RegistryOptions {
             concurrency: 6,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
+            deadline: None,
             hosts_dirs: hosts::search_dirs(),
             proxies: Proxies::from_env(),
         }
@@ -453,7 +458,8 @@ impl Registry {
                 let mut bytes = Vec::with_capacity(hint as usize + 1);
                 let read = Read::read_to_end(
                     &mut Read::take(
-                        rate::RateGuard::new(resp.body_mut().as_reader()),
+                        rate::RateGuard::new(resp.body_mut().as_reader())
+                            .until(self.client.deadline()),
                         MAX_MANIFEST + 1,
                     ),
                     &mut bytes,
@@ -700,7 +706,9 @@ impl Registry {
         };
         Ok(BlobStream {
             start,
-            reader: Box::new(rate::RateGuard::new(resp.into_body().into_reader())),
+            reader: Box::new(
+                rate::RateGuard::new(resp.into_body().into_reader()).until(self.client.deadline()),
+            ),
         })
     }
 
@@ -744,7 +752,9 @@ impl Registry {
                 };
                 Ok(Direct::Got(BlobStream {
                     start,
-                    reader: Box::new(rate::RateGuard::new(answer.body)),
+                    reader: Box::new(
+                        rate::RateGuard::new(answer.body).until(self.client.deadline()),
+                    ),
                 }))
             }
             Err(direct::Declined::Retry) => Ok(Direct::Through(0)),

@@ -29,9 +29,28 @@ impl std::fmt::Display for TooSlow {
 
 impl std::error::Error for TooSlow {}
 
-/// Whether `e` is a [`RateGuard`]'s cut.
+/// Why a body was cut: the command's deadline ([`super::RegistryOptions::deadline`]) passed.
+#[derive(Debug)]
+pub struct PastDeadline {
+    limit: Duration,
+}
+
+impl std::fmt::Display for PastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the command's deadline of {} passed (--timeout)",
+            humantime::format_duration(self.limit)
+        )
+    }
+}
+
+impl std::error::Error for PastDeadline {}
+
+/// Whether `e` is a [`RateGuard`]'s cut (too slow, or past the deadline): not retried.
 pub fn is_too_slow(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<TooSlow>())
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<TooSlow>() || inner.is::<PastDeadline>())
 }
 
 /// A reader that fails (`TimedOut`, carrying [`TooSlow`]) once a window of [`WINDOW`] passes
@@ -40,6 +59,8 @@ pub struct RateGuard<R> {
     inner: R,
     since: Instant,
     got: u64,
+    /// The command's deadline and its length, when it has one.
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl<R> RateGuard<R> {
@@ -49,12 +70,27 @@ impl<R> RateGuard<R> {
             inner,
             since: Instant::now(),
             got: 0,
+            deadline: None,
         }
+    }
+
+    /// Also fails reads once `deadline` (the end of a command of `limit`) has passed.
+    pub fn until(mut self, deadline: Option<(Instant, Duration)>) -> RateGuard<R> {
+        self.deadline = deadline;
+        self
     }
 }
 
 impl<R: Read> Read for RateGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((at, limit)) = self.deadline
+            && Instant::now() >= at
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                PastDeadline { limit },
+            ));
+        }
         let n = self.inner.read(buf)?;
         self.got += n as u64;
         if self.got >= MIN_BYTES {
@@ -85,5 +121,10 @@ mod tests {
         let e = slow.read(&mut [0u8; 4]).unwrap_err();
         assert!(is_too_slow(&e), "{e}");
         assert!(e.to_string().contains("minimum rate"));
+        let past = Some((Instant::now(), Duration::from_secs(90)));
+        let mut late = RateGuard::new(&[1u8; 10][..]).until(past);
+        let e = late.read(&mut [0u8; 4]).unwrap_err();
+        assert!(is_too_slow(&e), "{e}");
+        assert!(e.to_string().contains("deadline of 1m 30s"), "{e}");
     }
 }

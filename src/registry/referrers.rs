@@ -126,7 +126,7 @@ impl Registry {
             let mut bytes = Vec::new();
             let read = Read::read_to_end(
                 &mut Read::take(
-                    rate::RateGuard::new(resp.body_mut().as_reader()),
+                    rate::RateGuard::new(resp.body_mut().as_reader()).until(self.client.deadline()),
                     MAX_MANIFEST + 1,
                 ),
                 &mut bytes,

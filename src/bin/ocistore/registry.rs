@@ -21,12 +21,24 @@ pub struct RemoteArgs {
     /// Speak plain HTTP to the registry (loopback hosts always do)
     #[arg(long)]
     plain_http: bool,
+    /// Bound the whole command's registry work (e.g. 10m, 90s); without it each request is
+    /// still bounded (connect 10 s, response 15 s, 16 KiB per 20 s, retries within 45 s)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<std::time::Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 90s, 10m, 1h)"))
 }
 
 impl RemoteArgs {
     fn registry(&self) -> Registry {
         Registry::new(RegistryOptions {
             plain_http: self.plain_http,
+            deadline: self.timeout,
             ..RegistryOptions::default()
         })
     }
