@@ -29,6 +29,8 @@ mod containerd;
 mod doubles;
 #[path = "registry/harness.rs"]
 mod harness;
+#[path = "registry/hostile.rs"]
+mod hostile;
 #[path = "registry/images.rs"]
 mod images;
 #[path = "registry/referrers.rs"]
@@ -3026,6 +3028,59 @@ fn a_registry_that_never_answers_fails_a_pull_within_a_minute() {
         "it was tried more than once"
     );
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+}
+
+/// `--timeout` bounds the whole command: a registry that trickles a manifest (slowly
+/// enough to stay above the per-read timeout, and for less than the minimum rate's window)
+/// fails a pull given `--timeout 3s` within a few seconds, naming the deadline; nothing is
+/// named. The double is a server that trickles bytes, which no real registry does on demand.
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn timeout_bounds_the_whole_command() {
+    use std::io::Write;
+    let env = Env::new();
+    let root = env.path("store");
+    let server = doubles::Server::start(|mut conn| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut conn, &mut buf);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                    Content-Length: 5000\r\nConnection: close\r\n\r\n";
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..40 {
+            if conn.write_all(b" ").and_then(|()| conn.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let started = Instant::now();
+    let r = env.run(
+        &root,
+        &[
+            "image",
+            "pull",
+            "--timeout",
+            "3s",
+            &format!("{}/slow/app:1", server.host),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "bounded by --timeout: {took:?}"
+    );
+    assert!(
+        r.stderr.contains(&server.host) && r.stderr.contains("deadline of 3s"),
+        "the error names the host and the deadline: {}",
+        r.stderr
+    );
+    assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
+    // A usage mistake in the flag is the user's: exit 2.
+    let r = env.run(&root, &["image", "pull", "--timeout", "soon", "x/y:1"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
 }
 
 #[test]

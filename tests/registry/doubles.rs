@@ -1367,3 +1367,264 @@ impl ReferrersRegistry {
         conn.flush()
     }
 }
+
+// ================================================================ a scripted registry that records headers
+
+/// A request a [`Scripted`] double heard: its method, URI and every header.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Heard {
+    /// The URI's path.
+    pub fn path(&self) -> &str {
+        self.uri
+            .split_once('?')
+            .map_or(self.uri.as_str(), |(p, _)| p)
+    }
+
+    /// The URI's query (empty when none).
+    pub fn query(&self) -> &str {
+        self.uri.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// The value of the query parameter `name`, if given.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+    }
+
+    /// The value of header `name` (any case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl std::fmt::Display for Heard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri)?;
+        for (k, v) in &self.headers {
+            write!(f, " | {k}: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The body of a [`Reply`].
+pub enum ReplyBody {
+    /// Sent whole, with its `Content-Length`.
+    Bytes(Vec<u8>),
+    /// Sent with `Transfer-Encoding: chunked`, no length announced, a chunk per item, made
+    /// as it is sent (a body larger than anything the double holds).
+    Chunked(Box<dyn Iterator<Item = Vec<u8>> + Send>),
+}
+
+/// What a [`Scripted`] double answers to one request.
+pub struct Reply {
+    pub status: u16,
+    /// Header lines besides `Content-Length` / `Transfer-Encoding` and `Connection`.
+    pub headers: Vec<(String, String)>,
+    pub body: ReplyBody,
+}
+
+impl Reply {
+    /// `status` with an empty body.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Bytes(Vec::new()),
+        }
+    }
+
+    /// A 200 with `body` as `content_type`.
+    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::status(200)
+            .header("Content-Type", content_type)
+            .with_body(body)
+    }
+
+    /// A 404 with distribution's error document.
+    pub fn not_found() -> Reply {
+        Reply::status(404)
+            .header("Content-Type", "application/json")
+            .with_body(r#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#)
+    }
+
+    /// A 200 whose body is `chunks`, chunked.
+    pub fn chunked(
+        content_type: &str,
+        chunks: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    ) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: ReplyBody::Chunked(Box::new(chunks)),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Reply {
+        self.body = ReplyBody::Bytes(body.into());
+        self
+    }
+}
+
+/// What a test's script answers: a function of the request heard.
+type Script = dyn Fn(&Heard) -> Reply + Send + Sync;
+
+/// A test double for what no real registry can be made to send on demand (documents without
+/// a media type served as `application/json`, a million tags generated page by page, a tag
+/// page of 60 MiB with no length, a thousand manifests of 4 MiB made as they are asked for,
+/// a `Link` or a redirect to another host, a 401 from a host that is not the registry): each
+/// request's answer comes from the test's script. Records every request with all its
+/// headers (to tell which host saw an `Authorization`). One connection per request
+/// (`Connection: close`), each on a thread of its own; a HEAD gets the head of what a GET
+/// would. Stops when dropped.
+pub struct Scripted {
+    pub server: Server,
+    heard: Arc<Mutex<Vec<Heard>>>,
+}
+
+impl Scripted {
+    pub fn start(script: impl Fn(&Heard) -> Reply + Send + Sync + 'static) -> Scripted {
+        let script: Arc<Script> = Arc::new(script);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let server = Server::start(move |conn| {
+            let (script, h) = (script.clone(), h.clone());
+            std::thread::spawn(move || match Self::answer(conn, &*script, &h) {
+                // A client that stops reading (a body over its limit, a refused document).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) => {}
+                Err(e) => eprintln!("scripted registry: {e}"),
+                Ok(()) => {}
+            });
+        });
+        Scripted { server, heard }
+    }
+
+    fn answer(conn: TcpStream, script: &Script, heard: &Mutex<Vec<Heard>>) -> std::io::Result<()> {
+        let Some((head, _)) = Head::read(&conn, Duration::from_secs(30))? else {
+            return Ok(());
+        };
+        let request = Heard {
+            method: head.method,
+            uri: head.uri,
+            headers: head.headers,
+        };
+        heard.lock().unwrap().push(request.clone());
+        let reply = script(&request);
+        let reason = match reply.status {
+            200 => "OK",
+            307 => "Temporary Redirect",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Scripted",
+        };
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, conn.try_clone()?);
+        write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status)?;
+        for (k, v) in &reply.headers {
+            write!(out, "{k}: {v}\r\n")?;
+        }
+        let head_only = request.method == "HEAD";
+        match reply.body {
+            ReplyBody::Bytes(b) => {
+                write!(
+                    out,
+                    "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    b.len()
+                )?;
+                if !head_only {
+                    out.write_all(&b)?;
+                }
+            }
+            ReplyBody::Chunked(chunks) => {
+                write!(
+                    out,
+                    "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                )?;
+                if !head_only {
+                    for c in chunks.filter(|c| !c.is_empty()) {
+                        write!(out, "{:x}\r\n", c.len())?;
+                        out.write_all(&c)?;
+                        out.write_all(b"\r\n")?;
+                    }
+                    out.write_all(b"0\r\n\r\n")?;
+                }
+            }
+        }
+        out.flush()?;
+        drop(out);
+        let _ = conn.shutdown(Shutdown::Write);
+        Ok(())
+    }
+
+    /// Every request so far, in order of arrival.
+    pub fn heard(&self) -> Vec<Heard> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// How many requests so far.
+    pub fn count(&self) -> usize {
+        self.heard.lock().unwrap().len()
+    }
+
+    /// The requests so far that carried an `Authorization` header.
+    pub fn authorized(&self) -> Vec<Heard> {
+        let all = self.heard.lock().unwrap();
+        all.iter()
+            .filter(|h| h.header("authorization").is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The GETs of blobs (`/v2/<repo>/blobs/<digest>`) so far.
+    pub fn blob_gets(&self) -> Vec<Heard> {
+        let all = self.heard.lock().unwrap();
+        all.iter()
+            .filter(|h| h.method == "GET" && h.path().contains("/blobs/"))
+            .cloned()
+            .collect()
+    }
+
+    /// `127.0.0.1:PORT/<repo_tag>`.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.server.host)
+    }
+}
+
+/// Documents a [`Scripted`] registry serves by path: (path, Content-Type, bytes).
+pub type Served = Vec<(String, String, Vec<u8>)>;
+
+/// A [`Scripted`] registry of fixed documents (shared with the test, which may add to them
+/// as it goes): `GET|HEAD /v2/` answers 200, a path in `docs` its bytes as its Content-Type
+/// (a manifest by tag and by digest are two entries), anything else 404.
+pub fn document_registry(docs: Arc<Mutex<Served>>) -> Scripted {
+    Scripted::start(move |h| {
+        if h.path() == "/v2/" || h.path() == "/v2" {
+            return Reply::ok("application/json", "{}");
+        }
+        let docs = docs.lock().unwrap();
+        match docs.iter().find(|(p, _, _)| p == h.path()) {
+            Some((_, ct, bytes)) => Reply::ok(ct, bytes.clone()),
+            None => Reply::not_found(),
+        }
+    })
+}
