@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 
-/// How long a blob file linked without a record may belong to a commit in flight; see
-/// [`in_flight`].
+/// How long a blob file linked without a record may belong to a commit in flight (a file
+/// with a second name younger than this is not debris).
 pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether the file at `path`, which has no record, may be a blob that a commit in another

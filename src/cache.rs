@@ -29,11 +29,11 @@ use crate::content::{Labels, Manager, Provider, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{self, Name, descriptor_digest};
-use crate::registry::pull::source_label;
 use crate::registry::{BlobStream, MAX_MANIFEST, Registry, Repository, reference_of};
 use crate::store::Store;
 use crate::store::uses::Used;
 use crate::store::writer::StoreWriter;
+use crate::transfer::pull::source_label;
 
 mod image;
 
@@ -196,7 +196,7 @@ impl<S: Source> ReadThrough<S> {
             None => self.source.size_of(digest)?,
         };
         let reference = format!("pull-{digest}");
-        let job = crate::registry::pull::Job {
+        let job = crate::transfer::pull::Job {
             digest: *digest,
             size,
         };

@@ -41,6 +41,8 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod testsuite;
+#[cfg(feature = "registry")]
+pub mod transfer;
 pub mod uncompressed;
 pub mod usage;
 pub mod verify;
@@ -60,3 +62,5 @@ pub use store::lease::{Lease, Resource};
 pub use store::owner::LeaseOwner;
 pub use store::uses::{LastUse, Used};
 pub use store::{OpenOptions, Store};
+#[cfg(feature = "registry")]
+pub use transfer::{pull::PullOptions, push::PushOptions};

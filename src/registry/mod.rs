@@ -1,11 +1,13 @@
-//! Registries: the OCI distribution API on a repository, and pull and push between a
-//! registry and the store.
+//! Registries: the OCI distribution API on a repository. This module is the protocol client
+//! and knows no store; pull and push between a registry and the store are in
+//! [`crate::transfer`].
 //!
 //! A [`Registry`] is a sync value (cheap to clone, `Send + Sync`) holding the HTTP client,
 //! credentials and policies. Its methods are the registry API itself, after regclient's
 //! scheme API: blob get (streamed, from an offset), head, put (streamed), mount, delete;
 //! manifest get, head, put, delete; tag list (one page, or all following `Link`).
-//! [`Store::pull`](crate::Store::pull) and [`Store::push`](crate::Store::push) build on it.
+//! [`Store::pull`](crate::Store::pull) and [`Store::push`](crate::Store::push) build on it;
+//! the referrers API and the tag schema are in [`referrers`].
 //!
 //! Hosts: loopback hosts (localhost, 127.0.0.0/8, ::1) are spoken to over plain HTTP, as
 //! containerd does, others over HTTPS with the webpki roots; [`RegistryOptions::plain_http`]
@@ -15,9 +17,8 @@ pub mod auth;
 mod client;
 mod direct;
 pub mod hosts;
+mod inspect;
 mod proxy;
-pub mod pull;
-pub mod push;
 pub mod rate;
 pub mod referrers;
 
@@ -37,7 +38,6 @@ pub use proxy::Proxies;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-pub(crate) use crate::helpers::largest_first;
 use crate::names::Name;
 
 /// The manifest media types a pull accepts, in order of preference.
@@ -1126,17 +1126,6 @@ impl Registry {
             &mut |bad| tracing::warn!(%repo, tag = %bad, "skipped: not a valid tag"),
         )?;
         Ok(tags)
-    }
-
-    /// Whether the registry has `reference` (linuxkit's `ImageInRegistry`): its descriptor,
-    /// or, with `platform` and an index, the descriptor of that platform's manifest; `None`
-    /// when it is absent (or the index has no such platform).
-    pub fn image_in_registry(
-        &self,
-        reference: &str,
-        platform: Option<&oci_spec::image::Platform>,
-    ) -> Result<Option<RemoteDescriptor>> {
-        pull::remote_inspect(self, reference, platform)
     }
 
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {

@@ -27,12 +27,12 @@ use crate::oci::referrers::{
 pub const MAX_REFERRER_PAGES: usize = 1_000;
 
 /// How many times [`Registry::add_to_fallback_tag`] writes the tag before it gives up.
-const TAG_ATTEMPTS: u32 = 10;
+pub const TAG_ATTEMPTS: u32 = 10;
 
 /// How long [`Registry::add_to_fallback_tag`] waits before it looks at the tag a second
 /// time: another pusher's read-modify-write that started before ours landed has finished by
 /// then, and if it dropped our entry, we put it back.
-const TAG_SETTLE: Duration = Duration::from_millis(250);
+pub const TAG_SETTLE: Duration = Duration::from_millis(250);
 
 /// Where a listing of referrers came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use ocistore::names::parse_platform;
-use ocistore::registry::pull::{Progress, PullOptions};
-use ocistore::registry::push::PushOptions;
 use ocistore::registry::{Registry, RegistryOptions, Repository};
+use ocistore::transfer::pull::{Progress, PullOptions};
+use ocistore::transfer::push::PushOptions;
 use ocistore::{Digest, Error, Name};
 use parking_lot::Mutex;
 use serde_json::json;

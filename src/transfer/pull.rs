@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use oci_spec::image::Platform;
 
-use super::{Registry, RemoteDescriptor, Repository, reference_of};
 use crate::content::{IngestManager, Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
+use crate::helpers::largest_first;
 use crate::names::{self, Name, platform_matches};
 use crate::oci::referrers::MAX_REFERRERS;
 use crate::oci::{Child, ChildKind, is_index};
+use crate::registry::{Registry, RemoteDescriptor, Repository, reference_of};
 use crate::store::writer::StoreWriter;
 use crate::store::{Sealed, Store};
 
@@ -400,7 +401,7 @@ impl Store {
         jobs: &[Job],
         opts: &PullOptions,
     ) -> Result<Vec<Fetched>> {
-        super::largest_first(
+        largest_first(
             jobs,
             registry.concurrency(),
             |j| j.size,
@@ -472,7 +473,10 @@ impl Store {
                 )));
             }
             if offset < job.size {
-                if let Some(e) = cut.as_ref().filter(|e| super::rate::is_too_slow(e)) {
+                if let Some(e) = cut
+                    .as_ref()
+                    .filter(|e| crate::registry::rate::is_too_slow(e))
+                {
                     return Err(Error::Unavailable(format!(
                         "{repo}: blob {}: cut at byte {offset} of {}: {e}",
                         job.digest, job.size
@@ -594,60 +598,6 @@ impl Store {
             tracing::warn!(reference, error = %e, "could not drop a failed download");
         }
     }
-}
-
-/// See [`Registry::image_in_registry`].
-pub fn remote_inspect(
-    registry: &Registry,
-    reference: &str,
-    platform: Option<&Platform>,
-) -> Result<Option<RemoteDescriptor>> {
-    let name = Name::parse(reference)?;
-    let repo = Repository::of(&name);
-    let Some(head) = registry.manifest_head(&repo, &reference_of(&name))? else {
-        return Ok(None);
-    };
-    let Some(platform) = platform else {
-        return Ok(Some(head));
-    };
-    let Some(root) = registry.manifest_get(&repo, head.digest.as_str())? else {
-        return Ok(None);
-    };
-    if !is_index(&root.descriptor.media_type) {
-        // A single manifest: its config says its platform.
-        let config = crate::oci::try_children(Some(&root.descriptor.media_type), &root.bytes)?
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.kind == ChildKind::Config);
-        let Some(config) = config else {
-            return Ok(None);
-        };
-        let mut stream = registry.blob_get(&repo, &config.digest, 0, Some(config.size))?;
-        let mut bytes = Vec::new();
-        (&mut stream.reader)
-            .take(super::MAX_MANIFEST)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::from_io(e, "read", "config"))?;
-        let own: Option<Platform> = serde_json::from_slice(&bytes).ok();
-        return Ok(own
-            .filter(|p| platform_matches(platform, p))
-            .map(|_| root.descriptor));
-    }
-    let children = crate::oci::try_children(Some(&root.descriptor.media_type), &root.bytes)?
-        .unwrap_or_default();
-    Ok(children
-        .into_iter()
-        .find(|c| {
-            c.kind == ChildKind::Manifest
-                && c.platform
-                    .as_ref()
-                    .is_some_and(|p| platform_matches(platform, p))
-        })
-        .map(|c| RemoteDescriptor {
-            digest: c.digest,
-            media_type: c.media_type,
-            size: c.size,
-        }))
 }
 
 /// Everything a pull needs: manifests and indexes (fetched, root first) and the blobs to
@@ -774,7 +724,7 @@ impl Plan {
             let workers = usize::try_from(MANIFESTS_IN_FLIGHT / biggest)
                 .unwrap_or(usize::MAX)
                 .clamp(1, registry.concurrency());
-            let fetched = super::largest_first(
+            let fetched = largest_first(
                 &next,
                 workers,
                 |(c, _, _)| c.size,
@@ -833,7 +783,7 @@ impl Plan {
         let mut depth = 0usize;
         while !level.is_empty() {
             depth += 1;
-            let listings = super::largest_first(
+            let listings = largest_first(
                 &level,
                 registry.concurrency(),
                 |(_, size)| *size,
@@ -864,7 +814,7 @@ impl Plan {
                     platform: None,
                 });
             }
-            let fetched = super::largest_first(
+            let fetched = largest_first(
                 &found,
                 registry.concurrency(),
                 |c| c.size,

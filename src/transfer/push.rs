@@ -22,13 +22,14 @@ use oci_spec::image::Platform;
 use serde_json::Value;
 
 use super::pull::{Progress, source_label};
-use super::{MAX_MANIFEST, Registry, Repository, reference_of};
 use crate::content::Manager;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
+use crate::helpers::largest_first;
 use crate::names::{self, Name, platform_matches};
 use crate::oci::referrers::Referrer;
 use crate::oci::{ChildKind, is_index};
+use crate::registry::{MAX_MANIFEST, Registry, Repository, reference_of};
 use crate::store::Store;
 
 /// How to push.
@@ -223,7 +224,7 @@ impl Store {
         let each = |blobs: &BTreeMap<Digest, u64>,
                     send: &(dyn Fn(&Digest, u64) -> Result<Sent> + Sync)| {
             let list: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (*d, *s)).collect();
-            super::largest_first(
+            largest_first(
                 &list,
                 registry.concurrency(),
                 |(_, size)| *size,
@@ -251,7 +252,7 @@ impl Store {
                 .filter(|(doc, d)| *d == depth && done.insert(doc.0))
                 .map(|(doc, _)| doc)
                 .collect();
-            let sent = super::largest_first(
+            let sent = largest_first(
                 &level,
                 registry.concurrency(),
                 |(_, _, bytes)| bytes.len() as u64,
@@ -340,14 +341,14 @@ impl Store {
             group.1 |= u.put;
         }
         let groups: Vec<(Digest, (Vec<Referrer>, bool))> = by_subject.into_iter().collect();
-        super::largest_first(
+        largest_first(
             &groups,
             registry.concurrency(),
             |(_, (list, _))| list.len() as u64,
             |(subject, (list, put))| {
                 if !put
                     && registry.referrers(repo, subject, None)?.source
-                        == super::referrers::ReferrersSource::Api
+                        == crate::registry::referrers::ReferrersSource::Api
                 {
                     return Ok(());
                 }
