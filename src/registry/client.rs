@@ -388,6 +388,27 @@ impl Client {
                         // without a single header): ask again over HTTPS.
                         return self.upgrade_to_tls(t, ep, method, url, headers, body);
                     }
+                    // Credentials are the registry's: a 401 from another host (one a
+                    // redirect or a `Link` led to) gets none, not even for its token realm.
+                    if status == 401 {
+                        let answered = {
+                            use ureq::ResponseExt;
+                            let uri = resp.get_uri();
+                            format!(
+                                "{}://{}",
+                                uri.scheme_str().unwrap_or(""),
+                                uri.authority().map_or("", |a| a.as_str())
+                            )
+                        };
+                        if !same_origin || answered != ep.origin {
+                            return Err(Error::Unauthorized(format!(
+                                "{}: {answered}, which is not the registry ({}), asks for \
+                                 credentials (HTTP 401); the registry's are given to it alone",
+                                t.describe(),
+                                ep.origin
+                            )));
+                        }
+                    }
                     if status == 401 && !reauthed {
                         reauthed = true;
                         let challenge = resp

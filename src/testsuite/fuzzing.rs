@@ -380,7 +380,7 @@ fn tag_page_wire(rest: &[u8], text: &str) {
 /// round-trips, 2^64, negatives and fractions are refused, nothing panics), its media type
 /// empty or one by RFC 6838. `oci::document_media_type` never panics and answers a known
 /// manifest or index type or a media type; `oci::is_media_type` never accepts a control
-/// character (but HTAB in the parameters, RFC 7231's optional whitespace) or a non-ASCII one.
+/// character (but HTAB as RFC 7231's optional whitespace around a `;`) or a non-ASCII one.
 #[cfg(feature = "registry")]
 fn descriptor_sizes_wire(rest: &[u8], text: &str) {
     use crate::oci::{
@@ -462,7 +462,11 @@ fn descriptor_sizes_wire(rest: &[u8], text: &str) {
         .chain(text.split(['\0', ',']))
     {
         if is_media_type(s) {
-            let essence = s.split_once(';').map_or(s, |(e, _)| e);
+            // HTAB only as RFC 7231's optional whitespace around a `;`, never in the
+            // type or subtype, and no other control character anywhere.
+            let essence = s
+                .split_once(';')
+                .map_or(s, |(e, _)| e.trim_end_matches([' ', '\t']));
             assert!(s.is_ascii(), "{s:?}");
             assert!(!essence.chars().any(char::is_control), "{s:?}");
             assert!(!s.chars().any(|c| c.is_control() && c != '\t'), "{s:?}");

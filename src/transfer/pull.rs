@@ -680,9 +680,24 @@ impl Plan {
                         desc.digest
                     )));
                 }
+                let parent = desc.digest;
                 plan.docs.push((desc, doc));
                 for c in children {
                     match c.kind {
+                        // An index names manifests and indexes, by their media type (the
+                        // spec requires it): check and export walk the index by these types,
+                        // so an entry that does not give one is refused here, before
+                        // anything is named, rather than stored and disagreed about.
+                        ChildKind::Manifest
+                            if !(is_index(&c.media_type)
+                                || crate::oci::is_manifest(&c.media_type)) =>
+                        {
+                            return Err(Error::FailedPrecondition(format!(
+                                "{repo}: index {} names {} with media type {:?}, which is not a \
+                                 manifest or index type",
+                                parent, c.digest, c.media_type
+                            )));
+                        }
                         ChildKind::Manifest => {
                             let keep_layers = platforms.is_empty()
                                 || c.platform.as_ref().is_none_or(|p| {
@@ -865,9 +880,13 @@ impl Plan {
                 c.digest, m.descriptor.size, c.size
             )));
         }
+        // The one rule: the document's own type, else the type its index gives it (checked
+        // to be a manifest or index type), else its shape.
         let mut desc = m.descriptor;
-        if !c.media_type.is_empty() {
-            desc.media_type = c.media_type.clone();
+        if let Some(mt) = crate::oci::document_media_type(&m.bytes, Some(&c.media_type))
+            .filter(|mt| is_index(mt) || crate::oci::is_manifest(mt))
+        {
+            desc.media_type = mt;
         }
         let children = crate::oci::try_children(Some(&desc.media_type), &m.bytes)
             .map_err(|e| crate::oci::with_context(e, &format!("{repo}: {}", desc.digest)))?

@@ -271,14 +271,14 @@ fn layout_blobs(dir: &Path) -> BTreeMap<String, u64> {
 // ================================================================ what a document is
 
 /// One rule decides what a fetched document is (`oci::document_media_type`): a registry
-/// that serves an index and its manifests as `application/json`, none of them with a
-/// `mediaType` and the index's entries without one either, is pulled by their shape; the
-/// name gets the OCI index (or, pulled by a manifest's digest, the OCI manifest) media type,
-/// and `image check` and `image export` read what the pull stored alike: complete, every
-/// blob written. An index entry whose `mediaType` is no manifest type (a layer's) does not
-/// make its manifest a leaf: the same rule, the document's shape, decides, so the pull
-/// fetches its config and layers and check agrees. A double: no real registry stores a
-/// manifest without a media type.
+/// that serves an index and its manifests as `application/json`, none of the documents with
+/// a `mediaType` of its own, is pulled by their shape and the types the index's entries
+/// give; the name gets the OCI index (or, pulled by a manifest's digest, the OCI manifest)
+/// media type, and `image check` and `image export` read what the pull stored alike:
+/// complete, every blob written. An index whose entries give no media type, or a layer's,
+/// is refused (exit 1, naming the entry) before anything is named: check and export walk an
+/// index by its entries' types, so storing it would leave them disagreeing with the pull. A
+/// double: no real registry stores a manifest without a media type.
 #[test]
 #[ignore = "needs nothing but test doubles; run by .ci/run's interop suite"]
 fn documents_known_only_by_their_shape_are_pulled_checked_and_exported_alike() {
@@ -287,6 +287,7 @@ fn documents_known_only_by_their_shape_are_pulled_checked_and_exported_alike() {
     let reg = Docs::start("shape/app");
     let mut entries = Vec::new();
     let mut lying = Vec::new();
+    let mut untyped = Vec::new();
     let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_manifest = None;
     for (i, arch) in ["amd64", "arm64"].into_iter().enumerate() {
@@ -310,8 +311,9 @@ fn documents_known_only_by_their_shape_are_pulled_checked_and_exported_alike() {
             first_manifest = Some((d.clone(), own));
         }
         let platform = json!({"os": "linux", "architecture": arch});
-        entries.push(json!({"digest": d, "size": manifest.len(), "platform": platform}));
+        entries.push(json!({"mediaType": OCI_MANIFEST, "digest": d, "size": manifest.len(), "platform": platform}));
         lying.push(json!({"mediaType": OCI_LAYER_TAR, "digest": d, "size": manifest.len(), "platform": platform}));
+        untyped.push(json!({"digest": d, "size": manifest.len(), "platform": platform}));
     }
     let index = json!({"schemaVersion": 2, "manifests": entries}).to_string();
     let index_digest = reg.manifest(Some("1"), "application/json", index.as_bytes());
@@ -361,31 +363,24 @@ fn documents_known_only_by_their_shape_are_pulled_checked_and_exported_alike() {
     problems.extend(agreement(&env, &single, &by_digest, &["linux/amd64"], &one));
     env.fsck_clean(&single);
 
-    // An index whose entries call their manifests layers: the documents' shape decides, and
-    // the pull, check and export agree.
-    let lying_index = json!({"schemaVersion": 2, "manifests": lying}).to_string();
-    let lying_digest = reg.manifest(Some("lying"), "application/json", lying_index.as_bytes());
-    let mut all = blobs.clone();
-    all.remove(&index_digest);
-    all.insert(lying_digest.clone(), lying_index.len() as u64);
-    let third = env.path("lying");
-    let reference = reg.reference("lying");
-    let r = env.run(&third, &["image", "pull", &reference, "--all-platforms"]);
-    no_raw_controls(&r);
-    if r.code == Some(0) {
-        problems.extend(agreement(
-            &env,
-            &third,
-            &reference,
-            &["linux/amd64", "linux/arm64"],
-            &all,
-        ));
-    } else {
-        assert_eq!(r.code, Some(1), "{r:?}");
-        assert!(r.stderr.contains(reg.host()), "{}", r.stderr);
+    // Indexes whose entries call their manifests layers, or give no type: refused before
+    // anything is named.
+    for (tag, list) in [("lying", lying), ("untyped", untyped)] {
+        let bad_index = json!({"schemaVersion": 2, "manifests": list}).to_string();
+        reg.manifest(Some(tag), "application/json", bad_index.as_bytes());
+        let third = env.path(tag);
+        let reference = reg.reference(tag);
+        let r = env.run(&third, &["image", "pull", &reference, "--all-platforms"]);
+        no_raw_controls(&r);
+        assert_eq!(r.code, Some(1), "{tag}: {r:?}");
+        assert!(
+            r.stderr.contains(reg.host()) && r.stderr.contains("not a manifest or index type"),
+            "{tag}: {}",
+            r.stderr
+        );
         nothing_named(&env, &third);
+        env.fsck_clean(&third);
     }
-    env.fsck_clean(&third);
     assert!(
         problems.is_empty(),
         "pull, check and export disagree:\n{}",
