@@ -40,6 +40,7 @@ pub mod registry;
 #[cfg(feature = "containerd")]
 pub mod serve;
 pub mod store;
+#[cfg(feature = "testsuite")]
 pub mod testsuite;
 #[cfg(feature = "registry")]
 pub mod transfer;
