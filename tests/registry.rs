@@ -3030,17 +3030,12 @@ fn a_registry_that_never_answers_fails_a_pull_within_a_minute() {
     assert_eq!(env.ok(&root, &["image", "ls"]), json!([]));
 }
 
-/// `--timeout` bounds the whole command: a registry that trickles a manifest (slowly
-/// enough to stay above the per-read timeout, and for less than the minimum rate's window)
-/// fails a pull given `--timeout 3s` within a few seconds, naming the deadline; nothing is
-/// named. The double is a server that trickles bytes, which no real registry does on demand.
-#[test]
-#[ignore = "needs nothing but a test double; run with the registry suite"]
-fn timeout_bounds_the_whole_command() {
+/// A server that answers a manifest's head at once, then sends one byte of its 5,000-byte
+/// body every `every`, 40 bytes in all: a registry that trickles, which no real one does on
+/// demand.
+fn trickling(every: Duration) -> doubles::Server {
     use std::io::Write;
-    let env = Env::new();
-    let root = env.path("store");
-    let server = doubles::Server::start(|mut conn| {
+    doubles::Server::start(move |mut conn| {
         let mut buf = [0u8; 4096];
         let _ = std::io::Read::read(&mut conn, &mut buf);
         let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
@@ -3052,9 +3047,21 @@ fn timeout_bounds_the_whole_command() {
             if conn.write_all(b" ").and_then(|()| conn.flush()).is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(every);
         }
-    });
+    })
+}
+
+/// `--timeout` bounds the whole command: a registry that trickles a manifest (slowly
+/// enough to stay above the per-read timeout, and for less than the minimum rate's window)
+/// fails a pull given `--timeout 3s` within a few seconds, naming the deadline; nothing is
+/// named. The double is a server that trickles bytes, which no real registry does on demand.
+#[test]
+#[ignore = "needs nothing but a test double; run with the registry suite"]
+fn timeout_bounds_the_whole_command() {
+    let env = Env::new();
+    let root = env.path("store");
+    let server = trickling(Duration::from_millis(500));
     let started = Instant::now();
     let r = env.run(
         &root,
@@ -3086,26 +3093,10 @@ fn timeout_bounds_the_whole_command() {
 #[test]
 #[ignore = "needs nothing but a test double; run with the registry suite"]
 fn a_registry_that_trickles_fails_a_pull_within_a_minute() {
-    use std::io::Write;
     let env = Env::new();
     let root = env.path("store");
-    // Answers a manifest's head at once, then one byte of its body every 2 s: each read
-    // beats the per-read timeout, the transfer never ends.
-    let server = doubles::Server::start(|mut conn| {
-        let mut buf = [0u8; 4096];
-        let _ = std::io::Read::read(&mut conn, &mut buf);
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
-                    Content-Length: 5000\r\nConnection: close\r\n\r\n";
-        if conn.write_all(head.as_bytes()).is_err() {
-            return;
-        }
-        for _ in 0..40 {
-            if conn.write_all(b" ").and_then(|()| conn.flush()).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    });
+    // One byte every 2 s: each read beats the per-read timeout, the transfer never ends.
+    let server = trickling(Duration::from_secs(2));
     let started = Instant::now();
     let r = env.run(
         &root,
