@@ -26,12 +26,10 @@ pub mod content;
 pub mod digest;
 pub mod error;
 pub mod filter;
-pub mod gc;
 pub mod helpers;
 pub mod memory;
 pub mod names;
 pub mod oci;
-pub mod prune;
 pub mod query;
 pub mod reference;
 pub mod refs;
@@ -44,9 +42,7 @@ pub mod store;
 pub mod testsuite;
 #[cfg(feature = "registry")]
 pub mod transfer;
-pub mod uncompressed;
 pub mod usage;
-pub mod verify;
 
 pub use content::{
     ContentStore, Info, IngestManager, Ingester, Labels, Manager, Provider, ReaderAt, Status,
@@ -58,10 +54,13 @@ pub use memory::MemoryStore;
 pub use names::{Image, Name};
 #[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryOptions};
+// gc, prune, fsck and the diffID labels work on the store's tables, so they live in it;
+// their paths stay one hop from the crate root.
 pub use store::images::Completeness;
 pub use store::lease::{Lease, Resource};
 pub use store::owner::LeaseOwner;
 pub use store::uses::{LastUse, Used};
 pub use store::{OpenOptions, Store};
+pub use store::{gc, prune, uncompressed, verify};
 #[cfg(feature = "registry")]
 pub use transfer::{pull::PullOptions, push::PushOptions};

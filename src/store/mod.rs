@@ -20,6 +20,7 @@
 
 pub mod artifact;
 pub mod batch;
+pub mod gc;
 pub(crate) mod graph;
 pub(crate) mod group;
 pub mod hold;
@@ -32,11 +33,14 @@ pub(crate) mod manager;
 pub(crate) mod migrate;
 pub mod owner;
 pub(crate) mod pipe;
+pub mod prune;
 pub(crate) mod records;
 pub mod referrers;
 pub(crate) mod schema;
 mod snapshot;
+pub mod uncompressed;
 pub mod uses;
+pub mod verify;
 pub(crate) mod writer;
 
 pub use writer::Sealed;
