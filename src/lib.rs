@@ -17,6 +17,25 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Where things are
+//!
+//! | concept | where | may use |
+//! |---|---|---|
+//! | blobs, ingests, labels (containerd's content API) | [`content`] (the traits), [`Store`] | — |
+//! | digests, filters, image names | [`digest`], [`filter`], [`names`], [`reference`](mod@reference) | each other only |
+//! | the store: tables, commits, names, leases, batches | [`store`] ([`Store`], [`store::batch`], [`store::lease`]) | the vocabulary above, [`oci`] |
+//! | gc, prune, fsck, diffIDs | [`gc`], [`prune`], [`verify`], [`uncompressed`] (in the store) | the store's tables |
+//! | OCI documents: media types, children, referrers, layouts | [`oci`], [`oci::referrers`], [`oci::import`], [`oci::export`] | the content traits, not the store |
+//! | a registry's API (feature `registry`) | `registry` (`Registry`, `registry::referrers`) | [`oci`]'s document model; never the store |
+//! | pull and push (feature `registry`) | `transfer` (`PullOptions`, `PushOptions`) | `registry` and the store |
+//! | the read-through cache (feature `registry`) | `cache` | `registry`, `transfer`, the store |
+//! | containerd's content service (feature `containerd`) | `serve` | the store's public API |
+//! | the conformance suite and model (feature `testsuite`) | `testsuite` | the public API |
+//!
+//! Options and outcomes of an operation live beside it (`gc::Options`, `prune::Options`,
+//! `oci::import::Options`; `PullOptions` and `PushOptions` also at the root). Every
+//! error is an [`Error`] whose [`ErrorKind`] follows containerd's classes.
 #![deny(missing_docs)]
 
 pub mod blobs;
