@@ -434,7 +434,8 @@ fn a_document_nothing_says_is_a_manifest_fails_the_pull_before_anything_is_named
             Duration::from_secs(10),
         );
     }
-    // As an entry of an index (which names no media type for it).
+    // As an entry of an index that names no media type for it: the entry is refused
+    // before the document is fetched.
     let odd = br#"{"foo":1}"#;
     let odd_digest = reg.manifest(None, "application/json", odd);
     let index = json!({
@@ -449,7 +450,7 @@ fn a_document_nothing_says_is_a_manifest_fails_the_pull_before_anything_is_named
         &env,
         &root,
         &["image", "pull", &reg.reference("index"), "--all-platforms"],
-        &[reg.host(), &odd_digest, "manifest or an index"],
+        &[reg.host(), &odd_digest, "not a manifest or index type"],
         Duration::from_secs(10),
     );
     assert_eq!(
