@@ -2524,6 +2524,35 @@ fn pulls_and_pushes_beside_every_other_command() {
     let root = env.path("store");
     let scratch = env.path("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
+    // A signature on the image, in the registry (its tag-schema index): the pulls by digest
+    // and the pushes carry it with --referrers.
+    let seed = env.path("seed");
+    env.ok(&seed, &["image", "pull", &by_tag]);
+    let sig = env.path("sig.txt");
+    std::fs::write(&sig, b"a signature").unwrap();
+    let made = env.ok(
+        &seed,
+        &[
+            "artifact",
+            "create",
+            "every/sig:1",
+            "--artifact-type",
+            "application/vnd.dev.sigstore",
+            "--subject",
+            &by_tag,
+            p(&sig),
+        ],
+    );
+    let sig_digest = made["digest"].as_str().unwrap().to_owned();
+    env.ok(
+        &seed,
+        &[
+            "image",
+            "push",
+            "every/sig:1",
+            &format!("{host}/every/app:sig"),
+        ],
+    );
     env.ok(&root, &["image", "ls"]);
     let copies: Vec<String> = (0..3).map(|k| format!("{host}/every/copy:{k}")).collect();
     let arg = |s: &str| s.to_owned();
@@ -2539,13 +2568,15 @@ fn pulls_and_pushes_beside_every_other_command() {
         },
         Stream {
             name: "pull by digest",
-            args: Box::new(move |_| owned(&["image", "pull", "--all-platforms", &d])),
+            args: Box::new(move |_| {
+                owned(&["image", "pull", "--all-platforms", "--referrers", &d])
+            }),
             expected_failure: never,
             check: succeeded,
         },
         Stream {
             name: "push",
-            args: Box::new(move |i| owned(&["image", "push", &t2, &c[i % 3]])),
+            args: Box::new(move |i| owned(&["image", "push", "--referrers", &t2, &c[i % 3]])),
             expected_failure: name_not_found,
             check: succeeded,
         },
@@ -2628,6 +2659,23 @@ fn pulls_and_pushes_beside_every_other_command() {
         }
     }
     assert!(pushed_tags > 0, "no push completed");
+    // Once the others are done, the signature comes and goes with the image.
+    env.ok(&root, &["image", "pull", "--referrers", &by_digest]);
+    let listed = env.ok(&root, &["image", "referrers", &by_digest]);
+    assert_eq!(listed[0]["digest"], sig_digest.as_str(), "{listed}");
+    env.ok(
+        &root,
+        &["image", "push", "--referrers", &by_digest, &copies[0]],
+    );
+    let remote = env.ok(&root, &["remote", "referrers", &copies[0]]);
+    assert!(
+        remote
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["digest"] == sig_digest.as_str()),
+        "{remote}"
+    );
     println!(
         "pulls and pushes beside every command: {} + {} runs, {} killed; {pushed_tags} pushed tags pull whole",
         calm.runs, killing.runs, killing.killed
