@@ -1021,16 +1021,7 @@ impl ReferrersRegistry {
         let server = Server::start(move |conn| {
             let (h, s) = (h.clone(), s.clone());
             std::thread::spawn(move || {
-                match Self::answer(conn, &h, &s) {
-                    // A client that stops reading a long answer (a page over its limit).
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                        ) => {}
-                    Err(e) => eprintln!("referrers registry: {e}"),
-                    Ok(()) => {}
-                }
+                report_unless_hung_up("referrers registry", Self::answer(conn, &h, &s))
             });
         });
         ReferrersRegistry {
@@ -1506,15 +1497,8 @@ impl Scripted {
         let h = heard.clone();
         let server = Server::start(move |conn| {
             let (script, h) = (script.clone(), h.clone());
-            std::thread::spawn(move || match Self::answer(conn, &*script, &h) {
-                // A client that stops reading (a body over its limit, a refused document).
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) => {}
-                Err(e) => eprintln!("scripted registry: {e}"),
-                Ok(()) => {}
+            std::thread::spawn(move || {
+                report_unless_hung_up("scripted registry", Self::answer(conn, &*script, &h))
             });
         });
         Scripted { server, heard }
@@ -1627,4 +1611,18 @@ pub fn document_registry(docs: Arc<Mutex<Served>>) -> Scripted {
             None => Reply::not_found(),
         }
     })
+}
+
+/// Reports a double's failed answer on stderr, unless the client hung up: a client that
+/// stops reading (a body over its limit, a refused document) is what the tests provoke.
+fn report_unless_hung_up(who: &str, answered: std::io::Result<()>) {
+    match answered {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => eprintln!("{who}: {e}"),
+        Ok(()) => {}
+    }
 }

@@ -126,19 +126,6 @@ fn file(env: &Env, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
-/// Deterministic pseudo-random bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Whether the store has a blob.
 fn has_blob(env: &Env, root: &Path, digest: &str) -> bool {
     env.content(root).contains_key(digest)
@@ -161,7 +148,11 @@ fn oras_attached_referrers_travel_through_pull_and_push() {
         "sbom.spdx.json",
         br#"{"spdxVersion":"SPDX-2.3","name":"app"}"#,
     );
-    let sig = file(&env, "signature.json", &noise(3000, 1));
+    let sig = file(
+        &env,
+        "signature.json",
+        &ocistore::testsuite::sample(3000, 1),
+    );
     let a = oras(
         &env,
         &[
@@ -329,7 +320,7 @@ fn oras_discovers_an_artifact_ocistore_created_and_pushed() {
         "the entry's size is the manifest's: {info}"
     );
     // A second artifact of another type: both listed, each found by its type.
-    let sig = file(&env, "sig.bin", &noise(512, 2));
+    let sig = file(&env, "sig.bin", &ocistore::testsuite::sample(512, 2));
     let made2 = env.ok(
         &root,
         &[
@@ -369,7 +360,11 @@ fn oras_and_ocistore_artifact_files_round_trip_byte_identical() {
     oras_python();
     let reg = Reg::plain();
     let root = env.path("store");
-    let bin = file(&env, "model.bin", &noise(300 << 10, 3));
+    let bin = file(
+        &env,
+        "model.bin",
+        &ocistore::testsuite::sample(300 << 10, 3),
+    );
     let text = file(&env, "notes.txt", "héllo\r\nwörld\n\0end".as_bytes());
     let empty = file(&env, "empty.dat", b"");
     let made = env.ok(
@@ -408,7 +403,7 @@ fn oras_and_ocistore_artifact_files_round_trip_byte_identical() {
     let dir = env.path("in");
     std::fs::create_dir_all(&dir).unwrap();
     let a = dir.join("layer.bin");
-    std::fs::write(&a, noise(200 << 10, 4)).unwrap();
+    std::fs::write(&a, ocistore::testsuite::sample(200 << 10, 4)).unwrap();
     let b = dir.join("readme.md");
     std::fs::write(&b, "# oras\n").unwrap();
     let source = reg.reference("files/in:1");
@@ -516,7 +511,7 @@ fn double_with_two_referrers() -> (ReferrersRegistry, String, String, String, Ve
         (&subject, bytes.len()),
         SIGNATURE,
         "sig.bin",
-        &noise(700, 5),
+        &ocistore::testsuite::sample(700, 5),
         json!({}),
     );
     (reg, subject, sbom, sig, sbom_bytes)
@@ -769,7 +764,11 @@ fn referrers_concurrent_pushes_keep_both_in_the_tag_index() {
     let mut sigs = Vec::new();
     for (i, root) in stores.iter().enumerate() {
         env.pull(root, &[&reference], &image.root.digest);
-        let f = file(&env, &format!("sig-{i}"), &noise(400, 10 + i as u64));
+        let f = file(
+            &env,
+            &format!("sig-{i}"),
+            &ocistore::testsuite::sample(400, 10 + i as u64),
+        );
         let made = env.ok(
             root,
             &[
