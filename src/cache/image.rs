@@ -67,7 +67,7 @@ impl<S: Source> ReadThrough<S> {
             let digest = descriptor_digest(&desc)?;
             let bytes = self.document(&desc, &digest)?;
             let media_type =
-                crate::oci::document_media_type(&bytes, Some(&desc.media_type().to_string()))
+                crate::oci::document_media_type(&bytes, Some(desc.media_type().as_ref()))
                     .unwrap_or_default();
             let children =
                 crate::oci::try_children(Some(&media_type), &bytes)?.ok_or_else(|| {

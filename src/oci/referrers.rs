@@ -98,7 +98,7 @@ fn annotations_of(v: &Value) -> BTreeMap<String, String> {
 /// when the document has no subject or names another.
 pub fn referrer_of(bytes: &[u8], digest: Digest, subject: &Digest) -> Option<Referrer> {
     let (named, media_type, artifact_type, annotations) = as_referrer(bytes)?;
-    (named == *subject).then(|| Referrer {
+    (named == *subject).then_some(Referrer {
         digest,
         media_type,
         artifact_type,

@@ -194,7 +194,7 @@ impl Registry {
                 }
                 let wait = retry_after
                     .as_deref()
-                    .and_then(super::client::parse_retry_after)
+                    .and_then(super::headers::parse_retry_after)
                     .unwrap_or_else(|| self.client.backoff(1));
                 std::thread::sleep(wait.min(policy.max_wait));
                 Ok(Direct::Through(1))

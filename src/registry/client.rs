@@ -15,8 +15,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use ureq::http::{self, Response};
 
-use super::auth::{Credential, Credentials, basic_header, parse_challenges};
+use super::auth::Credentials;
+use super::headers::retry_after;
 use super::proxy::Proxies;
+use super::token::scope;
 use crate::error::{Error, Result};
 
 /// How failed requests are retried.
@@ -98,62 +100,36 @@ pub(crate) struct Endpoint {
     pub(crate) capabilities: Vec<String>,
     /// Plain HTTP only because the host is loopback (no hosts.toml, no `--plain-http`): a
     /// server that turns out to speak TLS is asked again over HTTPS.
-    auto_http: bool,
+    pub(super) auto_http: bool,
     /// A mirror that failed (not a miss): skipped for the rest of this client's life.
     pub(crate) failed: std::sync::atomic::AtomicBool,
     /// Large blob GETs may go around ureq ([`super::direct`]): plain HTTP, no proxy, and no
     /// answer yet that the direct path could not read.
     pub(crate) direct: std::sync::atomic::AtomicBool,
-    agent: ureq::Agent,
+    pub(super) agent: ureq::Agent,
 }
 
 pub(crate) struct Client {
-    credentials: Credentials,
-    plain_http: bool,
+    pub(super) credentials: Credentials,
+    pub(super) plain_http: bool,
     retry: RetryPolicy,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     /// When the command's registry work must end, and its length ([`RegistryOptions::deadline`]).
     deadline: Option<(std::time::Instant, Duration)>,
-    hosts_dirs: Vec<PathBuf>,
+    pub(super) hosts_dirs: Vec<PathBuf>,
     /// Which proxy each host is reached through.
-    proxies: Proxies,
+    pub(super) proxies: Proxies,
     /// Agents by TLS settings (CA files, skip_verify) and proxy; the default one under
     /// `([], false, None)`.
     #[allow(clippy::type_complexity)]
-    agents: Mutex<HashMap<(Vec<PathBuf>, bool, Option<String>, Option<Duration>), ureq::Agent>>,
+    pub(super) agents:
+        Mutex<HashMap<(Vec<PathBuf>, bool, Option<String>, Option<Duration>), ureq::Agent>>,
     /// Endpoints by registry host, mirrors first, the server last.
-    endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
+    pub(super) endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
     /// `Authorization` values by (credential host, scope).
-    tokens: Mutex<HashMap<(String, String), String>>,
+    pub(super) tokens: Mutex<HashMap<(String, String), String>>,
     /// Loopback hosts found to speak TLS.
-    tls_loopback: Mutex<std::collections::HashSet<String>>,
-}
-
-/// Whether `host` (with or without a port) is a loopback address or `localhost`.
-pub(crate) fn is_loopback(host: &str) -> bool {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.is_loopback();
-    }
-    let bare = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':')
-            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-            .map_or(host, |(h, _)| h)
-    };
-    bare == "localhost"
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The host that serves the API of `host`: Docker Hub's names live on another.
-pub(crate) fn api_host(host: &str) -> &str {
-    if host == "docker.io" {
-        "registry-1.docker.io"
-    } else {
-        host
-    }
+    pub(super) tls_loopback: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Client {
@@ -171,165 +147,6 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             tls_loopback: Mutex::new(std::collections::HashSet::new()),
         }
-    }
-
-    /// The agent for a TLS setting: trusting `ca` (PEM files) instead of the webpki roots
-    /// when given, or nothing at all with `skip_verify`.
-    fn agent(
-        &self,
-        ca: &[PathBuf],
-        skip_verify: bool,
-        proxy: Option<&str>,
-        dial_timeout: Option<Duration>,
-    ) -> Result<ureq::Agent> {
-        let key = (
-            ca.to_vec(),
-            skip_verify,
-            proxy.map(str::to_owned),
-            dial_timeout,
-        );
-        if let Some(a) = self.agents.lock().get(&key) {
-            return Ok(a.clone());
-        }
-        let mut tls = ureq::tls::TlsConfig::builder().disable_verification(skip_verify);
-        if !ca.is_empty() {
-            let mut certs = Vec::new();
-            for path in ca {
-                let pem =
-                    std::fs::read(path).map_err(|e| Error::io("read CA certificate", path, e))?;
-                for item in ureq::tls::parse_pem(&pem) {
-                    match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-                        Ok(_) => {}
-                        Err(e) => {
-                            return Err(Error::InvalidArgument(format!(
-                                "CA certificate '{}': {e}",
-                                path.display()
-                            )));
-                        }
-                    }
-                }
-            }
-            if certs.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "no PEM certificate in {}",
-                    ca.iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
-        // Never ureq's own reading of the environment: see proxy.rs.
-        let proxy = proxy
-            .map(|u| {
-                ureq::Proxy::new(u).map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "proxy {u:?} (from HTTP_PROXY / HTTPS_PROXY): {e}"
-                    ))
-                })
-            })
-            .transpose()?;
-        let t = self.timeout;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .proxy(proxy)
-            .http_status_as_error(false)
-            .timeout_connect(Some(dial_timeout.unwrap_or(t.min(CONNECT_TIMEOUT))))
-            .timeout_recv_response(Some(t.min(RESPONSE_TIMEOUT)))
-            .timeout_per_read(Some(t))
-            .user_agent(concat!("ocistore/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections_per_host(16)
-            // Blob bodies arrive in fewer, larger reads (128 KiB by default): about 10 ms less
-            // CPU per 200 MiB pulled, for 1 MiB per connection.
-            .input_buffer_size(1 << 20)
-            .tls_config(tls.build())
-            .build()
-            .into();
-        self.agents.lock().insert(key, agent.clone());
-        Ok(agent)
-    }
-
-    /// Where requests for `host` go: its mirrors (from `hosts.toml`) in order, then its
-    /// server. Loopback hosts and `--plain-http` use plain HTTP when no `hosts.toml` says
-    /// otherwise.
-    pub(crate) fn endpoints(&self, host: &str) -> Result<Arc<Vec<Arc<Endpoint>>>> {
-        if let Some(e) = self.endpoints.lock().get(host) {
-            return Ok(Arc::clone(e));
-        }
-        let config = super::hosts::load(&self.hosts_dirs, host)?.unwrap_or_default();
-        let mut list = Vec::new();
-        for m in &config.mirrors {
-            list.push(Arc::new(self.endpoint(&m.url, m, true, None)?));
-        }
-        let auto_http = !self.plain_http
-            && is_loopback(host)
-            && !self.tls_loopback.lock().contains(host)
-            && config.server.as_ref().is_none_or(|s| s.url.is_empty());
-        let default_url = {
-            let scheme = if self.plain_http || auto_http {
-                "http"
-            } else {
-                "https"
-            };
-            format!("{scheme}://{}", api_host(host))
-        };
-        let server = match config.server {
-            Some(mut s) => {
-                if s.url.is_empty() {
-                    s.url = default_url;
-                }
-                if self.plain_http {
-                    s.url = s.url.replacen("https://", "http://", 1);
-                }
-                s
-            }
-            None => super::hosts::HostEntry {
-                url: default_url,
-                capabilities: ["pull", "resolve", "push"].map(String::from).to_vec(),
-                ca: Vec::new(),
-                skip_verify: false,
-                dial_timeout: None,
-            },
-        };
-        let mut server = self.endpoint(&server.url, &server, false, Some(host))?;
-        server.auto_http = auto_http;
-        list.push(Arc::new(server));
-        let list = Arc::new(list);
-        self.endpoints
-            .lock()
-            .insert(host.to_owned(), Arc::clone(&list));
-        Ok(list)
-    }
-
-    fn endpoint(
-        &self,
-        url: &str,
-        entry: &super::hosts::HostEntry,
-        mirror: bool,
-        registry: Option<&str>,
-    ) -> Result<Endpoint> {
-        let url = url.trim_end_matches('/');
-        let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let api = if url.ends_with("/v2") {
-            url.to_owned()
-        } else {
-            format!("{url}/v2")
-        };
-        let proxy = self.proxies.for_url(scheme, authority);
-        let agent = self.agent(&entry.ca, entry.skip_verify, proxy, entry.dial_timeout)?;
-        Ok(Endpoint {
-            direct: std::sync::atomic::AtomicBool::new(scheme == "http" && proxy.is_none()),
-            api,
-            origin: format!("{scheme}://{authority}"),
-            cred_host: registry.unwrap_or(authority).to_owned(),
-            mirror,
-            capabilities: entry.capabilities.clone(),
-            auto_http: false,
-            failed: std::sync::atomic::AtomicBool::new(false),
-            agent,
-        })
     }
 
     /// Sends a request, authenticating and retrying as the module docs say. Every status
@@ -552,156 +369,6 @@ impl Client {
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
-
-    fn cred_source_hint(&self, host: &str) -> String {
-        match self.credentials.lookup(host) {
-            Ok(Some(_)) => " found for it".to_owned(),
-            _ => format!(": none in config.json for {host}"),
-        }
-    }
-
-    /// Answers a 401's challenge: the `Authorization` value to send from now on.
-    fn authenticate(
-        &self,
-        t: &Target<'_>,
-        ep: &Endpoint,
-        header: &str,
-        scope: &str,
-    ) -> Result<String> {
-        let unauthorized = |why: String| Error::Unauthorized(format!("{}: {why}", t.describe()));
-        if header.is_empty() {
-            return Err(unauthorized(
-                "HTTP 401 without a WWW-Authenticate challenge".into(),
-            ));
-        }
-        let challenges = parse_challenges(header)?;
-        let credential = self.credentials.lookup(&ep.cred_host)?;
-        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-            let realm = bearer
-                .params
-                .get("realm")
-                .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
-            return self.fetch_token(
-                t,
-                ep,
-                realm,
-                bearer.params.get("service"),
-                scope,
-                credential,
-            );
-        }
-        if challenges.iter().any(|c| c.scheme == "basic") {
-            return match credential {
-                Some(Credential::Basic { username, password }) => {
-                    Ok(basic_header(&username, &password))
-                }
-                Some(Credential::IdentityToken(_)) => Err(unauthorized(
-                    "the registry asks for basic auth; config.json holds only an identity token"
-                        .into(),
-                )),
-                None => Err(unauthorized(format!(
-                    "authentication required (HTTP 401): no credentials in config.json for {}",
-                    ep.cred_host
-                ))),
-            };
-        }
-        Err(unauthorized(format!(
-            "unsupported authentication scheme {:?}",
-            challenges[0].scheme
-        )))
-    }
-
-    /// Fetches a bearer token from `realm` for `scope`.
-    fn fetch_token(
-        &self,
-        t: &Target<'_>,
-        ep: &Endpoint,
-        realm: &str,
-        service: Option<&String>,
-        scope: &str,
-        credential: Option<Credential>,
-    ) -> Result<String> {
-        let enc = |s: &str| percent_encode(s);
-        let mut query = scope
-            .split(' ')
-            .map(|one| format!("scope={}", enc(one)))
-            .collect::<Vec<_>>()
-            .join("&");
-        if let Some(s) = service {
-            query.push_str(&format!("&service={}", enc(s)));
-        }
-        let sep = if realm.contains('?') { '&' } else { '?' };
-        let result = match &credential {
-            Some(Credential::IdentityToken(token)) => {
-                let form = format!(
-                    "grant_type=refresh_token&refresh_token={}&client_id=ocistore&{query}",
-                    enc(token)
-                );
-                let req = http::Request::post(realm)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .body(form.into_bytes());
-                req.map(|r| ep.agent.run(r))
-            }
-            other => {
-                let mut req = http::Request::get(format!("{realm}{sep}{query}"));
-                if let Some(Credential::Basic { username, password }) = other {
-                    req = req.header("Authorization", basic_header(username, password));
-                }
-                req.body(()).map(|r| ep.agent.run(r))
-            }
-        }
-        .map_err(|e| Error::InvalidArgument(format!("token realm {realm:?}: {e}")))?;
-        let mut resp = result.map_err(|e| network_error(t, &e, 1))?;
-        let status = resp.status().as_u16();
-        if matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
-            return Err(Error::Unavailable(format!(
-                "{}: the token server {realm} answered HTTP {status}; try again later",
-                t.describe()
-            )));
-        }
-        if status != 200 {
-            let hint = if credential.is_none() {
-                format!(" (no credentials in config.json for {})", ep.cred_host)
-            } else {
-                String::new()
-            };
-            return Err(Error::Unauthorized(format!(
-                "{}: the token server {realm} answered HTTP {status}{hint}",
-                t.describe()
-            )));
-        }
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_string()
-            .map_err(|e| network_error(t, &e, 1))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::Unauthorized(format!(
-                "{}: token server answered non-JSON: {e}",
-                t.describe()
-            ))
-        })?;
-        let token = v
-            .get("token")
-            .or_else(|| v.get("access_token"))
-            .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthorized(format!("{}: the token server sent no token", t.describe()))
-            })?;
-        Ok(format!("Bearer {token}"))
-    }
-}
-
-/// The token scope of `t`: space-separated scopes; a mount also needs pull on its source
-/// repository.
-fn scope(t: &Target<'_>) -> String {
-    let mut scope = format!("repository:{}:{}", t.repository, t.actions);
-    if let Some(from) = t.also_pull {
-        scope.push_str(&format!(" repository:{from}:pull"));
-    }
-    scope
 }
 
 /// Runs `r`, following redirects only when `follow`.
@@ -715,18 +382,6 @@ fn run_on<B: ureq::AsSendBody>(
     } else {
         agent.run(agent.configure_request(r).max_redirects(0).build())
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Whether a transport error is worth another attempt.
@@ -781,200 +436,12 @@ pub(crate) fn network_error(t: &Target<'_>, e: &ureq::Error, attempts: u32) -> E
     Error::Unavailable(format!("{}: {what}{tries}: {text}{hint}", t.describe()))
 }
 
-/// The wait a `Retry-After` header asks for (seconds, or an HTTP date).
-fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
-    parse_retry_after(resp.headers().get("retry-after")?.to_str().ok()?)
-}
-
-/// A `Retry-After` value (seconds or an HTTP date) as a wait from now.
-pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate_parse(v)?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers send.
-fn httpdate_parse(s: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u64 = parts[1].parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])? as u64
-        + 1;
-    let year: u64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) || year < 1970 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe;
-    let days = days.checked_sub(719_468)?;
-    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// The URL of the `rel="next"` entry of a `Link` header, resolved against `base`
-/// (`http://host`); `None` when there is none. Malformed input gives `None`.
-pub fn parse_link_next(header: &str, base: &str) -> Option<String> {
-    for part in header.split(',') {
-        let part = part.trim();
-        let (target, params) = part.split_once(';')?;
-        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        let is_next = params.split(';').any(|p| {
-            let p = p.trim().replace(' ', "");
-            p == "rel=\"next\"" || p == "rel=next"
-        });
-        if is_next {
-            return Some(
-                if target.starts_with("http://") || target.starts_with("https://") {
-                    target.to_owned()
-                } else if target.starts_with('/') {
-                    format!("{base}{target}")
-                } else {
-                    return None;
-                },
-            );
-        }
-    }
-    None
-}
-
-/// A `Content-Range: bytes START-END/TOTAL` header: (start, end inclusive, total if known).
-/// Malformed input gives `None`.
-pub fn parse_content_range(header: &str) -> Option<(u64, u64, Option<u64>)> {
-    let rest = header.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (start, end) = range.trim().split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = end.trim().parse().ok()?;
-    if end < start {
-        return None;
-    }
-    let total = match total.trim() {
-        "*" => None,
-        t => {
-            let t: u64 = t.parse().ok()?;
-            if end >= t {
-                return None;
-            }
-            Some(t)
-        }
-    };
-    Some((start, end, total))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn response_bodies_are_not_traced_byte_by_byte() {
         // ureq-proto calls `log::trace!` once per 16 bytes of every body it reads; with the
         // static level capped (Cargo.toml) those calls compile to nothing.
         assert!(log::STATIC_MAX_LEVEL <= log::LevelFilter::Debug);
-    }
-
-    #[test]
-    fn blob_bodies_are_read_around_ureq_only_without_a_proxy() {
-        use crate::registry::{Proxies, RegistryOptions};
-        let direct = |proxies: Proxies, host: &str| {
-            let client = Client::new(RegistryOptions {
-                credentials: Credentials::none(),
-                plain_http: true,
-                hosts_dirs: Vec::new(),
-                proxies,
-                ..Default::default()
-            });
-            let list = client.endpoints(host).unwrap();
-            list.last()
-                .unwrap()
-                .direct
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let proxied = Proxies {
-            http: Some("http://proxy.example:3128".into()),
-            ..Default::default()
-        };
-        assert!(direct(Proxies::none(), "r.example.com:5000"));
-        assert!(!direct(proxied.clone(), "r.example.com:5000"));
-        assert!(
-            direct(proxied.clone(), "127.0.0.1:5000"),
-            "loopback is never proxied"
-        );
-        let bypassed = Proxies {
-            no_proxy: "example.com".into(),
-            ..proxied
-        };
-        assert!(direct(bypassed, "r.example.com:5000"));
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for h in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1",
-            "127.1.2.3:80",
-            "[::1]:5000",
-            "::1",
-        ] {
-            assert!(is_loopback(h), "{h}");
-        }
-        for h in [
-            "docker.io",
-            "10.0.0.1:5000",
-            "ghcr.io",
-            "localhost.example.com",
-        ] {
-            assert!(!is_loopback(h), "{h}");
-        }
-    }
-
-    #[test]
-    fn headers_parse() {
-        assert_eq!(
-            parse_link_next(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#, "http://h").as_deref(),
-            Some("http://h/v2/a/tags/list?n=2&last=b")
-        );
-        assert_eq!(parse_link_next("garbage", "http://h"), None);
-        assert_eq!(
-            parse_content_range("bytes 10-99/100"),
-            Some((10, 99, Some(100)))
-        );
-        assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, 99, None)));
-        for bad in [
-            "bytes 10-9/100",
-            "bytes 0-100/100",
-            "items 0-1/2",
-            "bytes x-1/2",
-            "",
-        ] {
-            assert_eq!(parse_content_range(bad), None, "{bad}");
-        }
-        assert_eq!(
-            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
-        );
-        assert_eq!(httpdate_parse("yesterday"), None);
     }
 }

@@ -17,6 +17,8 @@ pub mod auth;
 mod blob;
 mod client;
 mod direct;
+mod endpoints;
+mod headers;
 pub mod hosts;
 mod inspect;
 mod manifest;
@@ -24,6 +26,7 @@ mod proxy;
 pub mod rate;
 pub mod referrers;
 mod tags;
+mod token;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -33,9 +36,8 @@ use ureq::http::Method;
 
 pub use auth::{Credential, Credentials};
 use client::{Body, Client, Endpoint, Target};
-pub use client::{
-    CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RetryPolicy, parse_content_range, parse_link_next,
-};
+pub use client::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RetryPolicy};
+pub use headers::{parse_content_range, parse_link_next};
 pub use proxy::Proxies;
 pub use tags::{MAX_TAG_PAGE, MAX_TAG_PAGES, TagPage, is_valid_tag};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ureq::http::Method;
 
 use super::client::Body;
+use super::headers::percent_encode;
 use super::{
     MAX_MANIFEST, Registry, Repository, header, parse_link_next, rate, target, unexpected, url,
 };
@@ -227,28 +228,4 @@ fn jitter() -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     Duration::from_millis(u64::from(nanos % 64))
-}
-
-/// `s` with everything but unreserved URL characters percent-encoded (for a query value).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(
-            super::percent_encode("application/vnd.dev+json; v=1"),
-            "application%2Fvnd.dev%2Bjson%3B%20v%3D1"
-        );
-    }
 }

@@ -156,7 +156,7 @@ impl Store {
         for image in self.export_images(references)? {
             let root = crate::names::descriptor_digest(&image.descriptor)?;
             let mut manifests = vec![root];
-            if crate::oci::is_index(&image.descriptor.media_type().to_string()) {
+            if crate::oci::is_index(image.descriptor.media_type().as_ref()) {
                 manifests.extend(self.children(&root)?);
             }
             for m in manifests {
