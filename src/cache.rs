@@ -196,7 +196,7 @@ impl<S: Source> ReadThrough<S> {
             None => self.source.size_of(digest)?,
         };
         let reference = format!("pull-{digest}");
-        let job = crate::transfer::pull::Job {
+        let job = crate::transfer::fetch::Job {
             digest: *digest,
             size,
         };
