@@ -9,3 +9,4 @@ pub(crate) mod fetch;
 mod plan;
 pub mod pull;
 pub mod push;
+mod upload;
