@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{CONNECT_TIMEOUT, Client, Endpoint, RESPONSE_TIMEOUT};
 use crate::error::{Error, Result};
+
+use super::client::{CONNECT_TIMEOUT, Client, Endpoint, RESPONSE_TIMEOUT};
 
 /// Whether `host` (with or without a port) is a loopback address or `localhost`.
 pub(crate) fn is_loopback(host: &str) -> bool {

@@ -1,11 +1,13 @@
 //! Answering a registry's 401: its challenge, then basic credentials or a bearer token
 //! from the challenge's realm for the request's scope.
 
+use ureq::http;
+
+use crate::error::{Error, Result};
+
 use super::auth::{Credential, basic_header, parse_challenges};
 use super::client::{Client, Endpoint, Target, network_error};
 use super::headers::percent_encode;
-use crate::error::{Error, Result};
-use ureq::http;
 
 impl Client {
     pub(super) fn cred_source_hint(&self, host: &str) -> String {

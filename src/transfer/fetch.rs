@@ -2,8 +2,9 @@
 //! largest first, resumed from the bytes on disk, sealed when verified; one process per
 //! blob (the ingest's lock), the others wait for its commit.
 
-use super::plan::DocBytes;
-use super::pull::PullOptions;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
 use crate::content::{IngestManager, Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
@@ -11,8 +12,9 @@ use crate::helpers::largest_first;
 use crate::registry::{Registry, RemoteDescriptor, Repository};
 use crate::store::writer::StoreWriter;
 use crate::store::{Sealed, Store};
-use std::io::Read;
-use std::time::{Duration, Instant};
+
+use super::plan::DocBytes;
+use super::pull::PullOptions;
 
 /// What fetching one blob came to.
 pub(super) enum Fetched {

@@ -1,8 +1,10 @@
 //! A pull's plan: the manifests and indexes to keep (root first, each parsed once) and the
 //! blobs to download, with referrers a level at a time.
 
-use super::fetch::Job;
-use super::pull::{MANIFESTS_IN_FLIGHT, MAX_REFERRER_DEPTH};
+use std::collections::{BTreeMap, BTreeSet};
+
+use oci_spec::image::Platform;
+
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::helpers::largest_first;
@@ -11,8 +13,9 @@ use crate::oci::referrers::MAX_REFERRERS;
 use crate::oci::{Child, ChildKind, is_index};
 use crate::registry::{Registry, RemoteDescriptor, Repository};
 use crate::store::{Sealed, Store};
-use oci_spec::image::Platform;
-use std::collections::{BTreeMap, BTreeSet};
+
+use super::fetch::Job;
+use super::pull::{MANIFESTS_IN_FLIGHT, MAX_REFERRER_DEPTH};
 
 /// Everything a pull needs: manifests and indexes (fetched, root first) and the blobs to
 /// download.

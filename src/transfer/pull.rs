@@ -20,14 +20,15 @@ use std::sync::Arc;
 
 use oci_spec::image::Platform;
 
-use super::fetch::Fetched;
-use super::plan::{DocBytes, Plan};
 use crate::content::Labels;
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{self, Name};
 use crate::registry::{Registry, Repository, reference_of};
 use crate::store::Store;
+
+use super::fetch::Fetched;
+use super::plan::{DocBytes, Plan};
 
 /// Reports transfer progress (the CLI draws bars with it). Every method has a do-nothing
 /// default.

@@ -2,13 +2,14 @@
 //! registry known to hold it, else uploaded from its file; one the store lacks is brought from
 //! where the image came from. Sent blobs are labelled with the target repository.
 
-use super::pull::source_label;
-use super::push::{PushOptions, Sent};
 use crate::content::Manager;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::registry::{Registry, Repository};
 use crate::store::Store;
+
+use super::pull::source_label;
+use super::push::{PushOptions, Sent};
 
 impl Store {
     /// The repositories that the content `digests` came from or went to (their source
