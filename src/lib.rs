@@ -75,7 +75,7 @@ pub use names::{Image, Name};
 pub use registry::{Registry, RegistryOptions};
 // gc, prune, fsck and the diffID labels work on the store's tables, so they live in it;
 // their paths stay one hop from the crate root.
-pub use store::images::Completeness;
+pub use store::completeness::Completeness;
 pub use store::lease::{Lease, Resource};
 pub use store::owner::LeaseOwner;
 pub use store::uses::{LastUse, Used};

@@ -20,6 +20,7 @@
 
 pub mod artifact;
 pub mod batch;
+pub(crate) mod completeness;
 pub mod gc;
 pub(crate) mod graph;
 pub(crate) mod group;
