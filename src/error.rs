@@ -110,6 +110,13 @@ pub enum Error {
     },
 }
 
+/// [`Error::db`] as a closure, for `map_err(db("walk blobs"))`.
+pub(crate) fn db<E: std::error::Error + Send + Sync + 'static>(
+    action: &'static str,
+) -> impl FnOnce(E) -> Error {
+    move |e| Error::db(action, e)
+}
+
 impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {

@@ -15,10 +15,10 @@ use redb::ReadableTable;
 use crate::content::Writer;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::gc::{Roots, edges, mark};
 use crate::refs::GC_ROOT;
 use crate::store::Store;
 use crate::store::graph;
+use crate::store::mark::{Roots, edges, mark};
 use crate::store::records::{self, BlobRecord, LeaseRecord, Nanos};
 use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES};
 
@@ -232,7 +232,7 @@ impl Store {
             let edges = edges(&txn)?;
             let now = std::time::SystemTime::now();
             let roots = Roots::read_except(&txn, now, &edges, Some(lease))?;
-            crate::gc::mark_referrers(self, &edges, mark(&edges, roots.starts()))?
+            crate::store::mark::mark_referrers(self, &edges, mark(&edges, roots.starts()))?
                 .contains(key.as_str())
         };
         if kept {

@@ -31,6 +31,7 @@ pub mod interchange;
 pub mod lease;
 pub(crate) mod locks;
 pub(crate) mod manager;
+pub(crate) mod mark;
 pub(crate) mod migrate;
 pub mod owner;
 pub(crate) mod pipe;

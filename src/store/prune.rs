@@ -28,19 +28,19 @@
 //! last written (a recorded use, older or not, wins: labelling an image is no use of it).
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, SystemTime};
 
 use redb::ReadableTable;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filter;
-use crate::gc::{self, Removed, Roots, mark};
+use crate::gc::{self, Removed};
 use crate::query::ImageFields;
 use crate::store::Store;
+use crate::store::mark::{self, Roots, mark};
 use crate::store::records::{self, BlobRecord, Nanos};
 use crate::store::schema::{BLOBS, NAMES, USES};
 use crate::store::uses::{self, forget_in};
@@ -158,7 +158,7 @@ impl Store {
             mut children,
             loose_pinned,
         } = load_graph(self, &txn, !wrote_uses)?;
-        gc::turn_subject_edges(self, &mut children)?;
+        mark::turn_subject_edges(self, &mut children)?;
         let roots = Roots::read(&txn, now, &children)?;
         let held_locks =
             self.abandon_ingests(&txn, &gc_opts, &roots.leased_ingests, now, &mut dropped)?;
@@ -422,7 +422,7 @@ struct Group {
     held: Option<&'static str>,
 }
 
-type Children = gc::Edges;
+type Children = mark::Edges;
 
 /// Every blob, by digest.
 type Blobs = FxHashMap<String, Blob>;
@@ -487,7 +487,7 @@ fn load_graph(
                 }
             })
         });
-        let children = gc::edges(txn)?;
+        let children = mark::edges(txn)?;
         let named: FxHashSet<&str> = (children.values().flatten().map(String::as_str))
             .chain(children.keys().map(String::as_str))
             .collect();
