@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use ocistore::names::descriptor;
 use ocistore::oci::export;
-use ocistore::testsuite::baseline::PlainFile;
+#[path = "common/baseline.rs"]
+mod baseline;
+use baseline::PlainFile;
 use ocistore::{Algorithm, Labels, Store, helpers};
 use serde_json::json;
 

@@ -24,7 +24,9 @@ fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
-use ocistore::testsuite::baseline::PlainFile;
+#[path = "common/baseline.rs"]
+mod baseline;
+use baseline::PlainFile;
 use ocistore::testsuite::sample as data;
 
 /// Flushes every dirty page and lets the disk rest before a timed run. This machine's disk

@@ -196,11 +196,7 @@ impl<S: Source> ReadThrough<S> {
             None => self.source.size_of(digest)?,
         };
         let reference = format!("pull-{digest}");
-        let job = crate::transfer::fetch::Job {
-            digest: *digest,
-            size,
-        };
-        let Some(mut writer) = self.store.claim_ingest(&reference, &job)? else {
+        let Some(mut writer) = self.store.claim_ingest(&reference, digest, size)? else {
             // Committed meanwhile (by a concurrent reader or pull).
             return self
                 .local(digest)?

@@ -11,12 +11,13 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
 use crate::content::{IngestManager, Ingester, Status, Writer, validate_reference};
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::filter;
 use crate::query::StatusFields;
 use crate::store::Store;
@@ -254,6 +255,55 @@ impl Store {
             expected,
             !fresh,
         ))
+    }
+
+    /// The writer of `reference` for the blob `digest`, or `None` when the blob is committed:
+    /// one process downloads a blob, the others wait (pulls and the read-through cache). While another
+    /// process (or thread) downloads it, waits for it, for as long as its ingest keeps
+    /// growing (up to a minute without progress; ten once it is complete and only waits to be
+    /// committed by its holder), and takes over if its holder dies.
+    pub(crate) fn claim_ingest(
+        &self,
+        reference: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<StoreWriter>> {
+        let mut last_offset = None;
+        let mut idle_since = Instant::now();
+        loop {
+            if self.blob_record(digest)?.is_some() {
+                return Ok(None);
+            }
+            match self.store_writer(reference, Some(size), Some(digest)) {
+                Ok(w) => return Ok(Some(w)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    let offset = self.status(reference).ok().map(|s| s.offset);
+                    let patience = if offset == Some(size) {
+                        Duration::from_secs(600)
+                    } else {
+                        Duration::from_secs(60)
+                    };
+                    if offset != last_offset {
+                        last_offset = offset;
+                        idle_since = Instant::now();
+                    } else if idle_since.elapsed() > patience {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Aborts the ingest `reference` of a failed download; a failure to is only logged.
+    pub(crate) fn drop_ingest(&self, reference: &str) {
+        if let Err(e) = self.abort(reference)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::warn!(reference, error = %e, "could not drop a failed download");
+        }
     }
 }
 

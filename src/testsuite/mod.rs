@@ -10,7 +10,6 @@
 
 #![allow(clippy::missing_panics_doc)]
 
-pub mod baseline;
 mod checks;
 mod filters;
 pub mod fuzzing;

@@ -3,14 +3,12 @@
 //! blob (the ingest's lock), the others wait for its commit.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
 
-use crate::content::{IngestManager, Labels, Writer};
+use crate::content::{Labels, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::helpers::largest_first;
 use crate::registry::{Registry, RemoteDescriptor, Repository};
-use crate::store::writer::StoreWriter;
 use crate::store::{Sealed, Store};
 
 use super::plan::DocBytes;
@@ -59,7 +57,7 @@ impl Store {
         opts: &PullOptions,
     ) -> Result<Fetched> {
         let reference = format!("pull-{}", job.digest);
-        let Some(mut w) = self.claim_ingest(&reference, job)? else {
+        let Some(mut w) = self.claim_ingest(&reference, &job.digest, job.size)? else {
             if let Some(p) = &opts.progress {
                 p.finish(&job.digest);
             }
@@ -150,40 +148,6 @@ impl Store {
         Ok(Fetched::Sealed(Box::new(sealed), fetched))
     }
 
-    /// The writer of `reference`, or `None` when the blob is committed. While another
-    /// process (or thread) downloads it, waits for it, for as long as its ingest keeps
-    /// growing (up to a minute without progress; ten once it is complete and only waits to be
-    /// committed by its holder), and takes over if its holder dies.
-    pub(crate) fn claim_ingest(&self, reference: &str, job: &Job) -> Result<Option<StoreWriter>> {
-        let mut last_offset = None;
-        let mut idle_since = Instant::now();
-        loop {
-            if self.blob_record(&job.digest)?.is_some() {
-                return Ok(None);
-            }
-            match self.store_writer(reference, Some(job.size), Some(&job.digest)) {
-                Ok(w) => return Ok(Some(w)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
-                Err(e) if e.kind() == ErrorKind::Unavailable => {
-                    let offset = self.status(reference).ok().map(|s| s.offset);
-                    let patience = if offset == Some(job.size) {
-                        Duration::from_secs(600)
-                    } else {
-                        Duration::from_secs(60)
-                    };
-                    if offset != last_offset {
-                        last_offset = offset;
-                        idle_since = Instant::now();
-                    } else if idle_since.elapsed() > patience {
-                        return Err(e);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Keeps a document fetched for a pull (a manifest an index names, a referrer) out of
     /// memory: `Present` when the store has it, else sealed in its ingest `pull-<digest>` for
     /// the batch to adopt (another process writing it meanwhile is waited for, as for a
@@ -194,7 +158,7 @@ impl Store {
             size: desc.size,
         };
         let reference = format!("pull-{}", desc.digest);
-        let Some(mut w) = self.claim_ingest(&reference, &job)? else {
+        let Some(mut w) = self.claim_ingest(&reference, &job.digest, job.size)? else {
             return Ok(DocBytes::Present);
         };
         // Complete already (another pull's): sealed as it is, its bytes checked by the seal.
@@ -229,13 +193,5 @@ impl Store {
             labels.clone(),
         )?;
         Ok(())
-    }
-
-    pub(crate) fn drop_ingest(&self, reference: &str) {
-        if let Err(e) = self.abort(reference)
-            && e.kind() != ErrorKind::NotFound
-        {
-            tracing::warn!(reference, error = %e, "could not drop a failed download");
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! (which knows no store) and the store's batch and ingest API. Referrers travel here too
 //! ([`pull::PullOptions::referrers`], [`push::PushOptions::referrers`]).
 
-pub(crate) mod fetch;
+mod fetch;
 mod plan;
 pub mod pull;
 pub mod push;
