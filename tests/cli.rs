@@ -2,63 +2,24 @@
 //! JSON fields, an interrupted pipe resumed, and memory held flat on a 1 GiB put.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "common/rss.rs"]
-mod rss;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ocistore"))
-}
-
-fn run(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ocistore");
-    if let Some(bytes) = stdin {
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    let out = run(root, args, None);
-    assert!(
-        out.status.success(),
-        "ocistore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(root: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ok(root, &all)).unwrap()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
+#[path = "common/cmd.rs"]
+mod cmd;
+use cmd::ocistore;
 
 fn ls_digests(root: &Path, filters: &[&str]) -> Vec<String> {
     let mut args = vec!["content", "ls", "-q"];
     args.extend_from_slice(filters);
-    ok(root, &args).lines().map(str::to_owned).collect()
+    ocistore(root, &args)
+        .stdout()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -68,9 +29,10 @@ fn put_info_ls_label_rm() {
     let file = tmp.path().join("a.txt");
     std::fs::write(&file, b"alpha").unwrap();
 
-    let put = json(
+    let put = ocistore(
         &root,
         &[
+            "--json",
             "content",
             "put",
             file.to_str().unwrap(),
@@ -79,28 +41,26 @@ fn put_info_ls_label_rm() {
             "--label",
             "com.example/k=v",
         ],
-    );
+    )
+    .json();
     assert_eq!(put["created"], true);
     assert_eq!(put["size"], 5);
     let a = put["digest"].as_str().unwrap().to_owned();
-    let again = json(&root, &["content", "put", file.to_str().unwrap()]);
+    let again = ocistore(&root, &["--json", "content", "put", file.to_str().unwrap()]).json();
     assert_eq!(
         (again["digest"].as_str().unwrap(), &again["created"]),
         (a.as_str(), &Value::Bool(false))
     );
 
-    let out = run(
+    let out = ocistore(
         &root,
         &["--json", "content", "put", "-", "--label", "team=test"],
-        Some(b"bravo!"),
-    );
-    assert!(out.status.success());
-    let b = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    )
+    .stdin(b"bravo!")
+    .json();
+    let b = out["digest"].as_str().unwrap().to_owned();
 
-    let info = json(&root, &["content", "info", &a]);
+    let info = ocistore(&root, &["--json", "content", "info", &a]).json();
     for field in ["digest", "size", "created_at", "updated_at", "labels"] {
         assert!(info.get(field).is_some(), "info lacks {field}");
     }
@@ -128,28 +88,34 @@ fn put_info_ls_label_rm() {
     );
     assert_eq!(ls_digests(&root, &["size==6"]), std::slice::from_ref(&b));
     assert_eq!(ls_digests(&root, &["labels.team==build", "size==6"]), both);
-    let table = ok(&root, &["content", "ls"]);
+    let table = ocistore(&root, &["content", "ls"]).stdout();
     assert!(table.starts_with("DIGEST"), "{table}");
     assert!(table.contains("team=build"));
-    let listed = json(&root, &["content", "ls"]);
+    let listed = ocistore(&root, &["--json", "content", "ls"]).json();
     assert_eq!(listed.as_array().unwrap().len(), 2);
 
-    let bad = run(&root, &["content", "ls", "labels.team=="], None);
-    assert_eq!(code(&bad), 2, "a bad filter is a usage error");
+    // A bad filter is a usage error.
+    let bad = ocistore(&root, &["content", "ls", "labels.team=="])
+        .code(2)
+        .output();
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("ocistore: "));
-    assert_eq!(
-        code(&run(&root, &["content", "info", "sha256:XYZ"], None)),
-        2
-    );
+    ocistore(&root, &["content", "info", "sha256:XYZ"])
+        .code(2)
+        .output();
     let missing = format!("sha256:{}", "0".repeat(64));
-    assert_eq!(code(&run(&root, &["content", "info", &missing], None)), 1);
-    assert_eq!(
-        code(&run(&root, &["content", "label", &a, "novalue"], None)),
-        2
-    );
-    assert_eq!(code(&run(&root, &["content", "frobnicate"], None)), 2);
+    ocistore(&root, &["content", "info", &missing])
+        .code(1)
+        .output();
+    ocistore(&root, &["content", "label", &a, "novalue"])
+        .code(2)
+        .output();
+    ocistore(&root, &["content", "frobnicate"]).code(2).output();
 
-    let labelled = json(&root, &["content", "label", &a, "team=", "tier=1"]);
+    let labelled = ocistore(
+        &root,
+        &["--json", "content", "label", &a, "team=", "tier=1"],
+    )
+    .json();
     assert_eq!(
         labelled["labels"],
         serde_json::json!({"com.example/k": "v", "tier": "1"})
@@ -159,22 +125,27 @@ fn put_info_ls_label_rm() {
         std::slice::from_ref(&a)
     );
 
-    assert_eq!(ok(&root, &["content", "cat", &b]).as_bytes(), b"bravo!");
+    assert_eq!(
+        ocistore(&root, &["content", "cat", &b]).stdout().as_bytes(),
+        b"bravo!"
+    );
 
     // rm: the missing one is reported and makes the exit 1; the others still go.
-    let out = run(&root, &["content", "rm", &missing, &a], None);
-    assert_eq!(code(&out), 1);
+    let out = ocistore(&root, &["content", "rm", &missing, &a])
+        .code(1)
+        .output();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     assert_eq!(ls_digests(&root, &[]), std::slice::from_ref(&b));
 
     // --expected mismatch: failed precondition, exit 1, the ingest remains.
-    let out = run(
+    ocistore(
         &root,
         &["content", "put", "-", "--ref", "r1", "--expected", &a],
-        Some(b"not alpha"),
-    );
-    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
-    let ingests = json(&root, &["ingest", "ls"]);
+    )
+    .stdin(b"not alpha")
+    .code(1)
+    .output();
+    let ingests = ocistore(&root, &["--json", "ingest", "ls"]).json();
     assert_eq!(ingests[0]["ref"], "r1");
     for field in [
         "ref",
@@ -186,10 +157,17 @@ fn put_info_ls_label_rm() {
     ] {
         assert!(ingests[0].get(field).is_some(), "ingest ls lacks {field}");
     }
-    assert!(ok(&root, &["ingest", "ls"]).starts_with("REF"));
-    ok(&root, &["ingest", "abort", "r1"]);
-    assert_eq!(json(&root, &["ingest", "ls"]), serde_json::json!([]));
-    assert_eq!(code(&run(&root, &["ingest", "abort", "r1"], None)), 1);
+    assert!(
+        ocistore(&root, &["ingest", "ls"])
+            .stdout()
+            .starts_with("REF")
+    );
+    ocistore(&root, &["ingest", "abort", "r1"]).output();
+    assert_eq!(
+        ocistore(&root, &["--json", "ingest", "ls"]).json(),
+        serde_json::json!([])
+    );
+    ocistore(&root, &["ingest", "abort", "r1"]).code(1).output();
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -201,15 +179,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn spawn_put(root: &Path, reference: &str) -> Child {
-    Command::new(bin())
-        .arg("--root")
-        .arg(root)
-        .args(["content", "put", "--ref", reference, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    ocistore(root, &["content", "put", "--ref", reference, "-"]).spawn()
 }
 
 #[test]
@@ -224,36 +194,30 @@ fn killed_put_resumes() {
     stdin.write_all(&data[..5 << 20]).unwrap();
     stdin.flush().unwrap();
     wait_for("the ingest to reach the disk", || {
-        let out = run(&root, &["--json", "ingest", "ls", "ref==R"], None);
+        let out = ocistore(&root, &["--json", "ingest", "ls", "ref==R"]).raw_output();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         v[0]["offset"].as_u64().unwrap_or(0) >= 4 << 20
     });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     drop(stdin);
-    let listed = json(&root, &["ingest", "ls"]);
+    let listed = ocistore(&root, &["--json", "ingest", "ls"]).json();
     assert_eq!(listed[0]["ref"], "R");
     let offset = listed[0]["offset"].as_u64().unwrap();
     assert!((4 << 20..=5 << 20).contains(&offset), "offset {offset}");
     // The whole input again: the bytes already there are skipped, the digest is right, and
     // no stale lock blocks it.
-    let out = run(
-        &root,
-        &["--json", "content", "put", "--ref", "R", "-"],
-        Some(&data),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ocistore(&root, &["--json", "content", "put", "--ref", "R", "-"])
+        .stdin(&data)
+        .json();
     let want = ocistore::Algorithm::Sha256.digest(&data).to_string();
     assert_eq!(v["digest"], want.as_str());
     assert_eq!(v["size"], data.len());
-    assert_eq!(json(&root, &["ingest", "ls"]), serde_json::json!([]));
-    let cat = run(&root, &["content", "cat", &want], None);
-    assert!(cat.status.success());
+    assert_eq!(
+        ocistore(&root, &["--json", "ingest", "ls"]).json(),
+        serde_json::json!([])
+    );
+    let cat = ocistore(&root, &["content", "cat", &want]).output();
     assert!(cat.stdout == data, "cat gives back the bytes");
 }
 
@@ -261,8 +225,9 @@ fn killed_put_resumes() {
 fn read_commands_write_nothing_and_see_other_processes_commits() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let first = run(&root, &["content", "put", "-"], Some(b"first blob"));
-    assert!(first.status.success());
+    let first = ocistore(&root, &["content", "put", "-"])
+        .stdin(b"first blob")
+        .output();
     let d1 = String::from_utf8(first.stdout).unwrap().trim().to_owned();
     // Listing and inspecting leave meta.redb byte for byte as it was: they open read-only.
     let meta = root.join("meta.redb");
@@ -274,7 +239,7 @@ fn read_commands_write_nothing_and_see_other_processes_commits() {
         &["ingest", "ls"],
         &["lease", "ls"],
     ] {
-        ok(&root, args);
+        ocistore(&root, args).output();
     }
     assert!(
         std::fs::read(&meta).unwrap() == before,
@@ -286,20 +251,27 @@ fn read_commands_write_nothing_and_see_other_processes_commits() {
     let mut stdin = holder.stdin.take().unwrap();
     stdin.write_all(&[7u8; 2 << 20]).unwrap();
     wait_for("the holder to write", || {
-        let v = json(&root, &["ingest", "ls"]);
+        let v = ocistore(&root, &["--json", "ingest", "ls"]).json();
         v[0]["offset"].as_u64().unwrap_or(0) > 0
     });
-    let second = run(&root, &["content", "put", "-"], Some(b"second blob"));
-    assert!(second.status.success());
+    let second = ocistore(&root, &["content", "put", "-"])
+        .stdin(b"second blob")
+        .output();
     let d2 = String::from_utf8(second.stdout).unwrap().trim().to_owned();
     let listed = ls_digests(&root, &[]);
     assert!(listed.contains(&d1) && listed.contains(&d2), "{listed:?}");
-    assert_eq!(json(&root, &["content", "info", &d2])["size"], 11);
+    assert_eq!(
+        ocistore(&root, &["--json", "content", "info", &d2]).json()["size"],
+        11
+    );
     holder.kill().unwrap();
     holder.wait().unwrap();
     drop(stdin);
     // After the holder was killed, reads still work.
-    assert_eq!(json(&root, &["ingest", "ls"])[0]["ref"], "held");
+    assert_eq!(
+        ocistore(&root, &["--json", "ingest", "ls"]).json()[0]["ref"],
+        "held"
+    );
 }
 
 #[test]
@@ -310,7 +282,7 @@ fn locked_ref_is_unavailable_across_processes() {
     let mut stdin = holder.stdin.take().unwrap();
     stdin.write_all(&[1u8; 2 << 20]).unwrap();
     wait_for("the holder to write", || {
-        let v = json(&root, &["ingest", "ls"]);
+        let v = ocistore(&root, &["--json", "ingest", "ls"]).json();
         v[0]["offset"].as_u64().unwrap_or(0) > 0
     });
     let store = ocistore::Store::open(&root).unwrap();
@@ -329,10 +301,8 @@ fn locked_ref_is_unavailable_across_processes() {
 fn one_gib_put_holds_memory_flat() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let mut put = Command::new(bin());
-    put.arg("--root").arg(&root).args(["content", "put", "-"]);
     let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
-    let mut measured = rss::start(&put, &out, &err, true);
+    let mut measured = ocistore(&root, &["content", "put", "-"]).measure(&out, &err, true);
     let mut stdin = measured.stdin.take().unwrap();
     let mut chunk = vec![0u8; 1 << 20];
     let mut hasher = ocistore::Algorithm::Sha256.hasher();
@@ -342,9 +312,9 @@ fn one_gib_put_holds_memory_flat() {
         stdin.write_all(&chunk).unwrap();
     }
     drop(stdin);
-    rss::succeeds_within(&measured, &err, 64 * 1024, "for a 1 GiB put from stdin");
+    cmd::rss::succeeds_within(&measured, &err, 64 * 1024, "for a 1 GiB put from stdin");
     let d = hasher.finalize();
-    let info = json(&root, &["content", "info", &d.to_string()]);
+    let info = ocistore(&root, &["--json", "content", "info", &d.to_string()]).json();
     assert_eq!(info["size"], 1u64 << 30);
 }
 
@@ -372,13 +342,13 @@ fn a_listing_into_a_closed_pipe_ends_quietly_with_exit_0() {
     ] {
         let script = format!(
             "set -o pipefail; '{}' --root '{}' {args} | head -1",
-            bin().display(),
+            cmd::BIN,
             root.display()
         );
         let out = Command::new("bash").args(["-c", &script]).output().unwrap();
         assert_eq!(
-            code(&out),
-            0,
+            out.status.code(),
+            Some(0),
             "ocistore {args} | head -1: {}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -404,18 +374,20 @@ fn tables_escape_control_characters() {
     let blob = tmp.path().join("blob");
     std::fs::write(&blob, b"escape me").unwrap();
     let hostile = "a\u{1b}[31mred\u{7}\nforged line\u{8}\u{9b}";
-    let put = json(
+    let put = ocistore(
         &root,
         &[
+            "--json",
             "content",
             "put",
             blob.to_str().unwrap(),
             "--label",
             &format!("k={hostile}"),
         ],
-    );
+    )
+    .json();
     let digest = put["digest"].as_str().unwrap().to_owned();
-    let table = ok(&root, &["content", "ls"]);
+    let table = ocistore(&root, &["content", "ls"]).stdout();
     assert_eq!(table.lines().count(), 2, "{table:?}");
     assert!(
         !table.chars().any(|c| c.is_control() && c != '\n'),
@@ -425,7 +397,7 @@ fn tables_escape_control_characters() {
         table.contains(r"\u{1b}[31mred\u{7}\u{a}forged line\u{8}\u{9b}"),
         "{table:?}"
     );
-    let listed = json(&root, &["content", "ls"]);
+    let listed = ocistore(&root, &["--json", "content", "ls"]).json();
     assert_eq!(listed[0]["labels"]["k"], hostile);
     assert_eq!(listed[0]["digest"], digest.as_str());
 }
@@ -435,13 +407,11 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let put = |bytes: &[u8]| -> String {
-        let out = run(&root, &["content", "put", "-"], Some(bytes));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        ocistore(&root, &["content", "put", "-"])
+            .stdin(bytes)
+            .stdout()
+            .trim()
+            .to_owned()
     };
     let config = put(b"{}");
     let image = put(
@@ -450,7 +420,7 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
         )
         .as_bytes(),
     );
-    let image_size = json(&root, &["content", "info", &image])["size"]
+    let image_size = ocistore(&root, &["--json", "content", "info", &image]).json()["size"]
         .as_u64()
         .unwrap();
     let referrer = |artifact: &str, created: &str| {
@@ -464,9 +434,9 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
         "2026-12-01T00:00:00Z",
     );
     let sbom = referrer("application/spdx+json", "2026-12-02T00:00:00Z");
-    ok(&root, &["image", "tag", &image, "lab/app:1"]);
+    ocistore(&root, &["image", "tag", &image, "lab/app:1"]).output();
 
-    let all = json(&root, &["image", "referrers", "lab/app:1"]);
+    let all = ocistore(&root, &["--json", "image", "referrers", "lab/app:1"]).json();
     let mut found: Vec<&str> = all
         .as_array()
         .unwrap()
@@ -477,16 +447,18 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
     let mut want = vec![sig.as_str(), sbom.as_str()];
     want.sort();
     assert_eq!(found, want, "{all}");
-    let sboms = json(
+    let sboms = ocistore(
         &root,
         &[
+            "--json",
             "image",
             "referrers",
             &image,
             "--artifact-type",
             "application/spdx+json",
         ],
-    );
+    )
+    .json();
     assert_eq!(sboms.as_array().unwrap().len(), 1, "{sboms}");
     assert_eq!(sboms[0]["digest"], sbom.as_str());
     assert_eq!(sboms[0]["artifact_type"], "application/spdx+json");
@@ -494,7 +466,7 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
         sboms[0]["annotations"]["org.opencontainers.image.created"],
         "2026-12-02T00:00:00Z"
     );
-    let table = ok(&root, &["image", "referrers", "lab/app:1"]);
+    let table = ocistore(&root, &["image", "referrers", "lab/app:1"]).stdout();
     assert!(table.starts_with("DIGEST"), "{table}");
     assert!(
         table
@@ -503,9 +475,12 @@ fn image_referrers_lists_signatures_and_sboms_with_their_types() {
         "{table}"
     );
     // gc keeps both with their named image.
-    ok(&root, &["gc"]);
+    ocistore(&root, &["gc"]).output();
     for d in [&sig, &sbom] {
-        assert_eq!(json(&root, &["content", "info", d])["digest"], d.as_str());
+        assert_eq!(
+            ocistore(&root, &["--json", "content", "info", d]).json()["digest"],
+            d.as_str()
+        );
     }
 }
 
@@ -514,7 +489,7 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    ok(&root, &["image", "import", sample.to_str().unwrap()]);
+    ocistore(&root, &["image", "import", sample.to_str().unwrap()]).output();
     let files = tmp.path().join("in");
     std::fs::create_dir_all(&files).unwrap();
     let sbom = files.join("sbom.spdx.json");
@@ -523,9 +498,10 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
     let noise: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&notes, &noise).unwrap();
 
-    let made = json(
+    let made = ocistore(
         &root,
         &[
+            "--json",
             "artifact",
             "create",
             "lab/hello-sbom:1",
@@ -538,12 +514,13 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
             &format!("{}:application/spdx+json", sbom.display()),
             notes.to_str().unwrap(),
         ],
-    );
+    )
+    .json();
     let digest = made["digest"].as_str().unwrap().to_owned();
-    let referrers = json(&root, &["image", "referrers", "hello:1.0"]);
+    let referrers = ocistore(&root, &["--json", "image", "referrers", "hello:1.0"]).json();
     assert_eq!(referrers[0]["digest"], digest.as_str(), "{referrers}");
     assert_eq!(referrers[0]["artifact_type"], "application/spdx+json");
-    let doc = json(&root, &["image", "inspect", "lab/hello-sbom:1"]);
+    let doc = ocistore(&root, &["--json", "image", "inspect", "lab/hello-sbom:1"]).json();
     assert_eq!(
         doc["document"]["config"]["mediaType"],
         "application/vnd.oci.empty.v1+json"
@@ -559,7 +536,7 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
     );
 
     // image ls --json names the artifact type (null for a plain image).
-    let ls = json(&root, &["image", "ls"]);
+    let ls = ocistore(&root, &["--json", "image", "ls"]).json();
     let line = |name: &str| {
         ls.as_array()
             .unwrap()
@@ -576,10 +553,18 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
     assert_eq!(line("hello:1.0")["artifact_type"], Value::Null, "{ls}");
 
     let out = tmp.path().join("out");
-    let got = json(
+    let got = ocistore(
         &root,
-        &["artifact", "get", &digest, "-o", out.to_str().unwrap()],
-    );
+        &[
+            "--json",
+            "artifact",
+            "get",
+            &digest,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .json();
     assert_eq!(got.as_array().unwrap().len(), 2, "{got}");
     assert_eq!(
         std::fs::read(out.join("sbom.spdx.json")).unwrap(),
@@ -593,7 +578,8 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
             r#"{{"mediaType":"application/octet-stream","digest":"{d}","size":{size},"annotations":{{"org.opencontainers.image.title":"{title}"}}}}"#
         )
     };
-    let small = ok(&root, &["content", "put", sbom.to_str().unwrap()])
+    let small = ocistore(&root, &["content", "put", sbom.to_str().unwrap()])
+        .stdout()
         .trim()
         .to_owned();
     let small_size = std::fs::metadata(&sbom).unwrap().len();
@@ -607,11 +593,12 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
             layer("fine.txt", &small, small_size),
             layer(evil, &small, small_size)
         );
-        let put = run(&root, &["content", "put", "-"], Some(manifest.as_bytes()));
-        assert!(put.status.success());
+        let put = ocistore(&root, &["content", "put", "-"])
+            .stdin(manifest.as_bytes())
+            .output();
         let evil_digest = String::from_utf8(put.stdout).unwrap().trim().to_owned();
         let dest = tmp.path().join("evil-out");
-        let r = run(
+        let r = ocistore(
             &root,
             &[
                 "artifact",
@@ -620,11 +607,11 @@ fn artifacts_from_files_come_back_byte_identical_and_refer_to_their_image() {
                 "-o",
                 dest.to_str().unwrap(),
             ],
-            None,
-        );
+        )
+        .raw_output();
         assert_eq!(
-            code(&r),
-            1,
+            r.status.code(),
+            Some(1),
             "{evil}: {}",
             String::from_utf8_lossy(&r.stderr)
         );
@@ -646,21 +633,21 @@ fn completions_and_the_manual_page_come_from_the_command_definitions() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     for shell in ["bash", "zsh", "fish"] {
-        let script = ok(&root, &["completions", shell]);
+        let script = ocistore(&root, &["completions", shell]).stdout();
         for command in ["artifact", "serve", "referrers", "prune"] {
             assert!(script.contains(command), "{shell} completes {command}");
         }
     }
     // The bash script parses.
     let path = tmp.path().join("ocistore.bash");
-    std::fs::write(&path, ok(&root, &["completions", "bash"])).unwrap();
+    std::fs::write(&path, ocistore(&root, &["completions", "bash"]).stdout()).unwrap();
     let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let man = ok(&root, &["man"]);
+    let man = ocistore(&root, &["man"]).stdout();
     assert!(
         man.contains(".TH ocistore 1"),
         "{}",
@@ -678,9 +665,9 @@ fn untagged_manifests_import_under_names_made_from_their_digests() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    ok(&a, &["image", "import", sample.to_str().unwrap()]);
+    ocistore(&a, &["image", "import", sample.to_str().unwrap()]).output();
     let layout = tmp.path().join("layout");
-    ok(
+    ocistore(
         &a,
         &[
             "image",
@@ -691,13 +678,14 @@ fn untagged_manifests_import_under_names_made_from_their_digests() {
             "--format",
             "oci-dir",
         ],
-    );
+    )
+    .stdout();
     let index_path = layout.join("index.json");
     let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
     let root = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
-    let children = json(&a, &["content", "refs", &root]);
+    let children = ocistore(&a, &["--json", "content", "refs", &root]).json();
     let child = children["refs"][0].as_str().unwrap().to_owned();
-    let child_entry = json(&a, &["content", "info", &child]);
+    let child_entry = ocistore(&a, &["--json", "content", "info", &child]).json();
     let entries = index["manifests"].as_array_mut().unwrap();
     entries[0].as_object_mut().unwrap().remove("annotations");
     entries.push(serde_json::json!({
@@ -707,7 +695,7 @@ fn untagged_manifests_import_under_names_made_from_their_digests() {
     }));
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 
-    let imported = json(&b, &["image", "import", layout.to_str().unwrap()]);
+    let imported = ocistore(&b, &["--json", "image", "import", layout.to_str().unwrap()]).json();
     let mut names: Vec<&str> = imported["images"]
         .as_array()
         .unwrap()
@@ -721,12 +709,12 @@ fn untagged_manifests_import_under_names_made_from_their_digests() {
     ];
     want.sort();
     assert_eq!(names, want, "{imported}");
-    ok(&b, &["gc"]);
+    ocistore(&b, &["gc"]).output();
     assert_eq!(
-        json(&b, &["content", "info", &child])["digest"],
+        ocistore(&b, &["--json", "content", "info", &child]).json()["digest"],
         child.as_str()
     );
-    let check = json(&b, &["image", "ls"]);
+    let check = ocistore(&b, &["--json", "image", "ls"]).json();
     assert_eq!(check.as_array().unwrap().len(), 2, "{check}");
 }
 
@@ -737,12 +725,13 @@ fn export_referrers_lists_them_untagged_and_import_keeps_them_with_their_image()
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    ok(&a, &["image", "import", sample.to_str().unwrap()]);
+    ocistore(&a, &["image", "import", sample.to_str().unwrap()]).output();
     let file = tmp.path().join("sig.bin");
     std::fs::write(&file, b"a signature").unwrap();
-    let sig = json(
+    let sig = ocistore(
         &a,
         &[
+            "--json",
             "artifact",
             "create",
             "lab/sig:1",
@@ -752,14 +741,16 @@ fn export_referrers_lists_them_untagged_and_import_keeps_them_with_their_image()
             "hello:1.0",
             file.to_str().unwrap(),
         ],
-    )["digest"]
+    )
+    .json()["digest"]
         .as_str()
         .unwrap()
         .to_owned();
     let layout = tmp.path().join("layout");
-    let exported = json(
+    let exported = ocistore(
         &a,
         &[
+            "--json",
             "image",
             "export",
             "hello:1.0",
@@ -769,7 +760,8 @@ fn export_referrers_lists_them_untagged_and_import_keeps_them_with_their_image()
             "--format",
             "oci-dir",
         ],
-    );
+    )
+    .json();
     assert_eq!(exported["referrers"], 1, "{exported}");
     // `export --referrers` lists the signature untagged, with its artifactType, as oras-go
     // writes referrers.
@@ -787,14 +779,17 @@ fn export_referrers_lists_them_untagged_and_import_keeps_them_with_their_image()
     );
     assert!(entry.get("annotations").is_none(), "untagged: {index}");
 
-    let imported = json(&b, &["image", "import", layout.to_str().unwrap()]);
+    let imported = ocistore(&b, &["--json", "image", "import", layout.to_str().unwrap()]).json();
     assert_eq!(
         imported["images"].as_array().unwrap().len(),
         1,
         "{imported}"
     );
-    ok(&b, &["gc"]);
-    let referrers = json(&b, &["image", "referrers", "hello:1.0"]);
+    ocistore(&b, &["gc"]).output();
+    let referrers = ocistore(&b, &["--json", "image", "referrers", "hello:1.0"]).json();
     assert_eq!(referrers[0]["digest"], sig.as_str(), "{referrers}");
-    assert_eq!(json(&b, &["content", "info", &sig])["digest"], sig.as_str());
+    assert_eq!(
+        ocistore(&b, &["--json", "content", "info", &sig]).json()["digest"],
+        sig.as_str()
+    );
 }

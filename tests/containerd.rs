@@ -6,6 +6,8 @@
 //! Go, containerd's sources, containerd, skopeo and docker-registry and runs them. A missing
 //! tool fails the test, naming it.
 
+#[path = "common/cmd.rs"]
+mod cmd;
 #[path = "common/containerd.rs"]
 mod containerd;
 #[allow(dead_code)]
@@ -17,8 +19,6 @@ mod harness;
 #[allow(dead_code)]
 #[path = "registry/images.rs"]
 mod images;
-#[path = "common/rss.rs"]
-mod rss;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use cmd::rss;
 use containerd::{Containerd, need};
 use doubles::{Fault, FaultProxy, Rule};
 use harness::{Env, MIB, Reg, p, poll, pushed, sha256};
@@ -49,8 +50,8 @@ impl Serve {
             env.path(&format!("{tag}.out")),
             env.path(&format!("{tag}.err")),
         );
-        let cmd = env.cmd(root, &["serve", "--containerd", p(sock)]);
-        let pid = rss::start(&cmd, &out, &err, false).pid;
+        let command = env.cli(root, &["serve", "--containerd", p(sock)]);
+        let pid = command.measure(&out, &err, false).pid;
         let serve = Serve {
             pid,
             sock: sock.to_path_buf(),
@@ -222,7 +223,7 @@ fn containerds_own_content_testsuite_passes_over_the_socket() {
         )
         .env("GOCACHE", &cache)
         .env("GOFLAGS", "-mod=")
-        .env("OCISTORE_BIN", env!("CARGO_BIN_EXE_ocistore"))
+        .env("OCISTORE_BIN", cmd::BIN)
         .stdin(Stdio::null())
         .output()
         .expect("run go test");

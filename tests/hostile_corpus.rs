@@ -5,11 +5,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use ocistore::testsuite::fuzzing::listing;
 use ocistore::{Algorithm, ErrorKind, Store};
 use serde_json::json;
+
+#[path = "common/cmd.rs"]
+mod cmd;
+use cmd::ocistore;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile-corpus")
@@ -322,24 +325,6 @@ fn regenerate_hostile_corpus() {
     std::fs::write(d.join("README.md"), readme).unwrap();
 }
 
-fn cli(root: &Path, args: &[&str], stdin: Option<&Path>) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocistore"));
-    cmd.arg("--root")
-        .arg(root)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd.stdin(match stdin {
-        Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),
-        None => Stdio::null(),
-    });
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn seeded() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
@@ -367,7 +352,13 @@ fn every_hostile_input_gives_its_error_and_changes_nothing() {
         } else {
             path.to_str().unwrap()
         });
-        let (code, stderr) = cli(&root, &args, via_stdin.then_some(path.as_path()));
+        let mut cmd = ocistore(&root, &args);
+        if via_stdin {
+            cmd.stdin(&std::fs::read(&path).unwrap());
+        }
+        let out = cmd.raw_output();
+        let code = out.status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
         match kind {
             None => assert_eq!(code, 0, "{file} ({what}) should import: {stderr}"),
             Some(k) => {
@@ -421,8 +412,9 @@ fn malformed_arguments_are_usage_errors_and_change_nothing() {
         vec!["image", "ls", "name=="],
     ];
     for args in cases {
-        let stdin = tempfile::NamedTempFile::new().unwrap();
-        let (code, stderr) = cli(&root, &args, Some(stdin.path()));
+        let out = ocistore(&root, &args).stdin(b"").raw_output();
+        let code = out.status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(
             stderr.starts_with("ocistore: ") && stderr.lines().count() == 1,

@@ -9,8 +9,11 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+#[path = "common/cmd.rs"]
+mod cmd;
 #[path = "common/containerd.rs"]
 mod containerd;
+use cmd::ocistore;
 use containerd::{Containerd, need};
 
 const WHY: &str = "interop: needs skopeo, umoci and containerd (run by .ci/run)";
@@ -33,23 +36,6 @@ fn sh(program: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn ocistore(root: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(root)
-        .arg("--json")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ocistore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
@@ -93,13 +79,15 @@ fn umoci_layout_round_trip() {
     let out = ocistore(
         &root,
         &[
+            "--json",
             "image",
             "import",
             p(&layout),
             "--name",
             "example.com/umoci/hello",
         ],
-    );
+    )
+    .json();
     assert_eq!(
         imported_digest(&out),
         umoci_digest,
@@ -112,6 +100,7 @@ fn umoci_layout_round_trip() {
     ocistore(
         &root,
         &[
+            "--json",
             "image",
             "export",
             "example.com/umoci/hello:v1",
@@ -120,7 +109,8 @@ fn umoci_layout_round_trip() {
             "--format",
             "oci-dir",
         ],
-    );
+    )
+    .output();
     let ls = sh("umoci", &["ls", "--layout", p(&export)]);
     assert!(
         String::from_utf8_lossy(&ls.stdout)
@@ -190,13 +180,15 @@ fn skopeo_multiplatform_round_trip() {
     let out = ocistore(
         &root,
         &[
+            "--json",
             "image",
             "import",
             p(&archive),
             "--name",
             "docker.io/library/hello",
         ],
-    );
+    )
+    .json();
     assert_eq!(
         imported_digest(&out),
         skopeo_digest,
@@ -205,13 +197,15 @@ fn skopeo_multiplatform_round_trip() {
     let out = ocistore(
         &root,
         &[
+            "--json",
             "image",
             "import",
             p(&dir),
             "--name",
             "docker.io/library/hello",
         ],
-    );
+    )
+    .json();
     assert_eq!(
         imported_digest(&out),
         skopeo_digest,
@@ -220,14 +214,26 @@ fn skopeo_multiplatform_round_trip() {
     for platform in ["linux/amd64", "linux/arm64"] {
         let c = ocistore(
             &root,
-            &["image", "check", "hello:1.0", "--platform", platform],
-        );
+            &[
+                "--json",
+                "image",
+                "check",
+                "hello:1.0",
+                "--platform",
+                platform,
+            ],
+        )
+        .json();
         assert_eq!(c["complete"], true, "{platform}: {c}");
     }
 
     // Our export, read back by skopeo: the index bytes are identical and copy works.
     let export = tmp.path().join("ours.tar");
-    ocistore(&root, &["image", "export", "hello:1.0", "-o", p(&export)]);
+    ocistore(
+        &root,
+        &["--json", "image", "export", "hello:1.0", "-o", p(&export)],
+    )
+    .output();
     let raw = sh(
         "skopeo",
         &["inspect", "--raw", &format!("oci-archive:{}", p(&export))],
@@ -265,10 +271,14 @@ fn skopeo_multiplatform_round_trip() {
 fn containerd_imports_ours_and_we_import_its_export() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let out = ocistore(&root, &["image", "import", p(&sample())]);
+    let out = ocistore(&root, &["--json", "image", "import", p(&sample())]).json();
     let digest = imported_digest(&out);
     let export = tmp.path().join("ours.tar");
-    ocistore(&root, &["image", "export", "hello:1.0", "-o", p(&export)]);
+    ocistore(
+        &root,
+        &["--json", "image", "export", "hello:1.0", "-o", p(&export)],
+    )
+    .output();
 
     let ctd = Containerd::start();
     ctd.ctr(&[
@@ -297,7 +307,7 @@ fn containerd_imports_ours_and_we_import_its_export() {
         "docker.io/library/hello:1.0",
     ]);
     let root2 = tmp.path().join("store2");
-    let out = ocistore(&root2, &["image", "import", p(&theirs)]);
+    let out = ocistore(&root2, &["--json", "image", "import", p(&theirs)]).json();
     assert_eq!(
         imported_digest(&out),
         digest,
@@ -306,7 +316,15 @@ fn containerd_imports_ours_and_we_import_its_export() {
     assert_eq!(out["images"][0]["name"], "docker.io/library/hello:1.0");
     let c = ocistore(
         &root2,
-        &["image", "check", "hello:1.0", "--platform", "linux/amd64"],
-    );
+        &[
+            "--json",
+            "image",
+            "check",
+            "hello:1.0",
+            "--platform",
+            "linux/amd64",
+        ],
+    )
+    .json();
     assert_eq!(c["complete"], true, "{c}");
 }

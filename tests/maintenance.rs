@@ -25,7 +25,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,11 @@ use streams::{
     owned, path, run_streams, succeeded, text,
 };
 
+#[path = "common/cmd.rs"]
+mod cmd;
 #[path = "common/streams.rs"]
 mod streams;
+use cmd::ocistore;
 use ocistore::{Algorithm, Store};
 use serde_json::{Value, json};
 
@@ -189,33 +192,15 @@ fn write_archive(path: &Path, total: u64) -> Archive {
 
 // ---------------------------------------------------------------- the command line
 
-fn ocistore(root: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocistore"));
-    cmd.arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-fn run(root: &Path, args: &[&str]) -> Output {
-    ocistore(root, args).output().expect("run ocistore")
-}
-
-/// Runs `args`, failing unless it succeeds; returns stdout.
+/// Runs `args`: its stdout if it succeeds, else what it said (for the checks that collect
+/// failures rather than stop at the first).
 fn check_ok(root: &Path, args: &[&str]) -> Result<String, String> {
-    let out = run(root, args);
+    let out = ocistore(root, args).raw_output();
     if out.status.success() {
         Ok(text(&out.stdout))
     } else {
         Err(format!("ocistore {args:?}: {}", describe(&out)))
     }
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    check_ok(root, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn import_args(archive: &Path) -> Vec<&str> {
@@ -225,7 +210,7 @@ fn import_args(archive: &Path) -> Vec<&str> {
 
 /// A read-only fsck of `root` is clean: exit 0, no problems (no record lacks its file).
 fn fsck_clean(root: &Path) -> Result<(), String> {
-    fsck_output_clean(&run(root, &["--json", "fsck"])).map(drop)
+    fsck_output_clean(&ocistore(root, &["--json", "fsck"]).raw_output()).map(drop)
 }
 
 fn listed(root: &Path) -> Result<bool, String> {
@@ -338,14 +323,15 @@ fn duration_of(background: Background) -> Duration {
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let root = tmp.path().join("store");
         let start = Instant::now();
-        ok(&root, &import_args(&archive().path));
+        ocistore(&root, &import_args(&archive().path)).output();
         let import = start.elapsed();
         let out = tmp.path().join("out.tar");
         let start = Instant::now();
-        ok(
+        ocistore(
             &root,
             &["image", "export", IMAGE, "-o", out.to_str().unwrap()],
-        );
+        )
+        .output();
         (import, start.elapsed())
     });
     match background {
@@ -396,22 +382,19 @@ fn race(
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let root = tmp.path().join("store");
         let scratch = tmp.path().to_owned();
+        let out_tar = path(&scratch.join("out.tar"));
         let args = match background {
             Background::Import => {
-                ok(&root, &["image", "ls"]); // creates the store
+                ocistore(&root, &["image", "ls"]).output(); // creates the store
                 import_args(&archive.path)
             }
             Background::Export => {
-                ok(&root, &import_args(&archive.path));
-                vec!["image", "export", IMAGE, "-o"]
+                ocistore(&root, &import_args(&archive.path)).output();
+                vec!["image", "export", IMAGE, "-o", out_tar.as_str()]
             }
         };
-        let mut cmd = ocistore(&root, &args);
-        if background == Background::Export {
-            cmd.arg(scratch.join("out.tar"));
-        }
         let start = Instant::now();
-        let child = cmd.spawn().expect("spawn ocistore");
+        let child = ocistore(&root, &args).spawn();
         let pid = child.id();
         let waiter = std::thread::spawn(move || {
             let out = child.wait_with_output().expect("wait for ocistore");
@@ -421,7 +404,7 @@ fn race(
         let steps_start = Instant::now();
         let mut outputs = Vec::new();
         loop {
-            outputs.extend(steps.iter().map(|s| run(&root, s)));
+            outputs.extend(steps.iter().map(|s| ocistore(&root, s).raw_output()));
             if repeat == Repeat::Once || waiter.is_finished() {
                 break;
             }
@@ -618,7 +601,7 @@ fn failed_cleanly(export: &Output, out: &Path) -> Result<(), String> {
 fn export_failing_midway_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    ok(&root, &import_args(&archive().path));
+    ocistore(&root, &import_args(&archive().path)).output();
     // One byte in the middle of the largest layer changes: the export notices only once it
     // has written most of the archive (or of the directory).
     let hex = archive()
@@ -636,10 +619,11 @@ fn export_failing_midway_leaves_nothing_behind() {
     for format in ["oci-archive", "oci-dir"] {
         let out = tmp.path().join(format);
         let path = out.to_str().unwrap();
-        let export = run(
+        let export = ocistore(
             &root,
             &["image", "export", IMAGE, "-o", path, "--format", format],
-        );
+        )
+        .raw_output();
         failed_cleanly(&export, &out).unwrap_or_else(|e| panic!("{format}: {e}"));
         assert!(text(&export.stderr).contains(&hex), "{}", describe(&export));
     }
@@ -649,8 +633,8 @@ fn export_failing_midway_leaves_nothing_behind() {
 
 /// A store holding the imported image, its config labelled `com.example/kept=yes`.
 fn labelled_store(root: &Path) {
-    ok(root, &import_args(&archive().path));
-    ok(
+    ocistore(root, &import_args(&archive().path)).output();
+    ocistore(
         root,
         &[
             "content",
@@ -658,7 +642,8 @@ fn labelled_store(root: &Path) {
             &archive().config,
             "com.example/kept=yes",
         ],
-    );
+    )
+    .output();
 }
 
 #[test]
@@ -666,17 +651,13 @@ fn rebuild_of_an_idle_store_keeps_names_and_labels() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     labelled_store(&root);
-    let out: Value = serde_json::from_str(&ok(&root, &["--json", "fsck", "--rebuild"])).unwrap();
+    let out: Value = ocistore(&root, &["--json", "fsck", "--rebuild"]).json();
     assert_eq!(out["salvaged"], true, "{out}");
     assert_eq!(out["blobs_recovered"], archive().blobs, "{out}");
     assert_eq!(out["names_recovered"], 1, "{out}");
     assert_eq!(out["lost"], json!([]), "{out}");
     intact(&root).unwrap();
-    let info: Value = serde_json::from_str(&ok(
-        &root,
-        &["--json", "content", "info", &archive().config],
-    ))
-    .unwrap();
+    let info: Value = ocistore(&root, &["--json", "content", "info", &archive().config]).json();
     assert_eq!(info["labels"]["com.example/kept"], "yes", "{info}");
     let kept = broken_metadata(&root);
     assert_eq!(kept.len(), 1, "{kept:?}");
@@ -691,7 +672,7 @@ fn rebuild_refuses_while_a_process_holds_the_store() {
     let meta = root.join("meta.redb");
     let inode = fs::metadata(&meta).unwrap().ino();
     let store = Store::open(&root).unwrap();
-    let refused = run(&root, &["fsck", "--rebuild", "--wait", "0.3"]);
+    let refused = ocistore(&root, &["fsck", "--rebuild", "--wait", "0.3"]).raw_output();
     assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
     let me = format!("pid {} (", std::process::id());
     let err = text(&refused.stderr);
@@ -715,7 +696,7 @@ fn rebuild_refuses_while_a_process_holds_the_store() {
         .collect();
     assert_eq!(names, [IMAGE]);
     drop(store);
-    ok(&root, &["fsck", "--rebuild", "--wait", "0.3"]);
+    ocistore(&root, &["fsck", "--rebuild", "--wait", "0.3"]).output();
     assert_ne!(
         fs::metadata(&meta).unwrap().ino(),
         inode,
@@ -731,9 +712,7 @@ fn library_repair_in_a_loop_beside_an_import() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let store = Store::open(&root).unwrap();
-    let mut child = ocistore(&root, &import_args(&archive().path))
-        .spawn()
-        .unwrap();
+    let mut child = ocistore(&root, &import_args(&archive().path)).spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut repairs, mut in_flight) = (0, 0);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -783,7 +762,7 @@ fn fsck_until_done(root: &Path, what: &str, remover: std::process::Child) -> usi
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let running = !waiter.is_finished();
-        let out = run(root, &["--json", "fsck"]);
+        let out = ocistore(root, &["--json", "fsck"]).raw_output();
         if let Err(e) = fsck_output_clean(&out) {
             failures.push(e);
         }
@@ -811,7 +790,7 @@ fn fsck_beside_gc_finds_nothing_wrong() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("store");
         unnamed_blobs(&root, 4000);
-        let gc = ocistore(&root, &["gc"]).spawn().unwrap();
+        let gc = ocistore(&root, &["gc"]).spawn();
         beside += fsck_until_done(&root, "gc", gc);
         let left = check_ok(&root, &["content", "ls", "-q"]).unwrap();
         assert_eq!(left.lines().count(), 0, "gc left {left}");
@@ -859,11 +838,11 @@ fn fsck_beside_a_repair_never_reports_a_quarantined_blob_missing() {
             f.seek(SeekFrom::Start(1000)).unwrap();
             f.write_all(b"not these bytes").unwrap();
         }
-        let repair = ocistore(&root, &["fsck", "--repair"]).spawn().unwrap();
+        let repair = ocistore(&root, &["fsck", "--repair"]).spawn();
         let waiter = std::thread::spawn(move || repair.wait_with_output().unwrap());
         loop {
             let running = !waiter.is_finished();
-            let out = run(&root, &["--json", "fsck"]);
+            let out = ocistore(&root, &["--json", "fsck"]).raw_output();
             match json_of(&out) {
                 Ok(v) => {
                     let problems = v["problems"].as_array().cloned().unwrap_or_default();
@@ -901,7 +880,7 @@ fn read_only_fsck_beside_writers_opens_every_time() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    ok(&root, &["image", "ls"]);
+    ocistore(&root, &["image", "ls"]).output();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = |args: fn(usize, &Path) -> Vec<String>| {
         let (root, stop, scratch) = (root.clone(), Arc::clone(&stop), tmp.path().to_owned());
@@ -930,7 +909,7 @@ fn read_only_fsck_beside_writers_opens_every_time() {
     let mut failures = Vec::new();
     let mut runs = 0;
     while runs < 300 && Instant::now() < deadline {
-        if let Err(e) = fsck_output_clean(&run(&root, &["--json", "fsck"])) {
+        if let Err(e) = fsck_output_clean(&ocistore(&root, &["--json", "fsck"]).raw_output()) {
             failures.push(e);
         }
         runs += 1;
@@ -1132,15 +1111,15 @@ fn every_command_beside_every_other() {
         },
     ]);
     let names_complete = |when: &str| {
-        for name in ok(&root, &["image", "ls", "-q"]).lines() {
+        for name in ocistore(&root, &["image", "ls", "-q"]).stdout().lines() {
             if let Err(e) = check_ok(&root, &["image", "check", name, "--platform", PLATFORM]) {
                 panic!("{when}: {name} is not complete: {e}");
             }
         }
     };
 
-    ok(&root, &["image", "ls"]);
-    let command = |args: &[&str]| ocistore(&root, args);
+    ocistore(&root, &["image", "ls"]).output();
+    let command = |args: &[&str]| ocistore(&root, args).command();
     let calm = run_streams(&command, &scratch, &streams, Duration::from_secs(12), None);
     calm.report("every command at once");
     fsck_clean(&root).unwrap();
@@ -1155,13 +1134,12 @@ fn every_command_beside_every_other() {
     );
     killing.report("with kills");
     assert!(killing.killed > 10, "only {} kills", killing.killed);
-    ok(&root, &["fsck", "--repair"]);
+    ocistore(&root, &["fsck", "--repair"]).output();
     fsck_clean(&root).unwrap();
     names_complete("after the kills and a repair");
     // Every process is gone: one gc drops every lease a killed one held for itself.
-    ok(&root, &["gc"]);
-    let leases: serde_json::Value =
-        serde_json::from_str(&ok(&root, &["--json", "lease", "ls"])).unwrap();
+    ocistore(&root, &["gc"]).output();
+    let leases: serde_json::Value = ocistore(&root, &["--json", "lease", "ls"]).json();
     let owned: Vec<&serde_json::Value> = (leases.as_array().unwrap().iter())
         .filter(|l| l["owner"].is_object())
         .collect();

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use ocistore::prune::{Options, PIN_LABEL};
@@ -13,6 +12,10 @@ use ocistore::{
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
+
+#[path = "common/cmd.rs"]
+mod cmd;
+use cmd::ocistore;
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -319,25 +322,6 @@ proptest! {
 
 // ------------------------------------------------------------------- the CLI
 
-fn cli(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    let out = cli(root, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Three images exported as archives (two share a 200 KiB base layer), for imports.
 fn archives(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
     let scratch = dir.join("scratch");
@@ -370,24 +354,29 @@ fn cli_prune_removes_the_least_recently_used_image_and_a_dry_run_changes_nothing
     let images = archives(dir.path());
     // Imported (used) one after another: img1 first, so it is the least recently used.
     for i in [1, 2, 0] {
-        ok(&root, &["image", "import", images[i].1.to_str().unwrap()]);
+        ocistore(&root, &["image", "import", images[i].1.to_str().unwrap()]).output();
     }
     let du = |root: &Path| -> u64 {
-        let v: Value = serde_json::from_str(&ok(root, &["--json", "du"])).unwrap();
+        let v: Value = ocistore(root, &["--json", "du"]).json();
         v["blobs"]["apparent_bytes"].as_u64().unwrap()
     };
     let before = du(&root);
     // Just under the sum: one image has to go. img1's own layer is 100 KiB; img2's 400 KiB.
     let budget = (before - 50_000).to_string();
-    let dry: Value = serde_json::from_str(&ok(
+    let dry: Value = ocistore(
         &root,
         &["--json", "prune", "--max-used", &budget, "--dry-run"],
-    ))
-    .unwrap();
+    )
+    .json();
     assert_eq!(du(&root), before, "a dry run removes nothing");
-    assert_eq!(ok(&root, &["image", "ls", "-q"]).lines().count(), 3);
-    let real: Value =
-        serde_json::from_str(&ok(&root, &["--json", "prune", "--max-used", &budget])).unwrap();
+    assert_eq!(
+        ocistore(&root, &["image", "ls", "-q"])
+            .stdout()
+            .lines()
+            .count(),
+        3
+    );
+    let real: Value = ocistore(&root, &["--json", "prune", "--max-used", &budget]).json();
     for key in [
         "removed_images",
         "removed_blobs",
@@ -406,33 +395,33 @@ fn cli_prune_removes_the_least_recently_used_image_and_a_dry_run_changes_nothing
     assert!(after <= before - 50_000);
     assert_eq!(real["bytes_freed"].as_u64().unwrap(), before - after);
     // The most recently used image is complete; the shared base stayed.
-    ok(
+    ocistore(
         &root,
         &["image", "check", "img0:1", "--platform", "linux/amd64"],
-    );
-    ok(
+    )
+    .output();
+    ocistore(
         &root,
         &["image", "check", "img2:1", "--platform", "linux/amd64"],
-    );
-    let fsck: Value = serde_json::from_str(&ok(&root, &["--json", "fsck"])).unwrap();
+    )
+    .output();
+    let fsck: Value = ocistore(&root, &["--json", "fsck"]).json();
     assert_eq!(fsck["problems"], json!([]), "{fsck}");
 
     // A pinned image stays however low the budget; the rest goes, and prune says why.
-    ok(&root, &["image", "label", "img2:1", "ocistore.pin=true"]);
-    let out = cli(&root, &["--json", "prune", "--max-used", "0"]);
-    assert!(out.status.success());
+    ocistore(&root, &["image", "label", "img2:1", "ocistore.pin=true"]).output();
+    let out = ocistore(&root, &["--json", "prune", "--max-used", "0"]).output();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["budget_reached"], json!(false));
     assert_eq!(v["removed_images"], json!(["docker.io/library/img0:1"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("img2:1 (pinned)"), "{stderr}");
     assert_eq!(
-        ok(&root, &["image", "ls", "-q"]).trim(),
+        ocistore(&root, &["image", "ls", "-q"]).stdout().trim(),
         "docker.io/library/img2:1"
     );
     // No budget at all is refused, naming the options.
-    let out = cli(&root, &["prune"]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = ocistore(&root, &["prune"]).code(2).output();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-used"));
 }
 
@@ -443,7 +432,7 @@ fn prune_beside_imports_in_other_processes_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let images = archives(dir.path());
-    ok(&root, &["du"]);
+    ocistore(&root, &["du"]).output();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let prunes = std::thread::scope(|s| {
         let pruner = s.spawn(|| {
@@ -452,22 +441,24 @@ fn prune_beside_imports_in_other_processes_loses_nothing() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && std::time::Instant::now() < deadline
             {
-                ok(
+                ocistore(
                     &root,
                     &["prune", "--max-used", "0", "--ingest-expiry", "0s"],
-                );
+                )
+                .output();
                 runs += 1;
             }
             runs
         });
         for round in 0..12 {
             let (name, path) = &images[round % images.len()];
-            ok(&root, &["image", "import", path.to_str().unwrap()]);
+            ocistore(&root, &["image", "import", path.to_str().unwrap()]).output();
             // Either the image is complete, or a prune took all of it, name first.
-            let out = cli(
+            let out = ocistore(
                 &root,
                 &["image", "check", name, "--platform", "linux/amd64"],
-            );
+            )
+            .raw_output();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.success() || stderr.contains("not found"),
@@ -479,13 +470,14 @@ fn prune_beside_imports_in_other_processes_loses_nothing() {
         pruner.join().unwrap()
     });
     assert!(prunes > 0);
-    let fsck: Value = serde_json::from_str(&ok(&root, &["--json", "fsck"])).unwrap();
+    let fsck: Value = ocistore(&root, &["--json", "fsck"]).json();
     assert_eq!(fsck["problems"], json!([]), "{fsck}");
-    for name in ok(&root, &["image", "ls", "-q"]).lines() {
-        ok(
+    for name in ocistore(&root, &["image", "ls", "-q"]).stdout().lines() {
+        ocistore(
             &root,
             &["image", "check", name, "--platform", "linux/amd64"],
-        );
+        )
+        .output();
     }
 }
 
@@ -497,7 +489,7 @@ fn last_use_is_recorded_by_imports_exactly_and_by_reads_coarsely() {
     let root = dir.path().join("store");
     let images = archives(dir.path());
     let t0 = SystemTime::now();
-    ok(&root, &["image", "import", images[0].1.to_str().unwrap()]);
+    ocistore(&root, &["image", "import", images[0].1.to_str().unwrap()]).output();
     let store = Store::open(&root).unwrap();
     let name = Used::image("img0:1").unwrap();
     let first = store
@@ -510,10 +502,11 @@ fn last_use_is_recorded_by_imports_exactly_and_by_reads_coarsely() {
     drop(store);
     // Checked again at once: within the granularity, nothing is written.
     let gen_before = std::fs::read(root.join("meta.gen")).unwrap();
-    ok(
+    ocistore(
         &root,
         &["image", "check", "img0:1", "--platform", "linux/amd64"],
-    );
+    )
+    .output();
     assert_eq!(
         std::fs::read(root.join("meta.gen")).unwrap(),
         gen_before,
@@ -525,7 +518,10 @@ fn last_use_is_recorded_by_imports_exactly_and_by_reads_coarsely() {
     let d = put(&store, b"read me", Labels::new());
     assert_eq!(store.last_use(&Used::Content(d)).unwrap(), None);
     drop(store);
-    assert_eq!(ok(&root, &["content", "cat", &d.to_string()]), "read me");
+    assert_eq!(
+        ocistore(&root, &["content", "cat", &d.to_string()]).stdout(),
+        "read me"
+    );
     let store = Store::open(&root).unwrap();
     let used = store
         .last_use(&Used::Content(d))

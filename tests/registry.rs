@@ -23,6 +23,8 @@
 //! fixtures and shared checks) is in `registry/harness.rs`, the test images in
 //! `registry/images.rs` and the test doubles in `registry/doubles.rs`.
 
+#[path = "common/cmd.rs"]
+mod cmd;
 #[path = "common/containerd.rs"]
 mod containerd;
 #[path = "registry/doubles.rs"]
@@ -35,8 +37,6 @@ mod hostile;
 mod images;
 #[path = "registry/referrers.rs"]
 mod referrers;
-#[path = "common/rss.rs"]
-mod rss;
 #[path = "common/streams.rs"]
 mod streams;
 
@@ -3239,7 +3239,7 @@ fn a_pull_of_many_layers_fits_in_few_file_descriptors() {
     cmd.arg("-c")
         .arg("ulimit -n 256 && exec \"$@\"")
         .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_ocistore"))
+        .arg(cmd::BIN)
         .arg("--root")
         .arg(&root)
         .args(["--json", "image", "pull", &reference])

@@ -3,54 +3,19 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::SystemTime;
 
-use serde_json::Value;
-
-fn run(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(b) = stdin {
-        child.stdin.take().unwrap().write_all(b).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn json(root: &Path, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(root, &all, None);
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-    )
-}
+#[path = "common/cmd.rs"]
+mod cmd;
+use cmd::ocistore;
 
 fn put(root: &Path, bytes: &[u8]) -> String {
-    let out = run(
-        root,
-        &["content", "put", "-", "--label", "k=v"],
-        Some(bytes),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    ocistore(root, &["content", "put", "-", "--label", "k=v"])
+        .stdin(bytes)
+        .stdout()
+        .trim()
+        .to_owned()
 }
 
 /// Every path under `dir` with its (mtime, inode, length).
@@ -88,8 +53,7 @@ fn fsck_on_a_clean_store_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, _) = store_with_content(tmp.path());
     let before = snapshot(&root);
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!(code, 0, "{v}");
+    let v = ocistore(&root, &["--json", "fsck"]).json();
     assert_eq!(v["blobs_checked"], 5);
     assert_eq!(v["problems"], serde_json::json!([]));
     assert_eq!(snapshot(&root), before, "no file, mtime or inode changed");
@@ -118,28 +82,28 @@ fn flipped_byte_is_found_quarantined_and_refetched() {
             .unwrap_err();
     assert_eq!(err.kind(), ocistore::ErrorKind::Corrupted);
     drop(store);
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!(code, 1);
+    let v = ocistore(&root, &["--json", "fsck"]).code(1).json();
     let problems = v["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{v}");
     assert_eq!(problems[0]["kind"], "corrupt");
     assert_eq!(problems[0]["id"], victim.as_str());
     assert_eq!(problems[0]["path"], path.to_str().unwrap());
 
-    let (code, v) = json(&root, &["fsck", "--repair"]);
-    assert_eq!(code, 0, "{v}");
+    let v = ocistore(&root, &["--json", "fsck", "--repair"]).json();
     assert!(
         v["problems"][0]["repaired"]
             .as_str()
             .unwrap()
             .contains("quarantine")
     );
-    let (code, _) = json(&root, &["content", "info", victim]);
-    assert_eq!(code, 1, "the corrupt blob is no longer visible");
+    // The corrupt blob is no longer visible.
+    ocistore(&root, &["--json", "content", "info", victim])
+        .code(1)
+        .output();
     // Putting the content again restores it; fsck is clean.
     assert_eq!(put(&root, &original), *victim);
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+    let v = ocistore(&root, &["--json", "fsck"]).json();
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
 
 #[test]
@@ -152,8 +116,7 @@ fn debris_and_missing_files_are_reported_and_repaired() {
     let sp = root.join("blobs/sha256").join(&stray.hex()[..2]);
     std::fs::create_dir_all(&sp).unwrap();
     std::fs::write(sp.join(stray.hex()), b"stray").unwrap();
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!(code, 1);
+    let v = ocistore(&root, &["--json", "fsck"]).code(1).json();
     let kinds: Vec<&str> = v["problems"]
         .as_array()
         .unwrap()
@@ -161,10 +124,9 @@ fn debris_and_missing_files_are_reported_and_repaired() {
         .map(|p| p["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["missing", "debris"]);
-    let (code, _) = json(&root, &["fsck", "--repair"]);
-    assert_eq!(code, 0);
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+    ocistore(&root, &["--json", "fsck", "--repair"]).output();
+    let v = ocistore(&root, &["--json", "fsck"]).json();
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
 
 fn chmod_recursive(dir: &Path, writable: bool) {
@@ -193,22 +155,18 @@ fn read_only_root_reads_and_creates_nothing() {
     let (root, digests) = store_with_content(tmp.path());
     chmod_recursive(&root, false);
     let before = snapshot(&root);
-    let ls = run(&root, &["content", "ls", "-q"], None);
-    assert!(
-        ls.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 5);
-    let (code, info) = json(&root, &["content", "info", &digests[1]]);
-    assert_eq!((code, info["labels"]["k"].as_str()), (0, Some("v")));
-    let cat = run(&root, &["content", "cat", &digests[1]], None);
-    assert!(cat.status.success());
-    assert_eq!(run(&root, &["image", "ls"], None).status.code(), Some(0));
-    assert_eq!(run(&root, &["fsck"], None).status.code(), Some(0));
-    assert_eq!(run(&root, &["du"], None).status.code(), Some(0));
-    let put = run(&root, &["content", "put", "-"], Some(b"new"));
-    assert_eq!(put.status.code(), Some(1));
+    let ls = ocistore(&root, &["content", "ls", "-q"]).stdout();
+    assert_eq!(ls.lines().count(), 5);
+    let info = ocistore(&root, &["--json", "content", "info", &digests[1]]).json();
+    assert_eq!(info["labels"]["k"].as_str(), Some("v"));
+    ocistore(&root, &["content", "cat", &digests[1]]).output();
+    ocistore(&root, &["image", "ls"]).output();
+    ocistore(&root, &["fsck"]).output();
+    ocistore(&root, &["du"]).output();
+    let put = ocistore(&root, &["content", "put", "-"])
+        .stdin(b"new")
+        .code(1)
+        .output();
     let err = String::from_utf8_lossy(&put.stderr);
     assert!(err.contains("read-only"), "a clear error: {err}");
     assert_eq!(snapshot(&root), before, "nothing created or modified");
@@ -232,9 +190,8 @@ fn du_agrees_with_the_filesystem() {
     put(&root, &vec![42u8; 3 << 20]);
     // Let delayed allocation settle, so that both measures see the same blocks.
     unsafe { libc::sync() };
-    let (code, v) = json(&root, &["du"]);
+    let v = ocistore(&root, &["--json", "du"]).json();
     unsafe { libc::sync() };
-    assert_eq!(code, 0);
     assert_eq!(v["blobs"]["count"], 6);
     assert!(v["ingests"]["apparent_bytes"].as_u64().unwrap() >= 100_000);
     assert!(v["metadata"]["apparent_bytes"].as_u64().unwrap() > 0);
@@ -262,10 +219,13 @@ fn rebuild_after_losing_the_metadata_restores_every_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, digests) = store_with_content(tmp.path());
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    let (code, imported) = json(&root, &["image", "import", sample.to_str().unwrap()]);
-    assert_eq!(code, 0);
+    let imported = ocistore(
+        &root,
+        &["--json", "image", "import", sample.to_str().unwrap()],
+    )
+    .json();
     let index = imported["images"][0]["digest"].as_str().unwrap().to_owned();
-    let (_, before) = json(&root, &["content", "ls"]);
+    let before = ocistore(&root, &["--json", "content", "ls"]).json();
     let before: Vec<String> = before
         .as_array()
         .unwrap()
@@ -273,8 +233,7 @@ fn rebuild_after_losing_the_metadata_restores_every_blob() {
         .map(|i| i["digest"].as_str().unwrap().to_owned())
         .collect();
     std::fs::remove_file(root.join("meta.redb")).unwrap();
-    let (code, out) = json(&root, &["fsck", "--rebuild"]);
-    assert_eq!(code, 0, "{out}");
+    let out = ocistore(&root, &["--json", "fsck", "--rebuild"]).json();
     assert_eq!(
         out["blobs_recovered"].as_u64().unwrap() as usize,
         before.len()
@@ -287,7 +246,7 @@ fn rebuild_after_losing_the_metadata_restores_every_blob() {
             .any(|l| l.as_str().unwrap().contains("label")),
         "{out}"
     );
-    let (_, after) = json(&root, &["content", "ls"]);
+    let after = ocistore(&root, &["--json", "content", "ls"]).json();
     let after: Vec<String> = after
         .as_array()
         .unwrap()
@@ -296,17 +255,17 @@ fn rebuild_after_losing_the_metadata_restores_every_blob() {
         .collect();
     assert_eq!(after, before, "every blob's record is back");
     for d in &digests {
-        assert_eq!(json(&root, &["content", "info", d]).0, 0);
+        ocistore(&root, &["--json", "content", "info", d]).output();
     }
     // References are rebuilt from the manifests' bytes.
-    let (_, refs) = json(&root, &["content", "refs", &index]);
+    let refs = ocistore(&root, &["--json", "content", "refs", &index]).json();
     assert_eq!(
         refs["refs"].as_array().unwrap().len(),
         2,
         "the sample index names two manifests"
     );
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+    let v = ocistore(&root, &["--json", "fsck"]).json();
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
 
 #[test]
@@ -314,46 +273,43 @@ fn rebuild_with_readable_metadata_keeps_labels_and_names() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, digests) = store_with_content(tmp.path());
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.oci.tar");
-    assert_eq!(
-        json(&root, &["image", "import", sample.to_str().unwrap()]).0,
-        0
-    );
-    let (code, out) = json(&root, &["fsck", "--rebuild"]);
-    assert_eq!(code, 0, "{out}");
+    ocistore(
+        &root,
+        &["--json", "image", "import", sample.to_str().unwrap()],
+    )
+    .output();
+    let out = ocistore(&root, &["--json", "fsck", "--rebuild"]).json();
     assert_eq!(out["salvaged"], true);
     assert_eq!(out["names_recovered"], 1);
-    let (_, info) = json(&root, &["content", "info", &digests[0]]);
+    let info = ocistore(&root, &["--json", "content", "info", &digests[0]]).json();
     assert_eq!(info["labels"]["k"], "v");
-    assert_eq!(
-        json(
-            &root,
-            &["image", "check", "hello:1.0", "--platform", "linux/amd64"]
-        )
-        .0,
-        0
-    );
+    ocistore(
+        &root,
+        &[
+            "--json",
+            "image",
+            "check",
+            "hello:1.0",
+            "--platform",
+            "linux/amd64",
+        ],
+    )
+    .output();
 }
 
 /// Starts `content put` of 3 MiB from a pipe and kills it (SIGKILL) once its ingest is
 /// recorded: the store was open for writing, which leaves `meta.redb` needing recovery.
 fn kill_a_writer_midway(root: &Path) {
     use std::io::Write;
-    let mut put = Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(root)
-        .args(["content", "put"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut put = ocistore(root, &["content", "put"]).spawn();
     let mut stdin = put.stdin.take().unwrap();
     // More than one buffer, so that the ingest is recorded: the writer is open and has
     // committed.
     stdin.write_all(&vec![7u8; 3 << 20]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (_, v) = json(root, &["ingest", "ls"]);
+        let out = ocistore(root, &["--json", "ingest", "ls"]).raw_output();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if v.as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
@@ -379,7 +335,7 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
     kill_a_writer_midway(&root);
 
     let started = std::time::Instant::now();
-    let out = run(&root, &["fsck"], None);
+    let out = ocistore(&root, &["fsck"]).raw_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -387,10 +343,9 @@ fn read_only_fsck_after_a_killed_writer_says_how_to_recover() {
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    let (code, v) = json(&root, &["fsck", "--repair"]);
-    assert_eq!(code, 0, "{v}");
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+    ocistore(&root, &["--json", "fsck", "--repair"]).output();
+    let v = ocistore(&root, &["--json", "fsck"]).json();
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
 
 /// A listing opens read-only when it can; after a writer was killed it cannot, and opens
@@ -401,21 +356,13 @@ fn a_listing_after_a_killed_writer_recovers_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, digests) = store_with_content(tmp.path());
     kill_a_writer_midway(&root);
-    let out = run(&root, &["content", "ls", "-q"], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let out = ocistore(&root, &["content", "ls", "-q"]).stdout();
+    let listed: Vec<String> = out.lines().map(str::to_owned).collect();
     let mut want = digests.clone();
     want.sort();
     assert_eq!(listed, want);
-    let (code, v) = json(&root, &["fsck"]);
-    assert_eq!((code, v["problems"].clone()), (0, serde_json::json!([])));
+    let v = ocistore(&root, &["--json", "fsck"]).json();
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
 
 /// `du` counts a file with several names once, as `du -s` does: a blob whose ingest still
@@ -425,15 +372,14 @@ fn a_listing_after_a_killed_writer_recovers_the_store() {
 fn du_counts_a_blob_with_a_second_name_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, digests) = store_with_content(tmp.path());
-    let (_, before) = json(&root, &["du"]);
+    let before = ocistore(&root, &["--json", "du"]).json();
     let hex = digests[4].strip_prefix("sha256:").unwrap();
     std::fs::hard_link(
         root.join("blobs/sha256").join(&hex[..2]).join(hex),
         root.join("ingest").join("in-flight.data"),
     )
     .unwrap();
-    let (code, after) = json(&root, &["du"]);
-    assert_eq!(code, 0, "{after}");
+    let after = ocistore(&root, &["--json", "du"]).json();
     for part in ["blobs", "ingests", "total"] {
         assert_eq!(after[part], before[part], "{part}: {before} then {after}");
     }
@@ -485,7 +431,7 @@ fn a_read_only_open_waits_for_a_store_being_created() {
     assert!(!reader.is_finished(), "the read-only open gave up at once");
     // The creator commits its schema (as another process: redb shares state between the
     // handles of one process).
-    assert!(run(&root, &["image", "ls"], None).status.success());
+    ocistore(&root, &["image", "ls"]).output();
     drop(creator);
     let (opened, took) = reader.join().unwrap();
     assert_eq!(opened.unwrap(), 0);
@@ -497,17 +443,14 @@ fn a_read_only_open_waits_for_a_store_being_created() {
     let mut builder = redb::Builder::new();
     builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
     drop(builder.create(half.join("meta.redb")).unwrap());
-    let (code, out) = (
-        run(&half, &["fsck"], None).status.code(),
-        run(&half, &["fsck"], None),
-    );
-    assert_eq!(code, Some(1));
+    ocistore(&half, &["fsck"]).code(1).output();
+    let out = ocistore(&half, &["fsck"]).raw_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not yet created") && err.contains("any command that writes"),
         "{err}"
     );
-    let (code, _) = json(&half, &["content", "ls"]);
-    assert_eq!(code, 0, "a listing finishes the store's creation");
-    assert_eq!(run(&half, &["fsck"], None).status.code(), Some(0));
+    // A listing finishes the store's creation.
+    ocistore(&half, &["--json", "content", "ls"]).output();
+    ocistore(&half, &["fsck"]).output();
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use ocistore::{Algorithm, ErrorKind, IngestManager, Ingester, Labels, Manager, Store, helpers};
 
+#[path = "common/cmd.rs"]
+mod cmd;
+
 fn fixture(version: u32) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}/store"))
 }
@@ -298,13 +301,7 @@ fn newer_schema_is_refused() {
         msg.contains("999") && msg.contains(&format!("version {}", store_version())),
         "{msg}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(&root)
-        .args(["content", "ls"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = cmd::ocistore(&root, &["content", "ls"]).code(1).output();
     assert!(String::from_utf8_lossy(&out.stderr).contains("999"));
 }
 

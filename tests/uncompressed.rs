@@ -7,14 +7,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use ocistore::uncompressed::{COMPRESSED_LABEL, UNCOMPRESSED_LABEL, UncompressOptions};
 use ocistore::{Algorithm, Digest, ErrorKind, Manager, Store, helpers, oci};
 use serde_json::{Value, json};
 
-#[path = "common/rss.rs"]
-mod rss;
+#[path = "common/cmd.rs"]
+mod cmd;
+use cmd::ocistore;
 
 // ---------------------------------------------------------------- building images
 
@@ -160,35 +161,13 @@ fn fresh() -> (tempfile::TempDir, Store) {
 
 // ---------------------------------------------------------------- the command line
 
-fn run(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ocistore"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn ocistore")
-}
-
-fn json(root: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(root, &all);
-    assert!(
-        out.status.success(),
-        "ocistore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Every blob with its labels, and every ingest: what "the store is unchanged" compares.
 fn state(root: &Path) -> (Value, Value) {
-    let mut blobs = json(root, &["content", "ls"]);
+    let mut blobs = ocistore(root, &["--json", "content", "ls"]).json();
     for b in blobs.as_array_mut().unwrap() {
         b.as_object_mut().unwrap().remove("updated_at");
     }
-    (blobs, json(root, &["ingest", "ls"]))
+    (blobs, ocistore(root, &["--json", "ingest", "ls"]).json())
 }
 
 // ---------------------------------------------------------------- recorded at import
@@ -373,37 +352,46 @@ fn cli_agrees_with_the_config_and_corrects_a_lying_one() {
     stated[2] = lie;
     let file = tmp.path().join("lying.tar");
     std::fs::write(&file, archive("example.com/liar:1", &layers, &stated)).unwrap();
-    json(&root, &["image", "import", file.to_str().unwrap()]);
+    ocistore(
+        &root,
+        &["--json", "image", "import", file.to_str().unwrap()],
+    )
+    .json();
 
     let first = layers[0].digest().to_string();
-    let out = json(&root, &["content", "uncompressed", &first]);
+    let out = ocistore(&root, &["--json", "content", "uncompressed", &first]).json();
     assert_eq!(
         out,
         json!({"digest": first, "diff_id": layers[0].diff_id.to_string(), "size": null,
                "recorded": false, "corrected": false, "kept": null})
     );
     // Plain output is the diffID alone.
-    let plain = run(&root, &["content", "uncompressed", &first]);
-    assert_eq!(
-        String::from_utf8(plain.stdout).unwrap().trim(),
-        layers[0].diff_id.to_string()
-    );
+    let plain = ocistore(&root, &["content", "uncompressed", &first]).stdout();
+    assert_eq!(plain.trim(), layers[0].diff_id.to_string());
 
     // The label says what the config said, until --verify reads the layer.
     let liar = layers[2].digest().to_string();
-    let trusted = json(&root, &["content", "uncompressed", &liar]);
+    let trusted = ocistore(&root, &["--json", "content", "uncompressed", &liar]).json();
     assert_eq!(trusted["diff_id"], lie.to_string());
-    let verified = json(&root, &["content", "uncompressed", &liar, "--verify"]);
+    let verified = ocistore(
+        &root,
+        &["--json", "content", "uncompressed", &liar, "--verify"],
+    )
+    .json();
     assert_eq!(verified["diff_id"], layers[2].diff_id.to_string());
     assert_eq!(verified["corrected"], true);
     assert_eq!(verified["recorded"], true);
     assert_eq!(verified["size"], 2048);
-    let info = json(&root, &["content", "info", &liar]);
+    let info = ocistore(&root, &["--json", "content", "info", &liar]).json();
     assert_eq!(
         info["labels"][UNCOMPRESSED_LABEL],
         layers[2].diff_id.to_string()
     );
-    let again = json(&root, &["content", "uncompressed", &liar, "--verify"]);
+    let again = ocistore(
+        &root,
+        &["--json", "content", "uncompressed", &liar, "--verify"],
+    )
+    .json();
     assert_eq!(again["corrected"], false);
     assert_eq!(again["recorded"], false);
 }
@@ -419,20 +407,28 @@ fn keep_stores_the_uncompressed_blob_and_gc_collects_it() {
         archive("example.com/keep:1", &layers, &true_diff_ids(&layers)),
     )
     .unwrap();
-    json(&root, &["image", "import", file.to_str().unwrap()]);
+    ocistore(
+        &root,
+        &["--json", "image", "import", file.to_str().unwrap()],
+    )
+    .json();
 
     for (l, tar) in layers[..3].iter().zip(&tars) {
         let d = l.digest().to_string();
-        let out = json(&root, &["content", "uncompressed", &d, "--keep"]);
+        let out = ocistore(&root, &["--json", "content", "uncompressed", &d, "--keep"]).json();
         assert_eq!(out["kept"], l.diff_id.to_string());
         assert_eq!(out["size"], tar.len());
-        let kept = json(&root, &["content", "info", &l.diff_id.to_string()]);
+        let kept = ocistore(
+            &root,
+            &["--json", "content", "info", &l.diff_id.to_string()],
+        )
+        .json();
         assert_eq!(kept["labels"][COMPRESSED_LABEL], d);
         assert_eq!(kept["size"], tar.len());
-        let cat = run(&root, &["content", "cat", &l.diff_id.to_string()]);
+        let cat = ocistore(&root, &["content", "cat", &l.diff_id.to_string()]).raw_output();
         assert_eq!(&cat.stdout, tar);
         // Kept already: answered from the labels, nothing read.
-        let again = json(&root, &["content", "uncompressed", &d, "--keep"]);
+        let again = ocistore(&root, &["--json", "content", "uncompressed", &d, "--keep"]).json();
         assert_eq!(again["kept"], l.diff_id.to_string());
     }
     {
@@ -444,12 +440,16 @@ fn keep_stores_the_uncompressed_blob_and_gc_collects_it() {
     }
 
     // Nothing roots the kept blobs: gc takes them, and only them.
-    let gc = run(&root, &["gc"]);
-    assert!(gc.status.success());
+    ocistore(&root, &["gc"]).output();
     for l in &layers[..3] {
-        let gone = run(&root, &["content", "info", &l.diff_id.to_string()]);
-        assert_eq!(gone.status.code(), Some(1));
-        json(&root, &["content", "info", &l.digest().to_string()]);
+        ocistore(&root, &["content", "info", &l.diff_id.to_string()])
+            .code(1)
+            .output();
+        ocistore(
+            &root,
+            &["--json", "content", "info", &l.digest().to_string()],
+        )
+        .json();
     }
     let store = Store::open(&root).unwrap();
     assert_eq!(
@@ -495,7 +495,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     for (what, bytes, _) in &blobs {
         let path = tmp.path().join(what.replace(' ', "-"));
         std::fs::write(&path, bytes).unwrap();
-        let put = json(&root, &["content", "put", path.to_str().unwrap()]);
+        let put = ocistore(&root, &["--json", "content", "put", path.to_str().unwrap()]).json();
         digests.push(put["digest"].as_str().unwrap().to_owned());
     }
     let before = state(&root);
@@ -503,7 +503,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         for extra in [&[][..], &["--keep"], &["--verify", "--keep"]] {
             let mut args = vec!["content", "uncompressed", d.as_str()];
             args.extend_from_slice(extra);
-            let out = run(&root, &args);
+            let out = ocistore(&root, &args).raw_output();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{what} {extra:?}: {stderr}");
             assert!(stderr.contains(message), "{what}: {stderr}");
@@ -512,11 +512,13 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         }
     }
     let missing = sha256(b"never stored").to_string();
-    let out = run(&root, &["content", "uncompressed", &missing]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = ocistore(&root, &["content", "uncompressed", &missing])
+        .code(1)
+        .output();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = run(&root, &["content", "uncompressed", "sha256:nothex"]);
-    assert_eq!(out.status.code(), Some(2));
+    ocistore(&root, &["content", "uncompressed", "sha256:nothex"])
+        .code(2)
+        .output();
     assert_eq!(state(&root), before, "a refused request changed the store");
 }
 
@@ -539,22 +541,20 @@ fn decompression_holds_memory_flat() {
     for (blob, keep) in [(gz, true), (zst, false)] {
         let path = tmp.path().join("blob");
         std::fs::write(&path, &blob).unwrap();
-        let put = json(&root, &["content", "put", path.to_str().unwrap()]);
+        let put = ocistore(&root, &["--json", "content", "put", path.to_str().unwrap()]).json();
         let d = put["digest"].as_str().unwrap().to_owned();
         let mut args = vec!["--json", "content", "uncompressed", d.as_str()];
         if keep {
             args.push("--keep");
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocistore"));
-        cmd.arg("--root").arg(&root).args(&args);
         let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
-        let measured = rss::start(&cmd, &out, &err, false);
+        let measured = ocistore(&root, &args).measure(&out, &err, false);
         let what = format!("decompressing 256 MiB (keep: {keep})");
-        rss::succeeds_within(&measured, &err, 64 * 1024, &what);
-        let info = json(&root, &["content", "info", &d]);
+        cmd::rss::succeeds_within(&measured, &err, 64 * 1024, &what);
+        let info = ocistore(&root, &["--json", "content", "info", &d]).json();
         assert_eq!(info["labels"][UNCOMPRESSED_LABEL], diff_id.to_string());
     }
-    let kept = json(&root, &["content", "info", &diff_id.to_string()]);
+    let kept = ocistore(&root, &["--json", "content", "info", &diff_id.to_string()]).json();
     assert_eq!(kept["size"], SIZE);
 }
 

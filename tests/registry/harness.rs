@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ocistore::registry::{Credentials, Registry, RegistryOptions};
 use serde_json::{Value, json};
 
+use crate::cmd::{Ocistore, ocistore, rss};
 use crate::doubles::{FaultProxy, Rule, TOKEN_ISSUER, TOKEN_SERVICE};
 use crate::images::{AMD64, Blob, Image, build_image, layout_holds};
 
@@ -469,25 +470,31 @@ impl Env {
         let _ = std::fs::remove_dir_all(self.path("hosts").join(host));
     }
 
-    /// `ocistore --root <root>` in this environment, without further arguments yet.
-    pub fn ocistore(&self, root: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
-        c.arg("--root")
-            .arg(root)
-            .env("DOCKER_CONFIG", self.docker_config())
+    /// `ocistore --root <root> <args>` (tests/common/cmd.rs) with this environment's
+    /// variables.
+    fn within(&self, root: &Path, args: &[&str]) -> Ocistore {
+        let mut c = ocistore(root, args);
+        c.env("DOCKER_CONFIG", self.docker_config())
             .env("OCISTORE_HOSTS_DIR", self.path("hosts"))
             .env("HOME", self.path("home"))
             .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("OCISTORE_ROOT")
-            .stdin(Stdio::null());
+            .env_remove("OCISTORE_ROOT");
         c
     }
 
-    /// `ocistore --root <root> --json <args>` in this environment, not yet started.
+    /// `ocistore --root <root>` in this environment, without further arguments yet.
+    pub fn ocistore(&self, root: &Path) -> Command {
+        self.within(root, &[]).command()
+    }
+
+    /// `ocistore --root <root> --json <args>` in this environment, not yet run.
+    pub fn cli(&self, root: &Path, args: &[&str]) -> Ocistore {
+        self.within(root, &[&["--json"], args].concat())
+    }
+
+    /// [`Env::cli`], not yet started.
     pub fn cmd(&self, root: &Path, args: &[&str]) -> Command {
-        let mut c = self.ocistore(root);
-        c.arg("--json").args(args);
-        c
+        self.cli(root, args).command()
     }
 
     pub fn run(&self, root: &Path, args: &[&str]) -> Run {
@@ -496,11 +503,14 @@ impl Env {
 
     /// [`Env::run`] with these variables, and none of the proxy variables but those given.
     pub fn run_env(&self, root: &Path, args: &[&str], vars: &[(&str, &str)]) -> Run {
-        let mut c = self.cmd(root, args);
+        let mut c = self.cli(root, args);
         for k in PROXY_VARS {
             c.env_remove(k);
         }
-        let out = c.envs(vars.iter().copied()).output().expect("run ocistore");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = c.raw_output();
         Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -634,8 +644,7 @@ impl Env {
 /// tests/common/rss.rs says, not from a child of this process).
 pub fn run_max_rss(env: &Env, root: &Path, args: &[&str]) -> (Run, i64) {
     let (out, err) = (env.path("rss.stdout"), env.path("rss.stderr"));
-    let (code, kib) =
-        crate::rss::wait(crate::rss::start(&env.cmd(root, args), &out, &err, false).pid);
+    let (code, kib) = rss::wait(env.cli(root, args).measure(&out, &err, false).pid);
     let run = Run {
         code,
         stdout: std::fs::read_to_string(&out).unwrap(),
