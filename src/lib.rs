@@ -70,7 +70,7 @@ pub use content::{
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::MemoryStore;
-pub use names::{Image, Name};
+pub use names::{AsName, Image, Name};
 #[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryOptions};
 // gc, prune, fsck and the diffID labels work on the store's tables, so they live in it;

@@ -22,8 +22,10 @@ pub const MAX_NAME_LEN: usize = 1024;
 /// A normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name {
-    /// `registry/repository`, e.g. `docker.io/library/alpine`.
-    pub repository: String,
+    /// The registry host as names spell it, e.g. `docker.io`, `127.0.0.1:5000`.
+    pub registry: String,
+    /// The repository path within it, e.g. `library/alpine`.
+    pub path: String,
     /// The tag, when the name has no digest.
     pub tag: Option<String>,
     /// The digest, when the name has one.
@@ -72,8 +74,9 @@ impl Name {
             )));
         }
         let name = Name {
+            registry,
+            path,
             tag: if digest.is_some() { None } else { tag },
-            repository: format!("{registry}/{path}"),
             digest,
         };
         // Normalising adds a registry (and `library/`): the stored form must fit the limit
@@ -89,7 +92,52 @@ impl Name {
 
     /// The same repository with another tag.
     pub fn with_tag(&self, tag: &str) -> Result<Name> {
-        Name::parse(&format!("{}:{tag}", self.repository))
+        Name::parse(&format!("{}:{tag}", self.repository()))
+    }
+
+    /// `registry/path`, e.g. `docker.io/library/alpine`: the name without tag or digest.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.registry, self.path)
+    }
+}
+
+/// What an image method takes as a name: a string, parsed and normalised once where the
+/// method starts, or a [`Name`] already parsed, taken as it is. So a caller that holds a
+/// `Name` (a pull, a push, the CLI after checking its argument) never has it parsed again.
+///
+/// ```
+/// use ocistore::{AsName, Name};
+/// let parsed = Name::parse("alpine:3.20").unwrap();
+/// assert_eq!(*"alpine:3.20".as_name().unwrap(), parsed);
+/// assert_eq!(parsed.as_name().unwrap().to_string(), "docker.io/library/alpine:3.20");
+/// assert!("UPPER/case".as_name().is_err());
+/// ```
+pub trait AsName {
+    /// The name; `InvalidArgument` for a string that is not a reference.
+    fn as_name(&self) -> Result<std::borrow::Cow<'_, Name>>;
+}
+
+impl AsName for str {
+    fn as_name(&self) -> Result<std::borrow::Cow<'_, Name>> {
+        Name::parse(self).map(std::borrow::Cow::Owned)
+    }
+}
+
+impl AsName for String {
+    fn as_name(&self) -> Result<std::borrow::Cow<'_, Name>> {
+        self.as_str().as_name()
+    }
+}
+
+impl AsName for Name {
+    fn as_name(&self) -> Result<std::borrow::Cow<'_, Name>> {
+        Ok(std::borrow::Cow::Borrowed(self))
+    }
+}
+
+impl<T: AsName + ?Sized> AsName for &T {
+    fn as_name(&self) -> Result<std::borrow::Cow<'_, Name>> {
+        (**self).as_name()
     }
 }
 
@@ -97,9 +145,9 @@ impl fmt::Display for Name {
     /// `repository:tag` or `repository@digest`: the key a name is stored under.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.digest, &self.tag) {
-            (Some(d), _) => write!(f, "{}@{d}", self.repository),
-            (None, Some(t)) => write!(f, "{}:{t}", self.repository),
-            (None, None) => write!(f, "{}", self.repository),
+            (Some(d), _) => write!(f, "{}/{}@{d}", self.registry, self.path),
+            (None, Some(t)) => write!(f, "{}/{}:{t}", self.registry, self.path),
+            (None, None) => write!(f, "{}/{}", self.registry, self.path),
         }
     }
 }

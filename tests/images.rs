@@ -87,7 +87,7 @@ fn names_normalise_resolve_and_page_tags() {
     );
     for t in ["b", "c", "a1", "z"] {
         store
-            .put_image(&format!("alpine:{t}"), desc.clone(), None)
+            .put_image(format!("alpine:{t}"), desc.clone(), None)
             .unwrap();
     }
     store
@@ -618,7 +618,7 @@ fn gc_during_batches_never_loses_a_blob() {
                 "config": {"mediaType": CONFIG, "digest": cd.to_string(), "size": 2}, "layers": layers})).unwrap();
             let staged = b.stage(&mut &m[..], None, None, Labels::new()).unwrap();
             b.put_name(
-                &format!("imp:{round}"),
+                format!("imp:{round}"),
                 descriptor(MANIFEST, &staged.digest, staged.size).unwrap(),
                 None,
             )
@@ -626,7 +626,7 @@ fn gc_during_batches_never_loses_a_blob() {
             b.commit().unwrap();
             let c = store
                 .check_image(
-                    &format!("imp:{round}"),
+                    format!("imp:{round}"),
                     &parse_platform("linux/amd64").unwrap(),
                 )
                 .unwrap();
@@ -636,7 +636,7 @@ fn gc_during_batches_never_loses_a_blob() {
     });
     for i in 0..10 {
         let c = store
-            .check_image(&format!("imp:{i}"), &parse_platform("linux/amd64").unwrap())
+            .check_image(format!("imp:{i}"), &parse_platform("linux/amd64").unwrap())
             .unwrap();
         assert!(c.complete, "{c:?}");
     }
@@ -774,7 +774,7 @@ fn image_sizes_read_each_image_once_not_each_name() {
         for n in 0..100 {
             let desc = descriptor(MANIFEST, &md, size).unwrap();
             store
-                .put_image(&format!("lab/app{k}:n{n}"), desc, None)
+                .put_image(format!("lab/app{k}:n{n}"), desc, None)
                 .unwrap();
         }
         expected.push(size + parts);

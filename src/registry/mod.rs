@@ -126,13 +126,9 @@ impl Repository {
     /// The repository of a normalised reference (`docker.io/library/alpine:3` →
     /// `docker.io` + `library/alpine`).
     pub fn of(name: &Name) -> Repository {
-        let (host, path) = name
-            .repository
-            .split_once('/')
-            .expect("a normalised name has a registry part");
         Repository {
-            host: host.to_owned(),
-            path: path.to_owned(),
+            host: name.registry.clone(),
+            path: name.path.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
-use crate::names::{self, Image, Name, descriptor_digest, platform_matches};
+use crate::names::{self, AsName, Image, descriptor_digest, platform_matches};
 use crate::store::Store;
 use crate::store::images::image_in;
 use crate::store::schema::NAMES;
@@ -28,8 +28,8 @@ pub struct Completeness {
 impl Store {
     /// Whether the image `name` is complete for `platform`: name → index → the platform's
     /// manifest → its config and every layer present with the size the descriptor states.
-    pub fn check_image(&self, name: &str, platform: &Platform) -> Result<Completeness> {
-        let key = Name::parse(name)?.to_string();
+    pub fn check_image(&self, name: impl AsName, platform: &Platform) -> Result<Completeness> {
+        let key = name.as_name()?.to_string();
         // The name and every record from one snapshot: an `image rm` and a gc beside the
         // check would otherwise have it report what they took as missing from an image whose
         // name is gone. Manifests are read from their files, which a gc removes after its

@@ -9,7 +9,7 @@ use crate::content::{Labels, Manager, validate_labels};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter;
-use crate::names::{self, Image, Name, descriptor_digest};
+use crate::names::{self, AsName, Image, Name, descriptor_digest};
 use crate::query::ImageFields;
 use crate::store::records::{self, NameRecord, Nanos};
 use crate::store::schema::NAMES;
@@ -83,11 +83,12 @@ impl Store {
     /// at. `labels`, when given, replace the name's labels. Durable on return.
     pub fn put_image(
         &self,
-        name: &str,
+        name: impl AsName,
         target: Descriptor,
         labels: Option<Labels>,
     ) -> Result<Image> {
-        let key = Name::parse(name)?.to_string();
+        let name = name.as_name()?;
+        let key = name.to_string();
         if let Some(l) = &labels {
             validate_labels(l)?;
         }
@@ -95,7 +96,7 @@ impl Store {
         let txn = self.write_txn("write a name")?;
         put_names(&txn, &[(key.clone(), target, labels)])?;
         txn.commit().map_err(|e| Error::db("commit a name", e))?;
-        self.image(&key)
+        self.image(&*name)
     }
 
     /// Points each of `targets` at what `source` (a name or a digest, see
@@ -166,8 +167,8 @@ impl Store {
     }
 
     /// The image stored under `name`; `NotFound` when there is none.
-    pub fn image(&self, name: &str) -> Result<Image> {
-        let key = Name::parse(name)?.to_string();
+    pub fn image(&self, name: impl AsName) -> Result<Image> {
+        let key = name.as_name()?.to_string();
         let txn = self.read_txn()?;
         let table = txn
             .open_table(NAMES)
@@ -204,7 +205,7 @@ impl Store {
                 let name = Name::parse(reference)?;
                 match name.digest {
                     Some(d) => d,
-                    None => return Ok(self.image(reference)?.target),
+                    None => return Ok(self.image(&name)?.target),
                 }
             }
         };
@@ -233,7 +234,7 @@ impl Store {
         limit: Option<usize>,
         last: Option<&str>,
     ) -> Result<Vec<String>> {
-        let repo = Name::parse(repository)?.repository;
+        let repo = Name::parse(repository)?.repository();
         let prefix = format!("{repo}:");
         let start = match last {
             Some(t) => format!("{prefix}{t}\u{0}"),
@@ -262,8 +263,8 @@ impl Store {
 
     /// Removes the name (a tag or a digest reference); the content stays until gc.
     /// `NotFound` when there is no such name.
-    pub fn delete_image(&self, name: &str) -> Result<()> {
-        let key = Name::parse(name)?.to_string();
+    pub fn delete_image(&self, name: impl AsName) -> Result<()> {
+        let key = name.as_name()?.to_string();
         let txn = self.write_txn("delete a name")?;
         let existed = txn
             .open_table(NAMES)
@@ -321,8 +322,9 @@ impl Store {
     /// other platforms; an entry with the same os/architecture/variant/os.version replaces the
     /// old one; platform-less entries (attestations) are kept unless their content is gone.
     /// The new index is committed as a blob and the name points at it.
-    pub fn write_index(&self, name: &str, entries: &[Descriptor]) -> Result<Image> {
-        let mut manifests: Vec<Value> = match self.image(name) {
+    pub fn write_index(&self, name: impl AsName, entries: &[Descriptor]) -> Result<Image> {
+        let name = name.as_name()?;
+        let mut manifests: Vec<Value> = match self.image(&*name) {
             Ok(img)
                 if INDEX_MEDIA_TYPES.contains(&img.target.media_type().to_string().as_str()) =>
             {
@@ -390,16 +392,16 @@ impl Store {
         )?;
         let desc = names::descriptor(INDEX_MEDIA_TYPES[0], &digest, bytes.len() as u64)?;
         // Committed above, but a gc may take it before the name holds it.
-        let key = Name::parse(name)?.to_string();
-        self.put_names_at_present(std::slice::from_ref(&key), desc, "writing the index")?;
-        self.image(&key)
+        self.put_names_at_present(&[name.to_string()], desc, "writing the index")?;
+        self.image(&*name)
     }
 
     /// Sets (`set`) and removes (`remove`) labels of the image `name` in one transaction;
     /// the image as it is after. `NotFound` when there is no such name. An image labelled
     /// `ocistore.pin` is never pruned.
-    pub fn label_image(&self, name: &str, set: &Labels, remove: &[&str]) -> Result<Image> {
-        let key = Name::parse(name)?.to_string();
+    pub fn label_image(&self, name: impl AsName, set: &Labels, remove: &[&str]) -> Result<Image> {
+        let name = name.as_name()?;
+        let key = name.to_string();
         validate_labels(set)?;
         let txn = self.write_txn("label an image")?;
         {
@@ -426,7 +428,7 @@ impl Store {
         }
         txn.commit()
             .map_err(|e| Error::db("commit image labels", e))?;
-        self.image(&key)
+        self.image(&*name)
     }
 }
 

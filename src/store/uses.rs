@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::names::Name;
+use crate::names::AsName;
 use crate::store::Store;
 use crate::store::records::Nanos;
 use crate::store::schema::USES;
@@ -42,8 +42,8 @@ pub enum Used {
 
 impl Used {
     /// The image `name`, normalised with docker's rules.
-    pub fn image(name: &str) -> Result<Used> {
-        Ok(Used::Image(Name::parse(name)?.to_string()))
+    pub fn image(name: impl AsName) -> Result<Used> {
+        Ok(Used::Image(name.as_name()?.to_string()))
     }
 
     fn key(&self) -> (&'static str, String) {

@@ -23,7 +23,7 @@ use oci_spec::image::Platform;
 use crate::content::Labels;
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
-use crate::names::{self, Name};
+use crate::names::{self, AsName};
 use crate::registry::{Registry, Repository, reference_of};
 use crate::store::Store;
 
@@ -129,11 +129,11 @@ impl Store {
     pub fn pull(
         &self,
         registry: &Registry,
-        reference: &str,
+        reference: impl AsName,
         opts: &PullOptions,
     ) -> Result<PullOutcome> {
         self.writable("pull")?;
-        let name = Name::parse(reference)?;
+        let name = reference.as_name()?.into_owned();
         let key = name.to_string();
         let repo = Repository::of(&name);
         let platforms = if opts.all_platforms {
@@ -143,7 +143,7 @@ impl Store {
         } else {
             opts.platforms.clone()
         };
-        let local = self.image(&key).ok();
+        let local = self.image(&name).ok();
         // Checked by the target seen, not the name: a prune or `image rm` elsewhere may
         // remove the name meanwhile, and then the pull just goes on.
         let complete = |store: &Store, image: &crate::names::Image| -> Result<bool> {
@@ -329,7 +329,7 @@ impl Store {
             names::descriptor(&root_desc.media_type, &root_desc.digest, root_desc.size)?,
             artifact_type.as_deref(),
         );
-        batch.put_name(&key, target, None)?;
+        batch.put_name(&name, target, None)?;
         batch.commit()?;
         Ok(out)
     }

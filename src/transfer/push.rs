@@ -25,7 +25,7 @@ use super::pull::Progress;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::helpers::largest_first;
-use crate::names::{self, Name, platform_matches};
+use crate::names::{self, AsName, Name, platform_matches};
 use crate::oci::referrers::Referrer;
 use crate::oci::{ChildKind, is_index};
 use crate::registry::{MAX_MANIFEST, Registry, Repository, reference_of};
@@ -114,12 +114,16 @@ impl Store {
     pub fn push(
         &self,
         registry: &Registry,
-        name: &str,
+        name: impl AsName,
         target: Option<&str>,
         opts: &PushOptions,
     ) -> Result<PushOutcome> {
-        let image = self.image(name)?;
-        let target_name = Name::parse(target.unwrap_or(name))?;
+        let image = self.image(&name)?;
+        let target_name = match target {
+            Some(t) => Name::parse(t)?,
+            None => name.as_name()?.into_owned(),
+        };
+        let name = image.name.as_str();
         let repo = Repository::of(&target_name);
         let root_digest = names::descriptor_digest(&image.target)?;
         // Held until the push is done: an `image rm` and a gc elsewhere cannot take the bytes

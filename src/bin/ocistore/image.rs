@@ -393,7 +393,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             let tags = store.tags(&repository, limit, last.as_deref())?;
             if ctx.json {
                 print_json(
-                    &json!({ "name": ocistore::Name::parse(&repository)?.repository, "tags": tags }),
+                    &json!({ "name": ocistore::Name::parse(&repository)?.repository(), "tags": tags }),
                 );
             } else {
                 for t in tags {

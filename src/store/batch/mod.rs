@@ -23,7 +23,7 @@ use redb::ReadableTable;
 use crate::content::{Labels, validate_labels};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, ErrorKind, Result};
-use crate::names::Name;
+use crate::names::AsName;
 use crate::store::Store;
 use crate::store::locks::RefLock;
 use crate::store::owner::OwnerDir;
@@ -475,11 +475,11 @@ impl Batch {
     /// Points `name` at `target` when the batch commits. `InvalidArgument` for a bad name.
     pub fn put_name(
         &mut self,
-        name: &str,
+        name: impl AsName,
         target: Descriptor,
         labels: Option<Labels>,
     ) -> Result<String> {
-        let key = Name::parse(name)?.to_string();
+        let key = name.as_name()?.to_string();
         crate::names::descriptor_digest(&target)?;
         self.names.push((key.clone(), target, labels));
         Ok(key)
