@@ -18,6 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 
+/// How long to ask again, in turn, before a lock found held is reported held. A process that
+/// starts a child (fork, then exec) gives the child a copy of every descriptor it has open
+/// until the exec closes them, and a lock dropped by one of its writers in that moment stays
+/// held by the copy: without these few milliseconds, a program that runs commands while it
+/// writes (a build tool) would see its own reference "locked" right after closing it.
+const LOCKED_WAITS_MS: [u64; 5] = [1, 2, 4, 8, 16];
+
 /// A held lock on one file; dropping it (and every clone of [`RefLock::file`]) releases it.
 #[derive(Debug)]
 pub(crate) struct RefLock {
@@ -63,16 +70,22 @@ impl RefLock {
                     Err(e) => return Err(Error::io("open ingest file", path, e)),
                 },
             };
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Unavailable(format!(
-                        "ingest ref {what:?} is locked by {}",
-                        describe_holder(path)
-                    )));
-                }
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("lock ingest", path, e));
+            let mut waits = LOCKED_WAITS_MS.iter();
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(fs::TryLockError::WouldBlock) => match waits.next() {
+                        Some(ms) => std::thread::sleep(std::time::Duration::from_millis(*ms)),
+                        None => {
+                            return Err(Error::Unavailable(format!(
+                                "ingest ref {what:?} is locked by {}",
+                                describe_holder(path)
+                            )));
+                        }
+                    },
+                    Err(fs::TryLockError::Error(e)) => {
+                        return Err(Error::io("lock ingest", path, e));
+                    }
                 }
             }
             let same = match (file.metadata(), fs::metadata(path)) {
@@ -384,6 +397,41 @@ mod tests {
         drop(a);
         let b = RefLock::acquire(&path, "r").unwrap();
         assert!(!b.created());
+    }
+
+    /// A child started while a lock is dropped holds a copy of its descriptor until its exec:
+    /// the lock must still be had again at once by this process.
+    #[test]
+    fn a_lock_dropped_while_children_start_is_had_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.data");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            let stop = &stop;
+            for _ in 0..2 {
+                s.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && std::time::Instant::now() < until
+                    {
+                        let _ = std::process::Command::new("true").status();
+                    }
+                });
+            }
+            let mut lock = RefLock::acquire(&path, "r").unwrap();
+            let mut round = 0;
+            while std::time::Instant::now() < until && round < 100_000 {
+                drop(lock);
+                lock = match RefLock::acquire(&path, "r") {
+                    Ok(l) => l,
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        panic!("round {round}: {e}");
+                    }
+                };
+                round += 1;
+            }
+        });
     }
 
     #[test]
