@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets (`fuzz/`), here so that every crash input committed under
-//! `fuzz/regressions/<target>/` is replayed as an ordinary test (`tests/fuzz_regressions.rs`).
+//! `fuzz/regressions/<target>/` is replayed as an ordinary test (`tests/it/fuzz_regressions.rs`).
 //! Each panics exactly when the property it checks is broken.
 
 use std::cell::RefCell;

@@ -1,5 +1,5 @@
 // containerd's own content testsuite (containerd 1.6.20, content/testsuite), run over
-// `ocistore serve --containerd` through containerd's gRPC proxy client. tests/containerd.rs
+// `ocistore serve --containerd` through containerd's gRPC proxy client. tests/it/containerd.rs
 // builds it in GOPATH mode against Debian's containerd sources and runs it.
 package ocistoresuite
 

@@ -371,7 +371,7 @@ fn concurrent_pulls_of_one_image_beside_rm_and_gc_all_succeed() {
 }
 
 /// Pulls and pushes beside every other command (`every_command_beside_every_other` in
-/// tests/maintenance.rs runs the local ones): pulls by tag and by digest, pushes to three
+/// tests/it/maintenance.rs runs the local ones): pulls by tag and by digest, pushes to three
 /// tags of another repository, tags, removals, gc, prune, fsck, `fsck --repair`, listings
 /// and checks, each a loop of separate processes on one store for 12 s, then 6 s more with a
 /// random one killed every 100 ms. A run may fail only with "image … not found" for a name

@@ -3,7 +3,7 @@
 //! (and containerd's `ctr`).
 //!
 //! Every test is `#[ignore]`d so that `cargo test` needs nothing but Rust; `.ci/run`
-//! installs the tools and runs `cargo test --test registry -- --ignored --test-threads=1`.
+//! installs the tools and runs `cargo test --test it registry:: -- --ignored --test-threads=1`.
 //! A missing tool fails the test with a message naming it: nothing is skipped silently.
 //!
 //! Each test starts its own registries (private config, storage and log in a temporary
@@ -23,22 +23,16 @@
 //! fixtures and shared checks) is in `registry/harness.rs`, the test images in
 //! `registry/images.rs` and the test doubles in `registry/doubles.rs`.
 
-#[path = "common/cmd.rs"]
-mod cmd;
-#[path = "common/containerd.rs"]
-mod containerd;
-#[path = "registry/doubles.rs"]
-mod doubles;
-#[path = "registry/harness.rs"]
-mod harness;
+use crate::cmd;
+use crate::private_containerd as containerd;
+use crate::doubles;
+use crate::harness;
 #[path = "registry/hostile.rs"]
 mod hostile;
-#[path = "registry/images.rs"]
-mod images;
+use crate::test_images as images;
 #[path = "registry/referrers.rs"]
 mod referrers;
-#[path = "common/streams.rs"]
-mod streams;
+use crate::streams;
 
 #[path = "registry/pull.rs"]
 mod pull;

@@ -6,19 +6,14 @@
 //! Go, containerd's sources, containerd, skopeo and docker-registry and runs them. A missing
 //! tool fails the test, naming it.
 
-#[path = "common/cmd.rs"]
-mod cmd;
-#[path = "common/containerd.rs"]
-mod containerd;
+use crate::cmd;
+use crate::private_containerd as containerd;
 #[allow(dead_code)]
-#[path = "registry/doubles.rs"]
-mod doubles;
+use crate::doubles;
 #[allow(dead_code)]
-#[path = "registry/harness.rs"]
-mod harness;
+use crate::harness;
 #[allow(dead_code)]
-#[path = "registry/images.rs"]
-mod images;
+use crate::test_images as images;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@
 //! - `u64::MAX`: nothing goes.
 //!
 //! Budgets between those (which image goes first, least recently used) are left to
-//! tests/prune.rs: they depend on last-use times this test does not control.
+//! tests/it/prune.rs: they depend on last-use times this test does not control.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};

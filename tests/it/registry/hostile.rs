@@ -23,7 +23,7 @@ use crate::doubles::{
     Fault, FaultProxy, Reply, Rule, Scripted, Served, document_registry, seen_list,
 };
 use crate::harness::{Env, Reg, RegOpts, Run, p, pulled_whole, run_max_rss, sha256, skopeo_push};
-use crate::images::{AMD64, OCI_INDEX, OCI_MANIFEST};
+use crate::test_images::{AMD64, OCI_INDEX, OCI_MANIFEST};
 
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";

@@ -18,7 +18,7 @@ use std::sync::Once;
 pub struct Measured {
     pub pid: libc::pid_t,
     /// Its standard input, when [`start`] was asked for a pipe.
-    #[allow(dead_code)] // only tests/cli.rs pipes one
+    #[allow(dead_code)] // only tests/it/cli.rs pipes one
     pub stdin: Option<ChildStdin>,
 }
 

@@ -1,5 +1,5 @@
 //! containerd as a plain process with its own root, state and socket (see PEERS.md), for the
-//! interop and registry suites (each loads this file with `#[path]`). Killed on drop.
+//! interop, registry and containerd areas (`crate::private_containerd`). Killed on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -38,10 +38,8 @@ use streams::{
     owned, path, run_streams, succeeded, text,
 };
 
-#[path = "common/cmd.rs"]
-mod cmd;
-#[path = "common/streams.rs"]
-mod streams;
+use crate::cmd;
+use crate::streams;
 use cmd::ocistore;
 use ocistore::{Algorithm, Store};
 use serde_json::{Value, json};

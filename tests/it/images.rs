@@ -719,7 +719,7 @@ fn gc_while_another_thread_imports_never_fails_the_import() {
 /// transaction sees it, a digest only while its content is recorded; a source that is gone
 /// writes nothing. `ocistore image tag` resolved the source and wrote the names in two
 /// steps, and beside `image rm` + `gc` in other processes left names pointing at nothing
-/// (`every_command_beside_every_other` in tests/maintenance.rs, 3 failures in 3 runs).
+/// (`every_command_beside_every_other` in tests/it/maintenance.rs, 3 failures in 3 runs).
 #[test]
 fn a_tag_reads_its_source_where_it_writes_the_names() {
     let (_dir, store) = fresh();

@@ -10,8 +10,7 @@ use ocistore::testsuite::fuzzing::listing;
 use ocistore::{Algorithm, ErrorKind, Store};
 use serde_json::json;
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 use cmd::ocistore;
 
 fn dir() -> PathBuf {
@@ -313,7 +312,7 @@ fn regenerate_hostile_corpus() {
     );
 
     let mut readme = String::from(
-        "# Hostile inputs\n\nEach file must fail to import with the error kind shown and leave the store exactly as it was (`tests/hostile_corpus.rs`), except the last, which imports. Regenerate with `cargo test --test hostile_corpus -- --ignored regenerate`.\n\n| file | what is wrong | error kind |\n|---|---|---|\n",
+        "# Hostile inputs\n\nEach file must fail to import with the error kind shown and leave the store exactly as it was (`tests/it/hostile_corpus.rs`), except the last, which imports. Regenerate with `cargo test --test it -- --ignored hostile_corpus::regenerate`.\n\n| file | what is wrong | error kind |\n|---|---|---|\n",
     );
     for (file, what, kind, _) in CASES {
         readme.push_str(&format!(

@@ -1,4 +1,4 @@
-"""A stand-in for the oras CLI in the registry tests (tests/registry/referrers.rs).
+"""A stand-in for the oras CLI in the registry tests (tests/it/registry/referrers.rs).
 
 The oras CLI (oras-go) is not packaged for Debian, so the referrers interop tests drive
 oras-py (PyPI ``oras``, 0.2.43, in a venv that .ci/run creates: ``python3 -m venv

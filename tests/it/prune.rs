@@ -13,8 +13,7 @@ use ocistore::{
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 use cmd::ocistore;
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

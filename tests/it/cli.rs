@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 use cmd::ocistore;
 
 fn ls_digests(root: &Path, filters: &[&str]) -> Vec<String> {

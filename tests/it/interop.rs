@@ -1,7 +1,7 @@
 //! Interop with the real peers: umoci, skopeo and containerd (`ctr`), from Debian packages.
 //!
 //! These tests are `#[ignore]`d so that `cargo test` needs nothing but Rust; `.ci/run`
-//! installs the tools and runs them with `cargo test --test interop -- --ignored`. A missing
+//! installs the tools and runs them with `cargo test --test it interop:: -- --ignored`. A missing
 //! tool fails the test: it never skips silently.
 
 use std::path::{Path, PathBuf};
@@ -9,10 +9,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-#[path = "common/cmd.rs"]
-mod cmd;
-#[path = "common/containerd.rs"]
-mod containerd;
+use crate::cmd;
+use crate::private_containerd as containerd;
 use cmd::ocistore;
 use containerd::{Containerd, need};
 

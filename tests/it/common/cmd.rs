@@ -2,7 +2,7 @@
 //! builder over [`Command`] for `ocistore --root <root> <args>`, with the environment, the
 //! bytes on stdin and the exit code expected; it runs the command to its end, in the
 //! background, or as a grandchild whose peak resident memory is measured ([`rss`]). Each test
-//! binary loads this file with `#[path]` and uses what it needs of it.
+//! area uses what it needs of it (`crate::cmd`).
 
 #![allow(dead_code)]
 

@@ -27,7 +27,7 @@ use crate::harness::{
     Env, PROXY_VARS, Reg, host_platform, p, pulled_whole, pushed, registry_with, run_max_rss, sh,
     sha256, succeed,
 };
-use crate::images::{AMD64, OCI_INDEX, OCI_MANIFEST};
+use crate::test_images::{AMD64, OCI_INDEX, OCI_MANIFEST};
 
 const SBOM: &str = "application/spdx+json";
 const SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
@@ -66,7 +66,7 @@ fn find_oras_python() -> PathBuf {
 
 /// `oras_client.py ARGS` in `env` (its own HOME, DOCKER_CONFIG, no proxies): its JSON.
 fn oras(env: &Env, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/registry/oras_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/registry/oras_client.py");
     let mut c = Command::new(oras_python());
     c.arg(script)
         .args(args)

@@ -327,7 +327,7 @@ pub enum Fault {
     Delay(Duration),
     /// Sends the answer's head and the first half of its body, waits this long, then sends
     /// the rest: a transfer caught in the middle.
-    #[allow(dead_code)] // tests/containerd.rs
+    #[allow(dead_code)] // tests/it/containerd.rs
     StallHalf(Duration),
 }
 

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ocistore::{Algorithm, ErrorKind, IngestManager, Ingester, Labels, Manager, Store, helpers};
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 
 fn fixture(version: u32) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}/store"))

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 use cmd::ocistore;
 
 fn put(root: &Path, bytes: &[u8]) -> String {

@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 
 use crate::cmd::{Ocistore, ocistore, rss};
 use crate::doubles::{FaultProxy, Rule, TOKEN_ISSUER, TOKEN_SERVICE};
-use crate::images::{AMD64, Blob, Image, build_image, layout_holds};
+use crate::test_images::{AMD64, Blob, Image, build_image, layout_holds};
 
 pub const MIB: u64 = 1 << 20;
 
 // ================================================================ tools
 
-pub use crate::containerd::need;
+pub use crate::private_containerd::need;
 
 /// Runs `cmd` to its end; panics with its output unless it succeeds.
 pub fn succeed(cmd: &mut Command) -> Output {
@@ -470,7 +470,7 @@ impl Env {
         let _ = std::fs::remove_dir_all(self.path("hosts").join(host));
     }
 
-    /// `ocistore --root <root> <args>` (tests/common/cmd.rs) with this environment's
+    /// `ocistore --root <root> <args>` (tests/it/common/cmd.rs) with this environment's
     /// variables.
     fn within(&self, root: &Path, args: &[&str]) -> Ocistore {
         let mut c = ocistore(root, args);
@@ -641,7 +641,7 @@ impl Env {
 }
 
 /// Runs `ocistore ARGS` to its end: what it did and its own peak RSS in KiB (measured as
-/// tests/common/rss.rs says, not from a child of this process).
+/// tests/it/common/rss.rs says, not from a child of this process).
 pub fn run_max_rss(env: &Env, root: &Path, args: &[&str]) -> (Run, i64) {
     let (out, err) = (env.path("rss.stdout"), env.path("rss.stderr"));
     let (code, kib) = rss::wait(env.cli(root, args).measure(&out, &err, false).pid);

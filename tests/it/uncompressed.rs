@@ -13,8 +13,7 @@ use ocistore::uncompressed::{COMPRESSED_LABEL, UNCOMPRESSED_LABEL, UncompressOpt
 use ocistore::{Algorithm, Digest, ErrorKind, Manager, Store, helpers, oci};
 use serde_json::{Value, json};
 
-#[path = "common/cmd.rs"]
-mod cmd;
+use crate::cmd;
 use cmd::ocistore;
 
 // ---------------------------------------------------------------- building images
