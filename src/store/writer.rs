@@ -218,7 +218,10 @@ impl StoreWriter {
             return Err(self.discard_for(e));
         }
         // Touched: gc takes an ingest nobody wrote for a day as abandoned, and a complete one
-        // resumed from an old pull was not written now.
+        // resumed from an old pull was not written now. Nothing is left for drop to flush or
+        // touch: the identity below must stay the file's until the batch adopts it, or the
+        // batch would hash it again and sync it again.
+        self.finished = true;
         self.file
             .set_modified(std::time::SystemTime::now())
             .map_err(|e| Error::io("touch ingest data", &self.data_path, e))?;
@@ -449,6 +452,27 @@ mod tests {
     /// description until it execs, the lock of a writer's ingest among them. Dropping the
     /// writer and aborting from outside fails in that window (the reference is still
     /// locked); the writer's own abort removes the ingest under the lock it holds.
+    /// What seal reports as the file's identity stays its identity: dropping the sealed
+    /// writer touches nothing, so the adopting batch neither hashes nor syncs it again. (Drop
+    /// used to set the mtime back to the last write, which moved the ctime after the seal.)
+    #[test]
+    fn a_sealed_ingest_keeps_the_identity_seal_reported() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = vec![7u8; 3 << 20];
+        let digest = crate::digest::Algorithm::Sha256.digest(&bytes);
+        let mut w = store.store_writer("ref", Some(bytes.len() as u64), Some(&digest)).unwrap();
+        w.write_all(&bytes).unwrap();
+        // The last write lies well before the seal, so a touch back to it would show.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let before_seal = std::time::SystemTime::now();
+        let sealed = w.seal(bytes.len() as u64, &digest).unwrap();
+        let m = std::fs::metadata(&sealed.path).unwrap();
+        assert!(m.modified().unwrap() >= before_seal - std::time::Duration::from_millis(10));
+        assert_eq!((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()), sealed.identity);
+    }
+
     #[test]
     fn a_writer_aborts_its_ingest_while_a_fork_still_holds_its_lock() {
         let dir = tempfile::tempdir().unwrap();
