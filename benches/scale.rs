@@ -137,12 +137,8 @@ fn build(root: &Path, n: usize) -> (Vec<Digest>, u64) {
             );
             let target: oci_spec::image::Descriptor = serde_json::from_value(manifest).unwrap();
             for k in 0..NAMES_PER_IMAGE {
-                b.put_name(
-                    format!("cache.example/app{img}:t{k}"),
-                    target.clone(),
-                    None,
-                )
-                .unwrap();
+                b.put_name(format!("cache.example/app{img}:t{k}"), target.clone(), None)
+                    .unwrap();
             }
         }
         b.commit().unwrap();

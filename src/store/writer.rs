@@ -448,13 +448,9 @@ mod tests {
     use crate::error::ErrorKind;
     use crate::store::Store;
 
-    /// A child process that another thread is starting holds a copy of every open file
-    /// description until it execs, the lock of a writer's ingest among them. Dropping the
-    /// writer and aborting from outside fails in that window (the reference is still
-    /// locked); the writer's own abort removes the ingest under the lock it holds.
     /// What seal reports as the file's identity stays its identity: dropping the sealed
-    /// writer touches nothing, so the adopting batch neither hashes nor syncs it again. (Drop
-    /// used to set the mtime back to the last write, which moved the ctime after the seal.)
+    /// writer touches nothing, so the adopting batch neither hashes nor syncs it again (a
+    /// drop that set the mtime back to the last write would move the ctime past the seal's).
     #[test]
     fn a_sealed_ingest_keeps_the_identity_seal_reported() {
         use std::os::unix::fs::MetadataExt;
@@ -462,7 +458,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let bytes = vec![7u8; 3 << 20];
         let digest = crate::digest::Algorithm::Sha256.digest(&bytes);
-        let mut w = store.store_writer("ref", Some(bytes.len() as u64), Some(&digest)).unwrap();
+        let mut w = store
+            .store_writer("ref", Some(bytes.len() as u64), Some(&digest))
+            .unwrap();
         w.write_all(&bytes).unwrap();
         // The last write lies well before the seal, so a touch back to it would show.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -470,9 +468,16 @@ mod tests {
         let sealed = w.seal(bytes.len() as u64, &digest).unwrap();
         let m = std::fs::metadata(&sealed.path).unwrap();
         assert!(m.modified().unwrap() >= before_seal - std::time::Duration::from_millis(10));
-        assert_eq!((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()), sealed.identity);
+        assert_eq!(
+            (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
+            sealed.identity
+        );
     }
 
+    /// A child process that another thread is starting holds a copy of every open file
+    /// description until it execs, the lock of a writer's ingest among them. Dropping the
+    /// writer and aborting from outside fails in that window (the reference is still
+    /// locked); the writer's own abort removes the ingest under the lock it holds.
     #[test]
     fn a_writer_aborts_its_ingest_while_a_fork_still_holds_its_lock() {
         let dir = tempfile::tempdir().unwrap();

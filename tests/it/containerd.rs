@@ -7,11 +7,11 @@
 //! tool fails the test, naming it.
 
 use crate::cmd;
-use crate::private_containerd as containerd;
 #[allow(dead_code)]
 use crate::doubles;
 #[allow(dead_code)]
 use crate::harness;
+use crate::private_containerd as containerd;
 #[allow(dead_code)]
 use crate::test_images as images;
 

@@ -24,9 +24,9 @@
 //! `registry/images.rs` and the test doubles in `registry/doubles.rs`.
 
 use crate::cmd;
-use crate::private_containerd as containerd;
 use crate::doubles;
 use crate::harness;
+use crate::private_containerd as containerd;
 #[path = "registry/hostile.rs"]
 mod hostile;
 use crate::test_images as images;
@@ -34,24 +34,24 @@ use crate::test_images as images;
 mod referrers;
 use crate::streams;
 
-#[path = "registry/pull.rs"]
-mod pull;
-#[path = "registry/push.rs"]
-mod push;
-#[path = "registry/remote.rs"]
-mod remote;
 #[path = "registry/auth.rs"]
 mod auth;
+#[path = "registry/cache.rs"]
+mod cache;
 #[path = "registry/concurrency.rs"]
 mod concurrency;
 #[path = "registry/faults.rs"]
 mod faults;
 #[path = "registry/memory.rs"]
 mod memory;
-#[path = "registry/cache.rs"]
-mod cache;
 #[path = "registry/prune.rs"]
 mod prune;
+#[path = "registry/pull.rs"]
+mod pull;
+#[path = "registry/push.rs"]
+mod push;
+#[path = "registry/remote.rs"]
+mod remote;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Output, Stdio};
