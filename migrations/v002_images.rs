@@ -23,7 +23,7 @@ pub(crate) fn apply(txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
         let (k, v) = entry.map_err(read)?;
         let rec: crate::store::records::BlobRecord =
             crate::store::records::decode(v.value(), k.value())?;
-        if rec.size <= crate::refs::MAX_PARSED {
+        if rec.size <= crate::edges::MAX_PARSED {
             backfill.push(k.value().to_owned());
         }
     }
@@ -32,7 +32,7 @@ pub(crate) fn apply(txn: &WriteTransaction, blobs_root: &Path) -> Result<()> {
         let digest = crate::digest::Digest::parse(&key)
             .map_err(|_| Error::Corrupted(format!("blob record under malformed key {key:?}")))?;
         let path = crate::blobs::BlobDir::new(blobs_root.to_path_buf()).path_for(&digest);
-        let Some(children) = crate::refs::children_of_path(&path)? else {
+        let Some(children) = crate::edges::children_of_path(&path)? else {
             continue;
         };
         for child in children {

@@ -87,7 +87,8 @@ impl Source for RegistrySource {
     /// the client checks the bytes against the digest asked for, or against
     /// `Docker-Content-Digest`, and bounds them at [`MAX_MANIFEST`].
     fn manifest(&self, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
-        let wanted = if Digest::parse(reference).is_ok() || crate::reference::is_tag(reference) {
+        let wanted = if Digest::parse(reference).is_ok() || crate::names::grammar::is_tag(reference)
+        {
             reference.to_owned()
         } else {
             let name = Name::parse(reference)?;

@@ -23,7 +23,7 @@
 //! | concept | where | may use |
 //! |---|---|---|
 //! | blobs, ingests, labels (containerd's content API) | [`content`] (the traits), [`Store`] | — |
-//! | digests, filters, image names | [`digest`], [`filter`], [`names`], [`reference`](mod@reference) | each other only |
+//! | digests, filters, image names | [`digest`], [`filter`], [`names`] (with [`names::grammar`]) | each other only |
 //! | the store: tables, commits, names, leases, batches | [`store`] ([`Store`], [`store::batch`], [`store::lease`]) | the vocabulary above, [`oci`] |
 //! | gc, prune, fsck, diffIDs | [`gc`], [`prune`], [`verify`], [`uncompressed`] (in the store) | the store's tables |
 //! | OCI documents: media types, children, referrers, layouts | [`oci`], [`oci::referrers`], [`oci::import`], [`oci::export`] | the content traits, not the store |
@@ -43,6 +43,7 @@ pub mod blobs;
 pub mod cache;
 pub mod content;
 pub mod digest;
+pub mod edges;
 pub mod error;
 pub mod filter;
 pub mod helpers;
@@ -50,8 +51,6 @@ pub mod memory;
 pub mod names;
 pub mod oci;
 pub mod query;
-pub mod reference;
-pub mod refs;
 #[cfg(feature = "registry")]
 pub mod registry;
 #[cfg(feature = "containerd")]

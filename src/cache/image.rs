@@ -184,11 +184,11 @@ impl<S: Source> ReadThrough<S> {
     fn config(&self, manifest: &ImageManifest, of: &Digest) -> Result<Vec<u8>> {
         let desc = manifest.config();
         let digest = descriptor_digest(desc)?;
-        if desc.size() > crate::refs::MAX_PARSED {
+        if desc.size() > crate::edges::MAX_PARSED {
             return Err(Error::FailedPrecondition(format!(
                 "config {digest} of manifest {of} is {} bytes, more than {}",
                 desc.size(),
-                crate::refs::MAX_PARSED
+                crate::edges::MAX_PARSED
             )));
         }
         let mut bytes = Vec::new();

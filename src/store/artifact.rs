@@ -167,7 +167,7 @@ impl Store {
     pub fn artifact_files(&self, reference: &str, dir: &Path) -> Result<Vec<WrittenFile>> {
         let target = self.resolve(reference)?;
         let digest = names::descriptor_digest(&target)?;
-        let bytes = crate::helpers::read_blob_prefix(self, &digest, crate::refs::MAX_PARSED)?;
+        let bytes = crate::helpers::read_blob_prefix(self, &digest, crate::edges::MAX_PARSED)?;
         let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             Error::InvalidArgument(format!("{reference} is not a JSON manifest: {e}"))
         })?;

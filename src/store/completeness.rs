@@ -100,7 +100,7 @@ impl Store {
             if !present_with_size(snap, &d, desc.size(), &mut missing)? {
                 continue;
             }
-            let bytes = crate::helpers::read_blob_prefix(self, &d, crate::refs::MAX_PARSED)?;
+            let bytes = crate::helpers::read_blob_prefix(self, &d, crate::edges::MAX_PARSED)?;
             let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if let Some(list) = doc.get("manifests").and_then(Value::as_array) {
                 let entry = |m: &Value| serde_json::from_value::<Descriptor>(m.clone()).ok();
@@ -209,7 +209,7 @@ impl Store {
             self.count_blob_open();
             let mut bytes = Vec::new();
             std::fs::File::open(&path)
-                .and_then(|f| f.take(crate::refs::MAX_PARSED).read_to_end(&mut bytes))
+                .and_then(|f| f.take(crate::edges::MAX_PARSED).read_to_end(&mut bytes))
                 .map_err(|e| Error::io("read", &path, e))?;
             let Ok(doc) = serde_json::from_slice::<Document>(&bytes) else {
                 return Ok(target.size());

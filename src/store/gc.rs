@@ -18,8 +18,8 @@ use redb::ReadableTable;
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::edges::GC_ROOT;
 use crate::error::{Error, ErrorKind, Result, db};
-use crate::refs::GC_ROOT;
 use crate::store::Store;
 use crate::store::locks::RefLock;
 use crate::store::mark::{Roots, edges, mark, mark_referrers};
@@ -105,7 +105,7 @@ impl Store {
         for (key, size) in doomed {
             if !opts.dry_run {
                 self.remove_blob_in(&txn, &key)?;
-                crate::store::graph::forget(&txn, &key)?;
+                crate::store::edge_tables::forget(&txn, &key)?;
             }
             doomed_digests.push(Digest::parse(&key).map_err(|_| {
                 Error::Corrupted(format!("blob record under malformed key {key:?}"))

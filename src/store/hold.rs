@@ -14,10 +14,10 @@ use redb::ReadableTable;
 
 use crate::content::Writer;
 use crate::digest::Digest;
+use crate::edges::GC_ROOT;
 use crate::error::{Error, Result};
-use crate::refs::GC_ROOT;
 use crate::store::Store;
-use crate::store::graph;
+use crate::store::edge_tables;
 use crate::store::mark::{Roots, edges, mark};
 use crate::store::records::{self, BlobRecord, LeaseRecord, Nanos};
 use crate::store::schema::{BLOBS, LEASE_RESOURCES, LEASES};
@@ -240,7 +240,7 @@ impl Store {
             return Ok(Released::Kept);
         }
         self.remove_blob_in(&txn, &key)?;
-        graph::forget(&txn, &key)?;
+        edge_tables::forget(&txn, &key)?;
         txn.commit().map_err(|e| Error::db("commit a release", e))?;
         if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {
             tracing::warn!(%digest, error = %e, "blob record released but its file remains");
@@ -349,7 +349,7 @@ mod tests {
         let rooted = put(&store, "c", b"a gc root");
         let mut info = store.info(&rooted).unwrap();
         info.labels
-            .insert(crate::refs::GC_ROOT.to_owned(), "yes".to_owned());
+            .insert(crate::edges::GC_ROOT.to_owned(), "yes".to_owned());
         store.update(&info, &["labels"]).unwrap();
         assert_eq!(
             store.release_content(CONTAINERD_LEASE, &rooted).unwrap(),

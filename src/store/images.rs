@@ -13,7 +13,7 @@ use crate::names::{self, AsName, Image, Name, descriptor_digest};
 use crate::query::ImageFields;
 use crate::store::records::{self, NameRecord, Nanos};
 use crate::store::schema::NAMES;
-use crate::store::{Store, graph};
+use crate::store::{Store, edge_tables};
 
 /// Media types of indexes (OCI and docker's manifest list).
 pub const INDEX_MEDIA_TYPES: [&str; 2] = [
@@ -221,7 +221,7 @@ impl Store {
         let media_type = sniff_media_type(&crate::helpers::read_blob_prefix(
             self,
             &digest,
-            crate::refs::MAX_PARSED,
+            crate::edges::MAX_PARSED,
         )?);
         names::descriptor(&media_type, &digest, info.size)
     }
@@ -309,7 +309,7 @@ impl Store {
             crate::store::uses::forget_in(&txn, "image", n)?;
         }
         self.remove_blob_in(&txn, &key)?;
-        graph::forget(&txn, &key)?;
+        edge_tables::forget(&txn, &key)?;
         txn.commit()
             .map_err(|e| Error::db("commit a manifest removal", e))?;
         if let Err(e) = self.remove_unrecorded_files(std::slice::from_ref(digest)) {

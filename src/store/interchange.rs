@@ -103,7 +103,7 @@ impl Store {
                 // A referrer (a signature, an SBOM: listed untagged, as oras-go and
                 // regclient write them) needs no name: gc keeps it with its subject.
                 let digest = crate::names::descriptor_digest(&img.descriptor)?;
-                let doc = batch.read(&digest, crate::refs::MAX_PARSED)?;
+                let doc = batch.read(&digest, crate::edges::MAX_PARSED)?;
                 if crate::store::referrers::as_referrer(&doc).is_some() {
                     continue;
                 }

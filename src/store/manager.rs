@@ -15,7 +15,7 @@ use crate::query::InfoFields;
 use crate::store::locks::RefLock;
 use crate::store::records::{self, BlobRecord, Nanos};
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS};
-use crate::store::{Store, graph};
+use crate::store::{Store, edge_tables};
 
 type LabelIndex<'txn> = Table<'txn, (&'static str, &'static str, &'static str), ()>;
 
@@ -204,7 +204,7 @@ impl Store {
                     .open_table(BLOB_LABELS)
                     .map_err(|e| Error::db("open the label index", e))?;
                 insert_record(&mut blobs, &mut index, &key, size, labels, Nanos::now())?;
-                graph::record(txn, &key, &children)?;
+                edge_tables::record(txn, &key, &children)?;
             }
             if let Some(lease) = &lease {
                 crate::store::hold::hold_in(txn, lease, &key)?;
@@ -244,9 +244,9 @@ impl Store {
         }
         for (digest, _, _) in blobs {
             if let Some(children) =
-                crate::refs::children_of_path(&self.blob_dir().path_for(digest))?
+                crate::edges::children_of_path(&self.blob_dir().path_for(digest))?
             {
-                graph::record(&txn, &digest.to_string(), &children)?;
+                edge_tables::record(&txn, &digest.to_string(), &children)?;
             }
         }
         txn.commit()
@@ -446,7 +446,7 @@ impl Manager for Store {
         if !self.remove_blob_in(&txn, &key)? {
             return Err(Error::NotFound(format!("content {digest}")));
         }
-        graph::forget(&txn, &key)?;
+        edge_tables::forget(&txn, &key)?;
         txn.commit().map_err(|e| Error::db("commit a delete", e))?;
         // The record is gone and durable; the bytes follow. If this fails the file is debris
         // that gc reclaims, never a visible blob.

@@ -9,8 +9,8 @@ use redb::ReadableTable;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::digest::Digest;
+use crate::edges::{GC_REF_CONTENT_PREFIX, GC_ROOT};
 use crate::error::{Error, Result, db};
-use crate::refs::{GC_REF_CONTENT_PREFIX, GC_ROOT};
 use crate::store::Store;
 use crate::store::records::{self, LeaseRecord, NameRecord};
 use crate::store::schema::{BLOB_LABELS, LEASE_RESOURCES, LEASES, NAMES, REFS};

@@ -21,8 +21,8 @@
 pub mod artifact;
 pub mod batch;
 pub(crate) mod completeness;
+pub(crate) mod edge_tables;
 pub mod gc;
-pub(crate) mod graph;
 pub(crate) mod group;
 pub mod hold;
 pub mod images;

@@ -394,7 +394,7 @@ impl Store {
         let mut digests = Vec::with_capacity(doomed.len());
         for key in &doomed {
             self.remove_blob_in(&txn, key)?;
-            crate::store::graph::forget(&txn, key)?;
+            crate::store::edge_tables::forget(&txn, key)?;
             digests.push(Digest::parse(key).map_err(|_| {
                 Error::Corrupted(format!("blob record under malformed key {key:?}"))
             })?);
@@ -498,7 +498,7 @@ fn load_graph(
             let (k, v) = entry.map_err(read)?;
             let key = k.value();
             let rec: BlobRecord = records::decode(v.value(), key)?;
-            let pinned = rec.labels.contains_key(crate::refs::GC_ROOT);
+            let pinned = rec.labels.contains_key(crate::edges::GC_ROOT);
             if pinned && !named.contains(key) {
                 loose_pinned += rec.size;
                 continue;

@@ -23,7 +23,7 @@ impl Store {
         let mut out = Vec::new();
         for parent in self.parents(subject)? {
             let bytes =
-                match crate::helpers::read_blob_prefix(self, &parent, crate::refs::MAX_PARSED) {
+                match crate::helpers::read_blob_prefix(self, &parent, crate::edges::MAX_PARSED) {
                     Ok(b) => b,
                     Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
@@ -84,14 +84,14 @@ impl Store {
 }
 
 /// The `subject` of the stored blob `key`, when it is a small JSON manifest that has one
-/// (read from its file; nothing larger than [`crate::refs::MAX_PARSED`] is read).
+/// (read from its file; nothing larger than [`crate::edges::MAX_PARSED`] is read).
 pub(crate) fn subject_of(store: &Store, key: &str) -> Result<Option<Digest>> {
     let Ok(digest) = Digest::parse(key) else {
         return Ok(None);
     };
     let path = store.blob_dir().path_for(&digest);
     let bytes = match std::fs::metadata(&path) {
-        Ok(m) if m.len() <= crate::refs::MAX_PARSED => match std::fs::read(&path) {
+        Ok(m) if m.len() <= crate::edges::MAX_PARSED => match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read a manifest", &path, e)),

@@ -469,12 +469,12 @@ fn diff_ids_of(store: &Store, manifest: &Digest) -> Option<Vec<(Digest, Digest)>
 fn read_small(path: &Path) -> Option<Vec<u8>> {
     let read = std::fs::File::open(path).and_then(|f| {
         let mut out = Vec::new();
-        f.take(crate::refs::MAX_PARSED + 1)
+        f.take(crate::edges::MAX_PARSED + 1)
             .read_to_end(&mut out)
             .map(|_| out)
     });
     match read {
-        Ok(bytes) if bytes.len() as u64 <= crate::refs::MAX_PARSED => Some(bytes),
+        Ok(bytes) if bytes.len() as u64 <= crate::edges::MAX_PARSED => Some(bytes),
         Ok(_) => None,
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {

@@ -305,7 +305,7 @@ impl Writer for StoreWriter {
         // Not recorded first: the commit's transaction drops the record anyway. A crash before
         // it leaves bytes without a record, which the next writer of the reference discards.
         // A blob still whole in the buffer is parsed for references from there.
-        let buffered_children = w.pipe.whole().map(crate::refs::children);
+        let buffered_children = w.pipe.whole().map(crate::edges::children);
         // Announced to the group commit now when only small syncs remain; a large blob's
         // sync may take seconds, so it announces itself after it.
         let early = buffered_children.is_some().then(|| w.store.announce());
@@ -335,7 +335,7 @@ impl Writer for StoreWriter {
         }
         let children = match buffered_children {
             Some(c) => c,
-            None => crate::refs::children_of_path(&w.data_path)?,
+            None => crate::edges::children_of_path(&w.data_path)?,
         };
         let committed = w.store.commit_ingest(
             &w.reference,

@@ -53,7 +53,7 @@ pub fn digest_reference(data: &[u8]) {
     }
     // The hand-written grammar agrees with oci-spec's expression on every ASCII name[:tag].
     if text.is_ascii() && !text.contains('@') {
-        let ours = crate::reference::parse(text).map(|p| (p.registry, p.repository, p.tag));
+        let ours = crate::names::grammar::parse(text).map(|p| (p.registry, p.repository, p.tag));
         let theirs = oci_spec::distribution::Reference::try_from(text).map(|r| {
             (
                 r.registry().to_owned(),
@@ -73,7 +73,7 @@ pub fn digest_reference(data: &[u8]) {
 
 /// Manifests and indexes: reference extraction and sniffing never panic.
 pub fn manifest(data: &[u8]) {
-    let _ = crate::refs::children(data);
+    let _ = crate::edges::children(data);
     let _ = crate::oci::sniff_media_type(data);
     let _ = serde_json::from_slice::<oci_spec::image::ImageManifest>(data);
     let _ = serde_json::from_slice::<oci_spec::image::ImageIndex>(data);

@@ -317,7 +317,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), Failure> {
             let desc = store.resolve(&reference)?;
             let digest = Digest::parse(desc.digest().as_ref())?;
             let bytes =
-                ocistore::helpers::read_blob_prefix(&store, &digest, ocistore::refs::MAX_PARSED)?;
+                ocistore::helpers::read_blob_prefix(&store, &digest, ocistore::edges::MAX_PARSED)?;
             let document: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let v = json!({
                 "reference": reference,

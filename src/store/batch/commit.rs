@@ -13,7 +13,7 @@ use crate::store::locks::RefLock;
 use crate::store::records::Nanos;
 use crate::store::schema::{BLOB_LABELS, BLOBS, INGESTS, LEASE_RESOURCES, LEASES};
 use crate::store::uses::Used;
-use crate::store::{graph, images};
+use crate::store::{edge_tables, images};
 
 use super::{Batch, BatchOutcome};
 
@@ -53,7 +53,7 @@ impl Batch {
                     .expect("blob paths have a shard")
                     .to_path_buf(),
             );
-            if let Some(c) = crate::refs::children_of_path(path)? {
+            if let Some(c) = crate::edges::children_of_path(path)? {
                 children.insert(digest.to_string(), c);
             }
         }
@@ -113,7 +113,7 @@ impl Batch {
             }
         }
         for (parent, c) in &children {
-            graph::record(&txn, parent, c)?;
+            edge_tables::record(&txn, parent, c)?;
         }
         images::put_names(&txn, &self.names)?;
         // Pulls and imports use what they name and what they hold: recorded exactly, here.

@@ -410,13 +410,13 @@ impl Store {
                         fs::rename(&path, &dest)
                             .map_err(|e| Error::io("quarantine blob", &path, e))?;
                         self.remove_blob_in(&txn, &key)?;
-                        crate::store::graph::forget(&txn, &key)?;
+                        crate::store::edge_tables::forget(&txn, &key)?;
                         wrote = true;
                         format!("record dropped, file moved to {}", dest.display())
                     }
                     (_, None) => {
                         self.remove_blob_in(&txn, &key)?;
-                        crate::store::graph::forget(&txn, &key)?;
+                        crate::store::edge_tables::forget(&txn, &key)?;
                         wrote = true;
                         "record dropped".to_owned()
                     }
@@ -426,7 +426,7 @@ impl Store {
         }
         for p in out.problems.iter().filter(|p| p.kind == "dangling-ref") {
             if !recorded_in(&txn, &p.id)? {
-                crate::store::graph::forget(&txn, &p.id)?;
+                crate::store::edge_tables::forget(&txn, &p.id)?;
                 wrote = true;
                 done.push((p.id.clone(), "references removed".into()));
             }

@@ -1,5 +1,6 @@
-//! The references tables: edges from a manifest or index to its children, recorded in the
-//! transaction that commits the parent, queryable forwards and in reverse.
+//! The edge tables (`refs` and `refs_rev` on disk): edges from a manifest or index to its
+//! children, recorded in the transaction that commits the parent, queryable forwards and in
+//! reverse.
 
 use redb::{ReadableTable, WriteTransaction};
 

@@ -1,7 +1,7 @@
-//! References between blobs: the children a manifest or index names (config, layers,
-//! manifests, subject, blobs) and the `containerd.io/gc.ref.content.*` labels. The store
-//! records the first kind in its `refs` tables when the parent is committed, with no size cap;
-//! gc follows both.
+//! Edges between blobs: the children a manifest or index names (config, layers, manifests,
+//! subject, blobs) and the `containerd.io/gc.ref.content.*` labels. The store records the
+//! first kind in its edge tables (`store/edge_tables.rs`; on disk, the `refs` tables) when
+//! the parent is committed, with no size cap; gc follows both.
 
 use std::io::Read;
 use std::path::Path;

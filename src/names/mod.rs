@@ -1,4 +1,4 @@
-//! Image names: docker's reference normalisation (the grammar in `reference`, `oci-spec`'s
+//! Image names: docker's reference normalisation (the grammar in [`grammar`], `oci-spec`'s
 //! parser for non-ASCII input).
 //!
 //! `alpine` → `docker.io/library/alpine:latest`; `index.docker.io/x` → `docker.io/library/x`;
@@ -15,6 +15,8 @@ use oci_spec::image::{Arch, Descriptor, MediaType, Os, Platform, PlatformBuilder
 use crate::content::Labels;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+
+pub mod grammar;
 
 /// The longest name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
@@ -56,7 +58,7 @@ impl Name {
         // ASCII (every real name) by the hand-written grammar; the rest by oci-spec, whose
         // expression costs ~40 ms to compile in each process (see `reference`).
         let (registry, path, tag) = if base.is_ascii() {
-            let p = crate::reference::parse(base)
+            let p = crate::names::grammar::parse(base)
                 .map_err(|e| Error::InvalidArgument(format!("reference {s:?}: {e}")))?;
             (p.registry, p.repository, Some(p.tag))
         } else {
