@@ -215,6 +215,16 @@ impl Store {
             fs::remove_file(&data_path)
                 .map_err(|e| Error::io("remove stale ingest data", &data_path, e))?;
         };
+        // Committed by another writer while this one waited for the lock (the holder's
+        // commit released it): asked again under the lock, so no one writes a blob twice.
+        if let Some(d) = expected
+            && self.blob_record(d)?.is_some()
+        {
+            if lock.created() {
+                lock.remove_file();
+            }
+            return Err(Error::AlreadyExists(format!("content {d}")));
+        }
         let fresh = existing.is_none();
         let record = match existing {
             Some(mut rec) => {

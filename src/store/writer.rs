@@ -448,6 +448,37 @@ mod tests {
     use crate::error::ErrorKind;
     use crate::store::Store;
 
+    /// A writer that waits for a reference's lock while its holder commits the blob gets
+    /// `AlreadyExists` (or `Unavailable` if the commit outlasts the wait), never a fresh
+    /// ingest of a blob that is already there: it would fetch the blob a second time.
+    #[test]
+    fn a_writer_waiting_on_a_commit_of_its_blob_gets_already_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for round in 0..20u8 {
+            let bytes = vec![round; 4096];
+            let digest = crate::digest::Algorithm::Sha256.digest(&bytes);
+            let mut a = store.store_writer("r", Some(4096), Some(&digest)).unwrap();
+            a.write_all(&bytes).unwrap();
+            std::thread::scope(|s| {
+                let waiter = s.spawn(|| store.store_writer("r", Some(4096), Some(&digest)).err());
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                Box::new(a)
+                    .commit(Some(4096), Some(&digest), crate::content::Labels::new())
+                    .unwrap();
+                let e = waiter.join().unwrap();
+                let kind = e.as_ref().map(|e| e.kind());
+                assert!(
+                    matches!(
+                        kind,
+                        Some(ErrorKind::AlreadyExists | ErrorKind::Unavailable)
+                    ),
+                    "round {round}: {e:?}"
+                );
+            });
+        }
+    }
+
     /// What seal reports as the file's identity stays its identity: dropping the sealed
     /// writer touches nothing, so the adopting batch neither hashes nor syncs it again (a
     /// drop that set the mtime back to the last write would move the ctime past the seal's).
